@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: MIT
+// Optimizer updates over a list of parameter buffers in one call ("multi-tensor apply"):
+// SGD, momentum / Nesterov (Sutskever et al. 2013, in PyTorch's form) and Adam / AdamW
+// (Kingma & Ba 2015; Loshchilov & Hutter 2019). Each element is read and written once; the
+// work is cut into fixed-size chunks of each buffer, run in parallel when large enough.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/parallel.h"
+#include "ops.h"
+
+namespace fastnn::cpu {
+namespace {
+
+constexpr int64_t kGrain = 1 << 14;  // elements per chunk
+
+// Calls body(buffer, begin, end) over every buffer, in chunks of kGrain elements.
+template <class F>
+void for_each_chunk(int64_t count, const int64_t* size, F&& body) {
+  std::vector<int64_t> first_chunk(static_cast<size_t>(count) + 1, 0);  // prefix sum of chunks
+  for (int64_t b = 0; b < count; ++b) first_chunk[b + 1] = first_chunk[b] + ceil_div(size[b], kGrain);
+  const int64_t chunks = first_chunk[count];
+  int64_t total = 0;
+  for (int64_t b = 0; b < count; ++b) total += size[b];
+  const int nt = static_cast<int>(std::min<int64_t>(threads_for(4.0 * double(total)), chunks));
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    // Buffer b holds chunk c when first_chunk[b] <= c < first_chunk[b + 1].
+    int64_t b = std::upper_bound(first_chunk.begin(), first_chunk.end(), c) - first_chunk.begin() - 1;
+    const int64_t lo = (c - first_chunk[b]) * kGrain;
+    body(b, lo, std::min(size[b], lo + kGrain));
+  }
+}
+
+}  // namespace
+
+template <class T>
+void sgd_update(int64_t count, T* const* param, const T* const* grad, const int64_t* size, T lr,
+                T weight_decay) {
+  for_each_chunk(count, size, [&](int64_t b, int64_t lo, int64_t hi) {
+    T* __restrict p = param[b];
+    const T* __restrict g = grad[b];
+    for (int64_t k = lo; k < hi; ++k) p[k] -= lr * (g[k] + weight_decay * p[k]);
+  });
+}
+
+template <class T>
+void momentum_update(int64_t count, T* const* param, const T* const* grad, T* const* velocity,
+                     const int64_t* size, T lr, T momentum, T weight_decay, bool nesterov) {
+  for_each_chunk(count, size, [&](int64_t b, int64_t lo, int64_t hi) {
+    T* __restrict p = param[b];
+    T* __restrict v = velocity[b];
+    const T* __restrict g = grad[b];
+    for (int64_t k = lo; k < hi; ++k) {
+      const T gk = g[k] + weight_decay * p[k];
+      const T vk = momentum * v[k] + gk;
+      v[k] = vk;
+      p[k] -= lr * (nesterov ? gk + momentum * vk : vk);
+    }
+  });
+}
+
+template <class T>
+void adam_update(int64_t count, T* const* param, const T* const* grad, T* const* m, T* const* v,
+                 const int64_t* size, T lr, T beta1, T beta2, T eps, T weight_decay,
+                 bool decoupled, int64_t step) {
+  // Bias corrections in double: 1 − β^t loses every digit in float for β near 1.
+  const double bc1 = 1.0 - std::pow(double(beta1), double(step));
+  const double bc2 = 1.0 - std::pow(double(beta2), double(step));
+  const T step_size = static_cast<T>(double(lr) / bc1);
+  const T inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(bc2));
+  const T l2 = decoupled ? T(0) : weight_decay;
+  const T shrink = decoupled ? T(1) - lr * weight_decay : T(1);
+  for_each_chunk(count, size, [&](int64_t b, int64_t lo, int64_t hi) {
+    T* __restrict p = param[b];
+    T* __restrict mb = m[b];
+    T* __restrict vb = v[b];
+    const T* __restrict g = grad[b];
+    for (int64_t k = lo; k < hi; ++k) {
+      const T gk = g[k] + l2 * p[k];
+      const T mk = beta1 * mb[k] + (T(1) - beta1) * gk;
+      const T vk = beta2 * vb[k] + (T(1) - beta2) * gk * gk;
+      mb[k] = mk;
+      vb[k] = vk;
+      p[k] = p[k] * shrink - step_size * mk / (std::sqrt(vk) * inv_sqrt_bc2 + eps);
+    }
+  });
+}
+
+#define FASTNN_INSTANTIATE(T)                                                                  \
+  template void sgd_update<T>(int64_t, T* const*, const T* const*, const int64_t*, T, T);     \
+  template void momentum_update<T>(int64_t, T* const*, const T* const*, T* const*,            \
+                                   const int64_t*, T, T, T, bool);                            \
+  template void adam_update<T>(int64_t, T* const*, const T* const*, T* const*, T* const*,     \
+                               const int64_t*, T, T, T, T, T, bool, int64_t);
+FASTNN_INSTANTIATE(float)
+FASTNN_INSTANTIATE(double)
+#undef FASTNN_INSTANTIATE
+
+}  // namespace fastnn::cpu

@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: MIT
+// The process-wide kernel thread count (like torch.set_num_threads) and fork safety:
+// libgomp's thread pool does not survive fork(), so a child process runs the kernels
+// serially instead of hanging on a team that no longer exists.
+#include "cpu/parallel.h"
+
+#include <pthread.h>
+
+#include <atomic>
+
+#ifdef FASTNN_OPENMP
+#include <omp.h>
+#endif
+
+namespace fastnn::cpu {
+namespace {
+
+int initial_threads() {
+#ifdef FASTNN_OPENMP
+  return std::max(1, omp_get_max_threads());  // OMP_NUM_THREADS, else the core count
+#else
+  return 1;
+#endif
+}
+
+std::atomic<int> g_threads{initial_threads()};
+
+void run_serially_in_child() { g_threads.store(1); }
+
+[[maybe_unused]] const bool g_atfork_registered = [] {
+  return pthread_atfork(nullptr, nullptr, run_serially_in_child) == 0;
+}();
+
+}  // namespace
+
+int num_threads() { return g_threads.load(std::memory_order_relaxed); }
+
+void set_num_threads(int n) { g_threads.store(std::max(1, n)); }
+
+bool openmp_enabled() {
+#ifdef FASTNN_OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace fastnn::cpu

@@ -1,0 +1,48 @@
+"""fastnn: neural networks from first principles, at production speed.
+
+The hot kernels are fastnn's own C++ (OpenMP) code behind pybind11 (``fastnn.ops``); NumPy
+arrays run on the CPU kernels. See ``fastnn.show_config()`` for what this build holds.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+from fastnn import cuda, ops
+from fastnn.backend import _cpu, get_num_threads, set_num_threads
+
+__version__ = _cpu.config()["version"]
+
+__all__ = ["__version__", "cuda", "get_num_threads", "ops", "set_num_threads", "show_config"]
+
+
+def show_config(file=None) -> dict:
+    """Print what this build of fastnn holds and runs on, and return it as a dict.
+
+    Keys: version, python, platform, compiler, gemm_isa (the GEMM micro-kernel in use:
+    ``avx2+fma`` or ``portable``), openmp (built with OpenMP), num_threads,
+    OMP_NUM_THREADS, cuda_built, cuda_devices (names of the GPUs present).
+    """
+    native = _cpu.config()
+    info = {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "platform": f"{platform.system()} {platform.machine()}",
+        "compiler": native["compiler"],
+        "gemm_isa": native["gemm_isa"],
+        "openmp": native["openmp"],
+        "num_threads": native["num_threads"],
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),
+        "cuda_built": cuda.is_built(),
+        "cuda_devices": [cuda.device_name(i) for i in range(cuda.device_count())],
+    }
+    width = max(map(len, info))
+    for key, value in info.items():
+        if key == "openmp" and not value:
+            value = "no (single-threaded build)"
+        elif key == "cuda_devices" and not value:
+            value = "none (no GPU or driver found)"
+        print(f"{key:<{width}}  {value}", file=file or sys.stdout)
+    return info

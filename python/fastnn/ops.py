@@ -1,0 +1,564 @@
+"""The one door to fastnn's kernels: array-level functions on NumPy arrays.
+
+Each function picks the backend from its arguments (NumPy → ``fastnn._cpu``), allocates the
+outputs that were not given and calls the kernel. All checking happens in the native binding:
+a wrong dtype is a ``TypeError``, a wrong shape, layout or label a ``ValueError``, each naming
+the argument. No function casts or copies its inputs.
+
+Conventions shared by every op:
+
+* dtypes: float32 (the fast path) or float64; every float argument of one call has the same
+  dtype. Integer, float16 and mixed-dtype inputs raise ``TypeError``.
+* Layout: row-major, batch first (``x`` is ``(B, features)``). Strided views (transposes,
+  slices, reversed or broadcast arrays) are read in place through their strides; the
+  exceptions are named per op.
+* ``out=``: a preallocated output to reuse in a hot loop; it must have the exact shape and
+  dtype and be writeable. Elementwise ops may write in place (``out=x``).
+* Gradients: ``dx`` is ∂L/∂x for a scalar loss L; ``dy`` is the gradient arriving at the op's
+  output.
+* Threads: OpenMP, ``fastnn.set_num_threads``; results are bitwise identical for any count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fastnn.backend import native_for
+
+__all__ = [
+    "adam_update",
+    "bias_add",
+    "bias_grad",
+    "dense_backward",
+    "dense_forward",
+    "gemm",
+    "momentum_update",
+    "relu",
+    "relu_backward",
+    "sgd_update",
+    "softmax",
+    "softmax_backward",
+    "softmax_cross_entropy",
+]
+
+
+def _shape2(x, name: str) -> tuple[int, int]:
+    # Only what allocation needs; the binding checks everything else.
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array, got shape {x.shape}")
+    return x.shape
+
+
+def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
+    """General matrix product ``out = alpha · op(a) · op(b) + beta · out``.
+
+    The BLAS GEMM contract (sgemm for float32, dgemm for float64) on row-major arrays, with
+    ``op(x) = x.T`` when ``trans_x`` is true. Cache-blocked, packed panels, an AVX2+FMA
+    micro-kernel where the CPU has it (Goto & van de Geijn 2008).
+
+    Parameters
+    ----------
+    a : ndarray, shape (M, K), or (K, M) when ``trans_a``; float32 or float64
+        Any strides (transposed, sliced, reversed, Fortran-ordered or broadcast views are
+        read in place).
+    b : ndarray, shape (K, N), or (N, K) when ``trans_b``; same dtype as ``a``
+    trans_a, trans_b : bool
+        Use the transpose of ``a`` / ``b``.
+    alpha, beta : float
+        Scalars. ``beta == 0`` overwrites ``out`` without reading it (NaN in it does not
+        leak); ``beta != 0`` needs ``out``.
+    out : ndarray, shape (M, N), optional
+        Output; may be ``a`` or ``b`` themselves (the product is then formed in scratch
+        memory first). Any strides.
+
+    Returns
+    -------
+    ndarray, shape (M, N), dtype of ``a``
+
+    Raises
+    ------
+    TypeError
+        A non-array argument, a dtype other than float32/float64, or mixed dtypes.
+    ValueError
+        Operands that are not 2-D, inner dimensions that differ (the message gives both
+        shapes), an ``out`` of the wrong shape, or ``beta != 0`` without ``out``.
+
+    Notes
+    -----
+    K == 0 gives ``beta · out`` (zeros when ``out`` is allocated). float32 products
+    accumulate in float32, like BLAS: the error is bounded by about K·2⁻²⁴·(|a|·|b|).
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn as fnn
+    >>> a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    >>> fnn.ops.gemm(a, a, trans_b=True)
+    array([[ 5., 14.],
+           [14., 50.]], dtype=float32)
+    """
+    native = native_for(a=a, b=b, out=out)
+    if out is None:
+        if beta != 0:
+            raise ValueError("gemm: beta != 0 needs out= (the matrix that beta scales)")
+        (a0, a1), (b0, b1) = _shape2(a, "a"), _shape2(b, "b")
+        out = np.empty((a1 if trans_a else a0, b0 if trans_b else b1), dtype=a.dtype)
+    native.gemm(a, b, out, bool(trans_a), bool(trans_b), float(alpha), float(beta))
+    return out
+
+
+def dense_forward(x, weight, bias=None, *, activation=None, out=None):
+    """Fully connected layer ``y = act(x · weightᵀ + bias)`` in one pass.
+
+    One GEMM whose epilogue adds the bias and applies the activation while each output tile
+    is still in registers.
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, in_features); float32 or float64; any strides
+    weight : ndarray, shape (out_features, in_features); dtype of ``x``
+        Stored as in the article, Flux and PyTorch's ``nn.Linear``.
+    bias : ndarray, shape (out_features,), optional
+    activation : {None, "relu"}
+        ``"relu"`` keeps NaN (NaN in, NaN out).
+    out : ndarray, shape (B, out_features), optional
+        Must not overlap the inputs.
+
+    Returns
+    -------
+    ndarray, shape (B, out_features)
+
+    Raises
+    ------
+    TypeError
+        Wrong or mixed dtypes.
+    ValueError
+        ``x.shape[1] != weight.shape[1]``, a bias of the wrong shape, an unknown activation,
+        or a bad ``out``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn as fnn
+    >>> x = np.array([[1.0, -2.0]], dtype=np.float32)
+    >>> w = np.array([[1.0, 1.0], [0.0, 1.0]], dtype=np.float32)
+    >>> fnn.ops.dense_forward(x, w, np.array([0.5, 0.0], np.float32), activation="relu")
+    array([[0., 0.]], dtype=float32)
+    """
+    native = native_for(x=x, weight=weight, bias=bias, out=out)
+    if out is None:
+        out = np.empty((_shape2(x, "x")[0], _shape2(weight, "weight")[0]), dtype=x.dtype)
+    native.dense_forward(x, weight, bias, out, "none" if activation is None else activation)
+    return out
+
+
+def dense_backward(
+    dy,
+    x,
+    weight,
+    *,
+    need_dx=True,
+    need_dbias=True,
+    dx=None,
+    dweight=None,
+    dbias=None,
+    accumulate=False,
+):
+    """Gradients of a fully connected layer ``y = x · weightᵀ + bias``.
+
+    ``dx = dy · weight``, ``dweight = dyᵀ · x``, ``dbias = Σ_rows dy``.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (B, out_features); float32 or float64
+        Gradient at the layer's output, already multiplied by the activation's derivative
+        (see ``relu_backward``).
+    x : ndarray, shape (B, in_features)
+        The layer's input.
+    weight : ndarray, shape (out_features, in_features)
+    need_dx, need_dbias : bool
+        Skip ``dx`` (the first layer needs none) or ``dbias``.
+    dx, dweight, dbias : ndarray, optional
+        Outputs to reuse, of shapes (B, in_features), (out_features, in_features),
+        (out_features,).
+    accumulate : bool
+        Add into ``dweight`` and ``dbias`` (which must then be given) instead of overwriting
+        them, as ``.grad`` accumulates in autodiff. ``dx`` is always overwritten.
+
+    Returns
+    -------
+    (dx or None, dweight, dbias or None)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``dense_forward``; also ``accumulate`` without ``dweight``.
+
+    Notes
+    -----
+    ``dbias`` sums in float64 over fixed chunks of rows combined in order.
+    """
+    native = native_for(dy=dy, x=x, weight=weight, dx=dx, dweight=dweight, dbias=dbias)
+    if accumulate and (dweight is None or (need_dbias and dbias is None)):
+        raise ValueError("dense_backward: accumulate=True needs dweight= (and dbias=) to add into")
+    rows, cols = _shape2(weight, "weight")
+    if dweight is None:
+        dweight = np.empty((rows, cols), dtype=weight.dtype)
+    if need_dx and dx is None:
+        dx = np.empty((_shape2(dy, "dy")[0], cols), dtype=weight.dtype)
+    if need_dbias and dbias is None:
+        dbias = np.empty((rows,), dtype=weight.dtype)
+    native.dense_backward(
+        dy,
+        x,
+        weight,
+        dx if need_dx else None,
+        dweight,
+        dbias if need_dbias else None,
+        bool(accumulate),
+    )
+    return (dx if need_dx else None), dweight, (dbias if need_dbias else None)
+
+
+def relu(x, *, out=None):
+    """Rectified linear unit ``max(0, x)``, elementwise (Nair & Hinton 2010).
+
+    Parameters
+    ----------
+    x : ndarray, any shape; float32 or float64
+        Contiguous arrays of any rank; strided views whose dimensions reduce to two
+        (any 1-D or 2-D view) are read in place; other views raise ``ValueError``.
+    out : ndarray, shape of ``x``, optional
+        May be ``x`` itself (in place).
+
+    Returns
+    -------
+    ndarray, shape of ``x``
+
+    Raises
+    ------
+    TypeError
+        ``x`` not float32/float64 (an int64 array is not read as floats).
+    ValueError
+        ``out`` of another shape, or overlapping ``x`` with a different layout.
+
+    Notes
+    -----
+    NaN stays NaN (a NaN-aware compare); ``-0.0`` gives ``+0.0``; subnormals are kept.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn as fnn
+    >>> fnn.ops.relu(np.array([-1.0, 0.5, np.nan]))
+    array([0. , 0.5, nan])
+    """
+    native = native_for(x=x, out=out)
+    if out is None:
+        out = np.empty_like(x)
+    native.relu(x, out)
+    return out
+
+
+def relu_backward(dy, x, *, out=None):
+    """Gradient of relu: ``dx = dy · [x > 0]``.
+
+    Parameters
+    ----------
+    dy : ndarray, any shape; float32 or float64
+    x : ndarray, shape of ``dy``
+        relu's input (its output works too: the mask is the same).
+    out : ndarray, shape of ``dy``, optional
+        May be ``dy`` itself.
+
+    Returns
+    -------
+    ndarray, shape of ``dy``
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``relu``; also ``x`` and ``dy`` of different shapes.
+
+    Notes
+    -----
+    The subgradient at exactly 0 is 0 (as PyTorch); positive subnormals count as positive.
+    """
+    native = native_for(dy=dy, x=x, out=out)
+    if out is None:
+        out = np.empty_like(dy)
+    native.relu_backward(dy, x, out)
+    return out
+
+
+def bias_add(x, bias, *, out=None):
+    """``y = x + bias``, the bias broadcast over the rows.
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, F); float32 or float64; any strides
+    bias : ndarray, shape (F,)
+    out : ndarray, shape (B, F), optional
+        May be ``x`` itself.
+
+    Returns
+    -------
+    ndarray, shape (B, F)
+
+    Raises
+    ------
+    ValueError
+        ``bias.shape != (F,)`` (the message names both sizes).
+    """
+    native = native_for(x=x, bias=bias, out=out)
+    if out is None:
+        out = np.empty(_shape2(x, "x"), dtype=x.dtype)
+    native.bias_add(x, bias, out)
+    return out
+
+
+def bias_grad(dy, *, out=None, accumulate=False):
+    """Bias gradient: the column sum ``db = Σ_rows dy``.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (B, F); float32 or float64; any strides
+    out : ndarray, shape (F,), optional
+    accumulate : bool
+        Add into ``out`` (which must be given) instead of overwriting it.
+
+    Returns
+    -------
+    ndarray, shape (F,); zeros when B == 0
+
+    Notes
+    -----
+    Sums in float64 over fixed chunks of 256 rows combined in order: the result does not
+    depend on the thread count.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn as fnn
+    >>> fnn.ops.bias_grad(np.arange(12, dtype=np.float32).reshape(3, 4))
+    array([12., 15., 18., 21.], dtype=float32)
+    """
+    native = native_for(dy=dy, out=out)
+    if out is None:
+        if accumulate:
+            raise ValueError("bias_grad: accumulate=True needs out= to add into")
+        out = np.empty((_shape2(dy, "dy")[1],), dtype=dy.dtype)
+    native.bias_grad(dy, out, bool(accumulate))
+    return out
+
+
+def softmax(x, *, out=None):
+    """Row-wise softmax ``y = exp(x − max) / Σ exp(x − max)``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, C); float32 or float64; any strides
+    out : ndarray, shape (B, C), optional
+        May be ``x`` itself.
+
+    Returns
+    -------
+    ndarray, shape (B, C); rows sum to 1
+
+    Notes
+    -----
+    The row maximum is subtracted first, so large logits cannot overflow; sums run in
+    float64. A NaN makes its row NaN. For training use ``softmax_cross_entropy`` on
+    logits, which is fused and more stable than ``log(softmax(x))``.
+    """
+    native = native_for(x=x, out=out)
+    if out is None:
+        out = np.empty(_shape2(x, "x"), dtype=x.dtype)
+    native.softmax(x, out)
+    return out
+
+
+def softmax_backward(dy, y, *, out=None):
+    """Gradient of softmax: ``dx = y ⊙ (dy − Σ_row dy ⊙ y)``.
+
+    Parameters
+    ----------
+    dy : ndarray, shape (B, C); float32 or float64
+    y : ndarray, shape (B, C)
+        softmax's output.
+    out : ndarray, shape (B, C), optional
+        Must not overlap the inputs.
+
+    Returns
+    -------
+    ndarray, shape (B, C)
+    """
+    native = native_for(dy=dy, y=y, out=out)
+    if out is None:
+        out = np.empty(_shape2(y, "y"), dtype=y.dtype)
+    native.softmax_backward(dy, y, out)
+    return out
+
+
+def softmax_cross_entropy(logits, labels, *, compute_grad=True, dlogits=None):
+    """Fused softmax + cross-entropy from logits, and its gradient.
+
+    ``loss = (1/B) Σ_rows (logsumexp(logits_row) − logits_row[label])`` and
+    ``dlogits = (softmax(logits) − one_hot(labels)) / B``.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (B, C); float32 or float64; any strides
+    labels : ndarray
+        Integer class indices of shape (B,), any integer dtype (IDX files give uint8), each
+        in ``[0, C)``; or one-hot / soft targets of shape (B, C) with the logits' dtype
+        (row loss ``Σ_j t_j (logsumexp − x_j)``).
+    compute_grad : bool
+        Also compute ``dlogits``.
+    dlogits : ndarray, shape (B, C), optional
+        Output to reuse for the gradient.
+
+    Returns
+    -------
+    loss : ndarray, shape (), dtype of ``logits``
+        Mean loss over the batch, in nats; NaN for a batch of 0 rows (as NumPy and PyTorch).
+    dlogits : ndarray, shape (B, C), or None when ``compute_grad`` is false
+
+    Raises
+    ------
+    TypeError
+        Float labels of another dtype than the logits, non-numeric labels, or logits that
+        are not float32/float64.
+    ValueError
+        A label outside ``[0, C)`` (the message gives the value and its index), or shapes
+        that do not match.
+
+    Notes
+    -----
+    Log-sum-exp stable: each row's maximum is subtracted before ``exp``, so logits of ±1e4
+    (or 1e8) give exact, finite results; ``-inf`` logits are allowed where the label's (or a
+    target's non-zero entry's) logit is finite. Bridle (1990); Goodfellow et al. (2016),
+    §6.2.2.3.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn as fnn
+    >>> loss, d = fnn.ops.softmax_cross_entropy(np.array([[1e8, 1e8]], np.float32), np.array([1]))
+    >>> round(float(loss), 6), d.tolist()
+    (0.693147, [[0.5, -0.5]])
+    """
+    native = native_for(logits=logits, labels=labels, dlogits=dlogits)
+    loss = np.empty((), dtype=logits.dtype)
+    if compute_grad and dlogits is None:
+        dlogits = np.empty(_shape2(logits, "logits"), dtype=logits.dtype)
+    native.softmax_cross_entropy(logits, labels, loss, dlogits if compute_grad else None)
+    return loss, (dlogits if compute_grad else None)
+
+
+def sgd_update(params: Sequence, grads: Sequence, *, lr: float, weight_decay: float = 0.0):
+    """Stochastic gradient descent, in place, over all parameters in one call.
+
+    ``p -= lr · (g + weight_decay · p)`` for each (p, g).
+
+    Parameters
+    ----------
+    params : sequence of ndarray
+        C-contiguous, writeable, all of one dtype (float32 or float64).
+    grads : sequence of ndarray
+        One per parameter, same shape and dtype.
+    lr : float
+        Learning rate.
+    weight_decay : float
+        L2 penalty coefficient.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Lists of different lengths, mismatched shapes or dtypes, non-contiguous buffers.
+    """
+    params, grads = list(params), list(grads)
+    _native(params).sgd_update(params, grads, float(lr), float(weight_decay))
+
+
+def momentum_update(
+    params, grads, velocity, *, lr: float, momentum: float, weight_decay=0.0, nesterov=False
+):
+    """SGD with momentum (PyTorch's form; Sutskever et al. 2013), in place, in one call.
+
+    ``g = grad + weight_decay · p``; ``v = momentum · v + g``;
+    ``p -= lr · (g + momentum · v if nesterov else v)``.
+
+    Parameters
+    ----------
+    params, grads : sequences of ndarray
+        As ``sgd_update``.
+    velocity : sequence of ndarray
+        Momentum buffers, one per parameter, zero-initialised before the first step.
+    lr, momentum, weight_decay : float
+    nesterov : bool
+        Nesterov momentum.
+    """
+    params, grads, velocity = list(params), list(grads), list(velocity)
+    _native(params).momentum_update(
+        params, grads, velocity, float(lr), float(momentum), float(weight_decay), bool(nesterov)
+    )
+
+
+def adam_update(
+    params,
+    grads,
+    exp_avg,
+    exp_avg_sq,
+    *,
+    lr: float,
+    step: int,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    decoupled=False,
+):
+    """Adam (Kingma & Ba 2015) or AdamW (Loshchilov & Hutter 2019), in place, in one call.
+
+    ``m = β1 m + (1−β1) g``; ``v = β2 v + (1−β2) g²``;
+    ``p -= lr/(1−β1ᵗ) · m / (sqrt(v)/sqrt(1−β2ᵗ) + eps)``, as PyTorch computes it. Adam adds
+    ``weight_decay · p`` to g; AdamW (``decoupled=True``) multiplies p by
+    ``1 − lr · weight_decay`` instead.
+
+    Parameters
+    ----------
+    params, grads : sequences of ndarray
+        As ``sgd_update``.
+    exp_avg, exp_avg_sq : sequences of ndarray
+        First and second moment buffers, zero-initialised before step 1.
+    lr : float
+    step : int
+        This update's number, starting at 1 (bias correction).
+    betas : (float, float)
+    eps : float
+    weight_decay : float
+    decoupled : bool
+        AdamW's decoupled weight decay.
+
+    Raises
+    ------
+    ValueError
+        ``step < 1``, or buffer lists that do not match.
+    """
+    params, grads = list(params), list(grads)
+    exp_avg, exp_avg_sq = list(exp_avg), list(exp_avg_sq)
+    beta1, beta2 = betas
+    _native(params).adam_update(
+        params,
+        grads,
+        exp_avg,
+        exp_avg_sq,
+        float(lr),
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        bool(decoupled),
+        int(step),
+    )
+
+
+def _native(params: list):
+    return native_for(**{f"params[{i}]": p for i, p in enumerate(params)})
