@@ -1,7 +1,9 @@
 """fastnn: neural networks from first principles, at production speed.
 
 The hot kernels are fastnn's own C++ (OpenMP) code behind pybind11 (``fastnn.ops``); NumPy
-arrays run on the CPU kernels. See ``fastnn.show_config()`` for what this build holds.
+arrays run on the CPU kernels. A small Python layer gives ``Tensor`` and reverse-mode
+autodiff (``gradient``, ``backward``), layers, losses and optimizers.
+See ``fastnn.show_config()`` for what this build holds.
 """
 
 from __future__ import annotations
@@ -10,12 +12,80 @@ import os
 import platform
 import sys
 
-from fastnn import cuda, ops
+from fastnn import cuda, init, losses, ops, optim
+from fastnn.autograd import (
+    Tensor,
+    clamp,
+    concatenate,
+    cos,
+    dense,
+    detach,
+    enable_grad,
+    exp,
+    gradcheck,
+    gradient,
+    is_grad_enabled,
+    log,
+    matmul,
+    mean,
+    no_grad,
+    relu,
+    reshape,
+    sigmoid,
+    sin,
+    softmax,
+    stack,
+    sum,  # noqa: A004  (fnn.sum, as numpy.sum)
+    tanh,
+    transpose,
+)
 from fastnn.backend import _cpu, get_num_threads, set_num_threads
+from fastnn.nn import Dense, Flatten, Module, ReLU, Sequential, Softmax, forward
 
 __version__ = _cpu.config()["version"]
 
-__all__ = ["__version__", "cuda", "get_num_threads", "ops", "set_num_threads", "show_config"]
+__all__ = [
+    "Dense",
+    "Flatten",
+    "Module",
+    "ReLU",
+    "Sequential",
+    "Softmax",
+    "Tensor",
+    "__version__",
+    "clamp",
+    "concatenate",
+    "cos",
+    "cuda",
+    "dense",
+    "detach",
+    "enable_grad",
+    "exp",
+    "forward",
+    "get_num_threads",
+    "gradcheck",
+    "gradient",
+    "init",
+    "is_grad_enabled",
+    "log",
+    "losses",
+    "matmul",
+    "mean",
+    "no_grad",
+    "ops",
+    "optim",
+    "relu",
+    "reshape",
+    "set_num_threads",
+    "show_config",
+    "sigmoid",
+    "sin",
+    "softmax",
+    "stack",
+    "sum",
+    "tanh",
+    "transpose",
+]
 
 
 def show_config(file=None) -> dict:

@@ -1,0 +1,884 @@
+"""Reverse-mode automatic differentiation: ``Tensor``, the backward graph, ``gradient``.
+
+Each op on Tensors computes its value and, when any input needs a gradient, records a
+``Tensor`` whose ``_backward`` closure maps the gradient at the output to one gradient per
+input (micrograd's design; Griewank & Walther 2008 for reverse mode). ``backward`` walks the
+graph once in reverse topological order, found iteratively over ordered parent tuples (no
+recursion limit, no set ordering), and adds up the gradients of a value used more than once.
+
+The heavy ops (matmul, dense, bias add, relu, softmax, softmax_cross_entropy) call
+``fastnn.ops`` kernels; cheap elementwise ops use the array module (NumPy) directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import threading
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from fastnn import ops
+
+__all__ = [
+    "Tensor",
+    "clamp",
+    "concatenate",
+    "cos",
+    "dense",
+    "detach",
+    "enable_grad",
+    "exp",
+    "gradcheck",
+    "gradient",
+    "is_grad_enabled",
+    "log",
+    "matmul",
+    "mean",
+    "no_grad",
+    "relu",
+    "reshape",
+    "sigmoid",
+    "sin",
+    "softmax",
+    "stack",
+    "sum",
+    "tanh",
+    "transpose",
+]
+
+_FLOATS = (np.float32, np.float64)
+_state = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    """True unless inside ``no_grad()`` (per thread)."""
+    return getattr(_state, "enabled", True)
+
+
+class _GradMode(contextlib.ContextDecorator):
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __enter__(self):
+        self.prev = is_grad_enabled()
+        _state.enabled = self.enabled
+
+    def __exit__(self, *exc):
+        _state.enabled = self.prev
+        return False
+
+
+def no_grad():
+    """Context manager (and decorator) in which ops record no graph, as ``torch.no_grad``.
+
+    Examples
+    --------
+    >>> import fastnn as fnn
+    >>> w = fnn.Tensor([1.0, 2.0], requires_grad=True)
+    >>> with fnn.no_grad():
+    ...     y = w * 2
+    >>> y.requires_grad
+    False
+    """
+    return _GradMode(False)
+
+
+def enable_grad():
+    """Context manager that turns graph recording back on inside ``no_grad()``."""
+    return _GradMode(True)
+
+
+def _is_float(a) -> bool:
+    return a.dtype.kind == "f"
+
+
+class Tensor:
+    """An array with an optional gradient and the record of how it was computed.
+
+    Parameters
+    ----------
+    data : array_like
+        A NumPy array (kept as is, not copied), a Python number or a nested list (converted
+        with ``numpy.asarray``: Python floats become float64, as in NumPy).
+    requires_grad : bool
+        Record operations on this Tensor so ``backward`` can compute ``.grad``. Only
+        floating-point Tensors can require gradients.
+
+    Attributes
+    ----------
+    data : ndarray
+        The values.
+    grad : ndarray or None
+        ∂loss/∂self, same shape and dtype as ``data``, accumulated (``+=``) by
+        ``backward``; ``None`` until then.
+    requires_grad : bool
+    op : str
+        The op that produced this Tensor ("" for a leaf), for repr and debugging.
+
+    Notes
+    -----
+    ``ndarray ⊕ Tensor`` gives a Tensor: ``__array_ufunc__ = None`` makes NumPy hand binary
+    operators to the Tensor. Iterating a Tensor yields Tensors (rows), so gradients flow
+    through ``for angle in chain``.
+
+    Examples
+    --------
+    >>> import fastnn as fnn
+    >>> x = fnn.Tensor([1.0, 2.0, 3.0], requires_grad=True)
+    >>> loss = fnn.sum(x * x)
+    >>> loss.backward()
+    >>> x.grad
+    array([2., 4., 6.])
+    """
+
+    __array_ufunc__ = None
+    __array_priority__ = 1000
+    __slots__ = ("_backward", "_parents", "data", "grad", "op", "requires_grad")
+
+    def __init__(self, data, requires_grad: bool = False):
+        if isinstance(data, Tensor):
+            data = data.data
+        elif not (isinstance(data, np.ndarray) or hasattr(data, "__cuda_array_interface__")):
+            data = np.asarray(data)
+        if requires_grad and not _is_float(data):
+            raise TypeError(f"only floating-point Tensors can require gradients, got {data.dtype}")
+        self.data = data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._parents: tuple[Tensor, ...] = ()
+        self._backward: Callable | None = None
+        self.op = ""
+
+    # ---------------------------------------------------------------- views
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    @property
+    def T(self) -> Tensor:
+        return transpose(self)
+
+    def numpy(self) -> np.ndarray:
+        """The values as a NumPy array (shares memory on the CPU; copies from a GPU)."""
+        if isinstance(self.data, np.ndarray):
+            return self.data
+        return self.data.get()
+
+    def item(self) -> float:
+        """The single value as a Python number. Raises ValueError unless size == 1."""
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a Tensor with one element, got shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        if dtype is not None and a.dtype != dtype:
+            return a.astype(dtype)
+        return a.copy() if copy else a
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d Tensor")
+        return self.shape[0]
+
+    def __iter__(self) -> Iterator[Tensor]:
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d Tensor")
+        return (self[i] for i in range(self.shape[0]))
+
+    def __repr__(self) -> str:
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        extra += f", op={self.op}" if self.op else ""
+        body = np.array2string(self.numpy(), separator=", ", prefix="Tensor(")
+        return f"Tensor({body}, dtype={self.dtype}{extra})"
+
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def detach(self) -> Tensor:
+        """The same data, cut from the graph (no gradient flows through it)."""
+        return Tensor(self.data)
+
+    def argmax(self, axis=None):
+        """Indices of the maxima (an array; not differentiable)."""
+        return self.data.argmax(axis=axis)
+
+    # ------------------------------------------------------------ backward
+    def backward(self, gradient=None) -> None:
+        """Accumulate ∂self/∂leaf into ``.grad`` of every leaf that requires a gradient.
+
+        Parameters
+        ----------
+        gradient : array_like, optional
+            The seed ∂L/∂self; defaults to 1 for a single-element Tensor.
+
+        Raises
+        ------
+        RuntimeError
+            If ``self`` has more than one element and no ``gradient`` is given, or does not
+            require a gradient.
+        """
+        if not self.requires_grad:
+            raise RuntimeError(
+                "backward() on a Tensor that does not require a gradient: none of its inputs "
+                "had requires_grad=True (or it was computed under no_grad())"
+            )
+        grads = _backward_pass(self, _seed(self, gradient))
+        for leaf, g in grads:
+            if leaf.grad is None:
+                leaf.grad = g.copy()
+            else:
+                leaf.grad += g
+
+    # ----------------------------------------------------------- operators
+    def __add__(self, other):
+        return add(self, other)
+
+    def __radd__(self, other):
+        return add(other, self)
+
+    def __sub__(self, other):
+        return add(self, neg(other))
+
+    def __rsub__(self, other):
+        return add(other, neg(self))
+
+    def __mul__(self, other):
+        return mul(self, other)
+
+    def __rmul__(self, other):
+        return mul(other, self)
+
+    def __truediv__(self, other):
+        return div(self, other)
+
+    def __rtruediv__(self, other):
+        return div(other, self)
+
+    def __neg__(self):
+        return neg(self)
+
+    def __pow__(self, exponent):
+        return power(self, exponent)
+
+    def __rpow__(self, base):
+        return rpower(base, self)
+
+    def __matmul__(self, other):
+        return matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return matmul(other, self)
+
+    def __getitem__(self, index):
+        return getitem(self, index)
+
+    # Comparisons give plain arrays: they have no gradient.
+    def __lt__(self, other):
+        return self.data < _data(other)
+
+    def __le__(self, other):
+        return self.data <= _data(other)
+
+    def __gt__(self, other):
+        return self.data > _data(other)
+
+    def __ge__(self, other):
+        return self.data >= _data(other)
+
+    __hash__ = object.__hash__
+
+    def sum(self, axis=None, keepdims=False):
+        return sum(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return mean(self, axis=axis, keepdims=keepdims)
+
+    def reshape(self, *shape):
+        return reshape(self, shape[0] if len(shape) == 1 else shape)
+
+    def transpose(self, *axes):
+        return transpose(self, axes or None)
+
+
+# --------------------------------------------------------------- the graph
+def _data(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _tensor(x) -> Tensor:
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _pair(a, b) -> tuple[Tensor, Tensor]:
+    """Both operands as Tensors; a Python number takes the other operand's float dtype, as
+    NumPy treats Python scalars (float32 Tensor * 2.0 stays float32)."""
+    if isinstance(a, numbers.Number) and isinstance(b, Tensor) and _is_float(b.data):
+        a = Tensor(np.asarray(a, dtype=b.dtype))
+    elif isinstance(b, numbers.Number) and isinstance(a, Tensor) and _is_float(a.data):
+        b = Tensor(np.asarray(b, dtype=a.dtype))
+    return _tensor(a), _tensor(b)
+
+
+def _record(data, parents: Sequence[Tensor], backward: Callable, op: str) -> Tensor:
+    """The result of an op: a leaf when nothing needs a gradient, else a graph node.
+
+    ``backward(g)`` returns one gradient (or None) per parent, aligned with ``parents``.
+    """
+    out = Tensor(data)
+    if is_grad_enabled() and any(p.requires_grad for p in parents):
+        out.requires_grad = True
+        out._parents = tuple(parents)
+        out._backward = backward
+        out.op = op
+    return out
+
+
+def _seed(t: Tensor, gradient):
+    if gradient is None:
+        if t.data.size != 1:
+            raise RuntimeError(
+                f"backward() on a Tensor of shape {t.shape} needs an explicit gradient "
+                "(the seed ∂L/∂output); only single-element outputs get 1 by default"
+            )
+        return np.ones_like(t.data)
+    g = _data(gradient)
+    g = np.asarray(g, dtype=t.dtype) if isinstance(t.data, np.ndarray) else g
+    if g.shape != t.shape:
+        raise ValueError(f"backward(): gradient has shape {g.shape}, expected {t.shape}")
+    return g
+
+
+def _topological_order(root: Tensor) -> list[Tensor]:
+    """Nodes that need a gradient, each after all its parents (iterative DFS)."""
+    order: list[Tensor] = []
+    visited = {id(root)}
+    stack = [(root, 0)]
+    while stack:
+        node, i = stack.pop()
+        if i < len(node._parents):
+            stack.append((node, i + 1))
+            parent = node._parents[i]
+            if parent.requires_grad and id(parent) not in visited:
+                visited.add(id(parent))
+                stack.append((parent, 0))
+        else:
+            order.append(node)
+    return order
+
+
+def _backward_pass(root: Tensor, seed) -> list[tuple[Tensor, object]]:
+    """Gradients of ``root`` (seeded with ``seed``) for every leaf that requires one."""
+    grads = {id(root): seed}
+    leaves = []
+    for node in reversed(_topological_order(root)):
+        g = grads.pop(id(node), None)
+        if node._backward is None:
+            if g is not None:
+                leaves.append((node, g))
+            continue
+        if g is None:
+            continue
+        for parent, pg in zip(node._parents, node._backward(g), strict=True):
+            if pg is None or not parent.requires_grad:
+                continue
+            key = id(parent)
+            # Out of place: a backward may hand the same array to two parents.
+            grads[key] = pg if key not in grads else grads[key] + pg
+    return leaves
+
+
+# ------------------------------------------------------------ broadcasting
+def _unbroadcast(g, shape: tuple[int, ...]):
+    """Sum ``g`` down to ``shape``: the gradient of NumPy broadcasting."""
+    if g.shape == shape:
+        return g
+    if g.ndim == 2 and len(shape) == 1 and g.shape[1] == shape[0] and _is_float(g):
+        return ops.bias_grad(g)  # the bias gradient of a (B, F) + (F,) add
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        i + lead for i, n in enumerate(shape) if n == 1 and g.shape[i + lead] != 1
+    )
+    return g.sum(axis=axes, keepdims=True).reshape(shape) if axes else g.reshape(shape)
+
+
+# ---------------------------------------------------------- elementwise ops
+def add(a, b) -> Tensor:
+    """a + b with broadcasting; a (B, F) + b (F,) runs the ``bias_add`` kernel."""
+    a, b = _pair(a, b)
+    x, y = a.data, b.data
+    bias_like = x.ndim == 2 and y.ndim == 1 and x.shape[1] == y.shape[0]
+    if bias_like and x.dtype == y.dtype and x.dtype in _FLOATS:
+        data = ops.bias_add(x, y)
+    else:
+        data = x + y
+
+    def backward(g):
+        return _unbroadcast(g, a.shape), _unbroadcast(g, b.shape)
+
+    return _record(data, (a, b), backward, "add")
+
+
+def neg(a) -> Tensor:
+    a = _tensor(a)
+    return _record(-a.data, (a,), lambda g: (-g,), "neg")
+
+
+def mul(a, b) -> Tensor:
+    """a * b, elementwise with broadcasting."""
+    a, b = _pair(a, b)
+
+    def backward(g):
+        return (
+            _unbroadcast(g * b.data, a.shape) if a.requires_grad else None,
+            _unbroadcast(g * a.data, b.shape) if b.requires_grad else None,
+        )
+
+    return _record(a.data * b.data, (a, b), backward, "mul")
+
+
+def div(a, b) -> Tensor:
+    """a / b, elementwise with broadcasting."""
+    a, b = _pair(a, b)
+    out = a.data / b.data
+
+    def backward(g):
+        return (
+            _unbroadcast(g / b.data, a.shape) if a.requires_grad else None,
+            _unbroadcast(-g * out / b.data, b.shape) if b.requires_grad else None,
+        )
+
+    return _record(out, (a, b), backward, "div")
+
+
+def power(a, exponent) -> Tensor:
+    """a ** p for a scalar (Python or NumPy number) exponent p.
+
+    The derivative p·a^(p−1) is formed without logarithms, so it is exact at a = 0
+    (0 for p > 1) and for negative a with integer p.
+    """
+    if isinstance(exponent, Tensor) or not isinstance(exponent, numbers.Real):
+        raise TypeError("Tensor ** exponent needs a real scalar exponent")
+    a = _tensor(a)
+    p = exponent
+
+    def backward(g):
+        if p == 0:
+            return (np.zeros_like(a.data),)
+        if p == 1:
+            return (g,)
+        if p == 2:
+            return (g * 2 * a.data,)
+        return (g * p * a.data ** (p - 1),)
+
+    return _record(a.data**p, (a,), backward, "pow")
+
+
+def rpower(base, a) -> Tensor:
+    """base ** a for a scalar base: d/da = base^a · ln(base)."""
+    if not isinstance(base, numbers.Real):
+        raise TypeError("scalar ** Tensor needs a real scalar base")
+    a = _tensor(a)
+    out = np.power(base, a.data, dtype=a.dtype) if _is_float(a.data) else base**a.data
+    return _record(out, (a,), lambda g: (g * out * np.log(base),), "rpow")
+
+
+def _unary(name: str, f, df_from_x_out) -> Callable[[object], Tensor]:
+    def op(x) -> Tensor:
+        x = _tensor(x)
+        out = f(x.data)
+        return _record(out, (x,), lambda g: (g * df_from_x_out(x.data, out),), name)
+
+    op.__name__ = op.__qualname__ = name
+    return op
+
+
+exp = _unary("exp", np.exp, lambda x, y: y)
+log = _unary("log", np.log, lambda x, y: 1 / x)
+sin = _unary("sin", np.sin, lambda x, y: np.cos(x))
+cos = _unary("cos", np.cos, lambda x, y: -np.sin(x))
+tanh = _unary("tanh", np.tanh, lambda x, y: 1 - y * y)
+sigmoid = _unary(
+    "sigmoid",
+    lambda x: 0.5 * (np.tanh(0.5 * x) + 1),  # overflow-free logistic function
+    lambda x, y: y * (1 - y),
+)
+exp.__doc__ = "exp(x), elementwise."
+log.__doc__ = "Natural logarithm, elementwise (log 0 = -inf, as NumPy)."
+sin.__doc__ = "sin(x), elementwise (radians)."
+cos.__doc__ = "cos(x), elementwise (radians)."
+tanh.__doc__ = "tanh(x), elementwise."
+sigmoid.__doc__ = "Logistic sigmoid 1 / (1 + exp(-x)), elementwise, computed via tanh (no overflow)."
+
+
+def clamp(x, min=None, max=None) -> Tensor:  # noqa: A002  (PyTorch's names)
+    """Clip values to [min, max]; the gradient is 1 inside the range and 0 where clipped."""
+    x = _tensor(x)
+    out = np.clip(x.data, min, max)
+    return _record(out, (x,), lambda g: (g * (out == x.data),), "clamp")
+
+
+def relu(x) -> Tensor:
+    """max(0, x), elementwise, through the relu kernel (Nair & Hinton 2010).
+
+    NaN stays NaN; the gradient at exactly 0 is 0.
+    """
+    x = _tensor(x)
+    out = ops.relu(x.data)
+    return _record(out, (x,), lambda g: (ops.relu_backward(g, out),), "relu")
+
+
+# --------------------------------------------------------------- reductions
+def _normalize_axes(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    return tuple(a % ndim for a in axes)
+
+
+def sum(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001  (NumPy's name)
+    """Sum over ``axis`` (all axes by default), as ``numpy.sum``."""
+    x = _tensor(x)
+    out = x.data.sum(axis=axis, keepdims=keepdims)
+    axes = _normalize_axes(axis, x.ndim)
+
+    def backward(g):
+        if not keepdims:
+            g = g.reshape([1 if i in axes else n for i, n in enumerate(x.shape)])
+        return (np.broadcast_to(g, x.shape),)
+
+    out = np.asarray(out) if isinstance(x.data, np.ndarray) else out  # NumPy gives a scalar
+    return _record(out, (x,), backward, "sum")
+
+
+def mean(x, axis=None, keepdims=False) -> Tensor:
+    """Mean over ``axis`` (all axes by default), as ``numpy.mean``."""
+    x = _tensor(x)
+    axes = _normalize_axes(axis, x.ndim)
+    count = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+    return sum(x, axis=axis, keepdims=keepdims) * (1.0 / count if count else float("nan"))
+
+
+# ------------------------------------------------------------ shape ops
+def reshape(x, shape) -> Tensor:
+    """The same values in a new shape (as ``numpy.reshape``)."""
+    x = _tensor(x)
+    return _record(x.data.reshape(shape), (x,), lambda g: (g.reshape(x.shape),), "reshape")
+
+
+def transpose(x, axes=None) -> Tensor:
+    """Permute axes (reverse them by default), as ``numpy.transpose``."""
+    x = _tensor(x)
+    inverse = None if axes is None else tuple(np.argsort(axes))
+    return _record(
+        x.data.transpose(axes), (x,), lambda g: (g.transpose(inverse),), "transpose"
+    )
+
+
+def getitem(x, index) -> Tensor:
+    """``x[index]`` for any NumPy index; repeated fancy indices add up their gradients."""
+    x = _tensor(x)
+    if isinstance(index, Tensor):
+        index = index.data
+    elif isinstance(index, tuple):
+        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+
+    def backward(g):
+        dx = np.zeros_like(x.data)
+        np.add.at(dx, index, g)
+        return (dx,)
+
+    return _record(x.data[index], (x,), backward, "getitem")
+
+
+def stack(tensors: Sequence, axis: int = 0) -> Tensor:
+    """Join Tensors of one shape along a new axis, as ``numpy.stack``."""
+    ts = [_tensor(t) for t in tensors]
+    out = np.stack([t.data for t in ts], axis=axis)
+    ax = axis % out.ndim
+
+    def backward(g):
+        return tuple(np.take(g, i, axis=ax) for i in range(len(ts)))
+
+    return _record(out, ts, backward, "stack")
+
+
+def concatenate(tensors: Sequence, axis: int = 0) -> Tensor:
+    """Join Tensors along an existing axis, as ``numpy.concatenate``."""
+    ts = [_tensor(t) for t in tensors]
+    out = np.concatenate([t.data for t in ts], axis=axis)
+    ax = axis % out.ndim
+    bounds = np.cumsum([t.shape[ax] for t in ts])[:-1]
+
+    def backward(g):
+        return tuple(np.split(g, bounds, axis=ax))
+
+    return _record(out, ts, backward, "concatenate")
+
+
+# ------------------------------------------------------------ kernel ops
+def matmul(a, b) -> Tensor:
+    """Matrix product through the gemm kernel; 1-D operands act as row / column vectors.
+
+    Parameters
+    ----------
+    a : Tensor or ndarray, shape (M, K) or (K,)
+    b : Tensor or ndarray, shape (K, N) or (K,); the dtype of ``a`` (float32 or float64)
+
+    Raises
+    ------
+    ValueError
+        Inner dimensions that differ, or operands of rank 0 or above 2.
+    TypeError
+        Dtypes other than float32/float64, or mixed.
+    """
+    a, b = _tensor(a), _tensor(b)
+    if not (1 <= a.ndim <= 2 and 1 <= b.ndim <= 2):
+        raise ValueError(f"matmul needs 1-D or 2-D operands, got shapes {a.shape} and {b.shape}")
+    x = a.data.reshape(1, -1) if a.ndim == 1 else a.data
+    y = b.data.reshape(-1, 1) if b.ndim == 1 else b.data
+    if x.shape[1] != y.shape[0]:
+        raise ValueError(
+            f"matmul: inner dimensions differ: {a.shape} @ {b.shape} ({x.shape[1]} != {y.shape[0]})"
+        )
+    out2 = ops.gemm(x, y)
+    out_shape = out2.shape[(1 if a.ndim == 1 else 0) : (1 if b.ndim == 1 else 2)]
+
+    def backward(g):
+        g2 = g.reshape(out2.shape)
+        da = ops.gemm(g2, y, trans_b=True).reshape(a.shape) if a.requires_grad else None
+        db = ops.gemm(x, g2, trans_a=True).reshape(b.shape) if b.requires_grad else None
+        return da, db
+
+    return _record(out2.reshape(out_shape), (a, b), backward, "matmul")
+
+
+def dense(x, weight, bias=None, activation=None) -> Tensor:
+    """Fully connected layer ``act(x · weightᵀ + bias)`` as one fused kernel call.
+
+    Parameters
+    ----------
+    x : Tensor or ndarray, shape (B, in_features)
+    weight : Tensor, shape (out_features, in_features)
+    bias : Tensor, shape (out_features,), optional
+    activation : {None, "relu"}
+
+    Returns
+    -------
+    Tensor, shape (B, out_features)
+
+    Notes
+    -----
+    Backward: relu's mask from the output, then ``dense_backward`` (dX, dW, db in one call;
+    dX is skipped when x needs no gradient).
+    """
+    x, w = _tensor(x), _tensor(weight)
+    b = None if bias is None else _tensor(bias)
+    out = ops.dense_forward(x.data, w.data, None if b is None else b.data, activation=activation)
+
+    def backward(g):
+        dy = ops.relu_backward(g, out) if activation == "relu" else g
+        dx, dw, db = ops.dense_backward(
+            dy, x.data, w.data, need_dx=x.requires_grad, need_dbias=b is not None
+        )
+        return (dx, dw) if b is None else (dx, dw, db)
+
+    parents = (x, w) if b is None else (x, w, b)
+    return _record(out, parents, backward, "dense" if activation is None else "dense_relu")
+
+
+def softmax(x, axis: int = -1) -> Tensor:
+    """Softmax over the last axis (rows of a (B, C) array), through the softmax kernel.
+
+    Raises
+    ------
+    ValueError
+        For an axis other than the last.
+    """
+    x = _tensor(x)
+    if x.ndim == 0 or axis % x.ndim != x.ndim - 1:
+        raise ValueError(f"softmax runs over the last axis; got axis={axis} for shape {x.shape}")
+    x2 = x.data.reshape(-1, x.shape[-1]) if x.ndim != 2 else x.data
+    out = ops.softmax(x2)
+
+    def backward(g):
+        return (ops.softmax_backward(g.reshape(out.shape), out).reshape(x.shape),)
+
+    return _record(out.reshape(x.shape), (x,), backward, "softmax")
+
+
+def detach(x) -> Tensor:
+    """``x`` cut from the graph."""
+    return _tensor(x).detach()
+
+
+# ----------------------------------------------------------------- gradient
+def _leaf_like(value):
+    """(what f receives, how to read its gradient back) for one argument of ``gradient``."""
+    from fastnn.nn import Module  # layers sit above autograd; imported late on purpose
+
+    if isinstance(value, Module):
+        named = list(value.named_parameters())
+        return value, lambda grads: {n: grads.get(id(p), np.zeros_like(p.data)) for n, p in named}
+    if isinstance(value, Tensor):
+        if not _is_float(value.data):
+            return value, lambda grads: None
+        leaf = Tensor(value.data, requires_grad=True)
+        return leaf, lambda grads: grads.get(id(leaf), np.zeros_like(leaf.data))
+    if isinstance(value, list | tuple):
+        parts = [_leaf_like(v) for v in value]
+        wrapped = type(value)(p[0] for p in parts) if isinstance(value, list) else tuple(
+            p[0] for p in parts
+        )
+        return wrapped, lambda grads: type(value)(p[1](grads) for p in parts)
+    if isinstance(value, dict):
+        parts = {k: _leaf_like(v) for k, v in value.items()}
+        return {k: p[0] for k, p in parts.items()}, lambda grads: {
+            k: p[1](grads) for k, p in parts.items()
+        }
+    if isinstance(value, bool | int | np.integer) or value is None or isinstance(value, str):
+        return value, lambda grads: None
+    if isinstance(value, float | np.floating):
+        leaf = Tensor(np.asarray(value), requires_grad=True)
+        return leaf, lambda grads: float(grads[id(leaf)]) if id(leaf) in grads else 0.0
+    if isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__"):
+        if not _is_float(value):
+            return value, lambda grads: None
+        leaf = Tensor(value, requires_grad=True)
+        return leaf, lambda grads: grads.get(id(leaf), np.zeros_like(value))
+    return value, lambda grads: None
+
+
+def gradient(f: Callable, *args) -> tuple:
+    """Gradient of a scalar function with respect to each argument, like Zygote's.
+
+    Calls ``f(*args)`` with every floating-point argument made differentiable and returns
+    ∂f/∂arg for each, without touching any ``.grad``.
+
+    Parameters
+    ----------
+    f : callable
+        A plain Python function of arrays, Tensors, Modules, numbers or containers of them,
+        built from fastnn ops; it must return a single-element Tensor (or number).
+    *args
+        The arguments. Python lists, tuples and dicts are containers (walked element by
+        element), not arrays.
+
+    Returns
+    -------
+    tuple
+        One entry per argument, in that argument's structure: float array or Tensor → array
+        of its shape and dtype; Python float → float; Module → dict of parameter name →
+        array; list / tuple / dict → the same container; integers, strings, None → None.
+        An argument that does not influence f gets zeros.
+
+    Raises
+    ------
+    RuntimeError
+        If ``f`` returns more than one element.
+
+    Examples
+    --------
+    >>> import fastnn as fnn
+    >>> fnn.gradient(lambda a, b: (a + b) * (a + b), 2.0, -3.0)
+    (-2.0, -2.0)
+    """
+    with enable_grad():
+        wrapped = [_leaf_like(a) for a in args]
+        out = f(*(w[0] for w in wrapped))
+        out = _tensor(out)
+        if out.data.size != 1:
+            raise RuntimeError(
+                f"gradient: f must return a single-element Tensor, got shape {out.shape}"
+            )
+        grads = {}
+        if out.requires_grad:
+            grads = {id(leaf): g for leaf, g in _backward_pass(out, np.ones_like(out.data))}
+    return tuple(w[1](grads) for w in wrapped)
+
+
+# ---------------------------------------------------------------- gradcheck
+class GradcheckError(AssertionError):
+    """The graph's gradient and the finite-difference gradient disagree."""
+
+
+def gradcheck(f: Callable, *args, eps: float = 1e-6, rtol: float = 1e-5, atol: float = 1e-8):
+    """Check ``gradient(f, *args)`` against central finite differences in float64.
+
+    Every float64 array argument (and every parameter of a Module argument) is perturbed
+    element by element: ∂f/∂xᵢ ≈ (f(x + hᵢ) − f(x − hᵢ)) / 2h with h = eps·max(1, |xᵢ|).
+
+    Parameters
+    ----------
+    f : callable returning a single-element Tensor
+    *args : float64 arrays, Modules with float64 parameters, or other values passed as is
+    eps, rtol, atol : float
+        Step and tolerances: |analytic − numeric| ≤ atol + rtol·|numeric| elementwise.
+
+    Returns
+    -------
+    True
+
+    Raises
+    ------
+    TypeError
+        If a float argument is not float64 (float32 differences are too coarse).
+    GradcheckError
+        With the argument, the index and both values of the worst mismatch.
+    """
+    from fastnn.nn import Module
+
+    analytic = gradient(f, *args)
+    targets = []  # (name, array perturbed in place, analytic gradient)
+    for i, (a, g) in enumerate(zip(args, analytic, strict=True)):
+        if isinstance(a, Module):
+            for name, p in a.named_parameters():
+                targets.append((f"args[{i}].{name}", p.data, g[name]))
+        elif isinstance(a, np.ndarray | Tensor) and _is_float(_data(a)):
+            targets.append((f"args[{i}]", _data(a), g))
+    for name, x, _ in targets:
+        if x.dtype != np.float64:
+            raise TypeError(f"gradcheck needs float64 inputs; {name} is {x.dtype}")
+
+    def value():
+        with no_grad():
+            return float(_tensor(f(*args)).item())
+
+    for name, x, g in targets:
+        numeric = np.zeros_like(x)
+        flat, num_flat = x.reshape(-1), numeric.reshape(-1)  # views: x is perturbed in place
+        for k in range(flat.size):
+            orig = flat[k]
+            h = eps * max(1.0, abs(orig))
+            flat[k] = orig + h
+            up = value()
+            flat[k] = orig - h
+            down = value()
+            flat[k] = orig
+            num_flat[k] = (up - down) / (2 * h)
+        err = np.abs(np.asarray(g) - numeric) - (atol + rtol * np.abs(numeric))
+        if err.size and err.max() > 0:
+            k = np.unravel_index(int(err.argmax()), err.shape)
+            raise GradcheckError(
+                f"gradcheck: {name}{list(k)}: analytic {np.asarray(g)[k]!r} vs finite "
+                f"difference {numeric[k]!r}"
+            )
+    return True
+

@@ -1,0 +1,355 @@
+"""Layers: the ``Module`` protocol, ``Dense``, ``ReLU``, ``Softmax``, ``Flatten``, ``Sequential``.
+
+Parameters are ``Tensor`` attributes with ``requires_grad=True``; a Module finds them (and its
+sub-modules) in attribute order, and names them as PyTorch does (``"0.weight"`` in a
+Sequential), so ``state_dict()`` moves between fastnn and PyTorch unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from fastnn import autograd, init
+from fastnn.autograd import Tensor
+
+__all__ = ["Dense", "Flatten", "Module", "ReLU", "Sequential", "Softmax", "forward"]
+
+
+class Module:
+    """Base class of layers and models.
+
+    Subclasses set parameters (Tensors with ``requires_grad=True``) and sub-modules as
+    attributes and define ``forward``; calling the module runs ``forward``.
+
+    Attributes
+    ----------
+    training : bool
+        Set by ``train()`` / ``eval()`` (no layer here behaves differently yet).
+    """
+
+    training = True
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} defines no forward()")
+
+    # ------------------------------------------------------------ traversal
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        """(name, sub-module) pairs in attribute order."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        """(dotted name, parameter) pairs, own parameters first, in declaration order."""
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor) and value.requires_grad:
+                yield prefix + name, value
+        for name, child in self.named_children():
+            yield from child.named_parameters(prefix + name + ".")
+
+    def parameters(self) -> Iterator[Tensor]:
+        """The parameters in declaration order (what optimizers take)."""
+        return (p for _, p in self.named_parameters())
+
+    def num_parameters(self) -> int:
+        """Number of scalar parameters."""
+        return sum(p.size for p in self.parameters())
+
+    def zero_grad(self) -> None:
+        """Forget accumulated gradients (``.grad = None``, as PyTorch's default)."""
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode on this module and every sub-module; returns self."""
+        self.training = mode
+        for _, child in self.named_children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> Module:
+        """Set evaluation mode (``train(False)``); returns self."""
+        return self.train(False)
+
+    # ---------------------------------------------------- device and dtype
+    def to(self, target) -> Module:
+        """Move parameters to a device (``"cpu"``, ``"cuda"``) or convert them to a dtype.
+
+        Parameters
+        ----------
+        target : str or dtype
+            ``"cpu"``, ``"cuda"``, ``np.float32`` or ``np.float64``.
+
+        Returns
+        -------
+        self (the same Tensor objects, with converted ``.data``; ``.grad`` is dropped)
+
+        Raises
+        ------
+        RuntimeError
+            For ``"cuda"``: the CUDA kernels are not part of this build yet.
+        TypeError
+            For a dtype other than float32 / float64.
+        """
+        if isinstance(target, str):
+            if target == "cpu":
+                return self
+            if target.startswith("cuda"):
+                raise RuntimeError(
+                    "fastnn: the CUDA kernels are not part of this build yet; models run on "
+                    "the CPU (NumPy arrays) for now"
+                )
+            raise ValueError(f"unknown device {target!r}; expected 'cpu' or 'cuda'")
+        dtype = np.dtype(target)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"parameters must be float32 or float64, got {dtype}")
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = None
+        return self
+
+    # ------------------------------------------------------------ state dict
+    def state_dict(self) -> OrderedDict:
+        """Parameter name → array (the arrays themselves, not copies), PyTorch's keys."""
+        return OrderedDict((name, p.data) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> None:
+        """Copy arrays into the parameters (casting to each parameter's dtype).
+
+        Accepts anything ``numpy.asarray`` reads, such as PyTorch CPU tensors.
+
+        Raises
+        ------
+        KeyError
+            With ``strict``, missing or unexpected keys (all of them listed).
+        ValueError
+            A shape that does not fit, naming the parameter and both shapes.
+        """
+        params = dict(self.named_parameters())
+        if strict:
+            missing = [k for k in params if k not in state_dict]
+            unexpected = [k for k in state_dict if k not in params]
+            if missing or unexpected:
+                raise KeyError(
+                    f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
+                )
+        for name, value in state_dict.items():
+            if name not in params:
+                continue
+            value = np.asarray(value)
+            p = params[name]
+            if value.shape != p.shape:
+                raise ValueError(
+                    f"load_state_dict: {name} has shape {p.shape} in the model but "
+                    f"{value.shape} in the state dict"
+                )
+            np.copyto(p.data, value, casting="same_kind")
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        children = list(self.named_children())
+        if not children:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"  ({name}): " + repr(c).replace("\n", "\n  ") for name, c in children]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+def _activation_name(activation) -> str | None:
+    if activation is None:
+        return None
+    if activation is autograd.relu or activation == "relu":
+        return "relu"
+    return getattr(activation, "__name__", repr(activation))
+
+
+class Dense(Module):
+    """Fully connected layer ``y = activation(x · Wᵀ + b)``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    activation : None, ``fastnn.relu`` (or ``"relu"``), or any callable on Tensors
+        relu is fused into the layer's kernel; other callables are applied after it.
+    rng : None, int or numpy.random.Generator
+        For the weight initialisation.
+    dtype : float32 (default) or float64
+
+    Attributes
+    ----------
+    weight : Tensor, shape (out_features, in_features)
+        glorot_uniform, as in the article (Glorot & Bengio 2010).
+    bias : Tensor, shape (out_features,)
+        zeros.
+
+    Notes
+    -----
+    Input: a Tensor of the layer's dtype, or an array, which is cast to the layer's dtype at
+    this edge (uint8 images or float64 data are accepted that way). Shape (B, in_features),
+    or (in_features,) for one sample (the output is then (out_features,)).
+
+    Raises
+    ------
+    ValueError
+        When ``x.shape[-1] != in_features`` (for example ``Dense(784 => 128) expected
+        x.shape[-1] == 784, got (32, 785)``).
+    TypeError
+        A Tensor input of another float dtype than the layer's.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn as fnn
+    >>> layer = fnn.Dense(784, 32, fnn.relu, rng=0)
+    >>> layer
+    Dense(784 => 32, relu, params=25120)
+    >>> layer(np.zeros((5, 784), np.float32)).shape
+    (5, 32)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: Callable | str | None = None,
+        *,
+        rng=None,
+        dtype=np.float32,
+    ):
+        if in_features < 0 or out_features < 0:
+            raise ValueError(
+                f"Dense needs non-negative sizes, got {in_features} => {out_features}"
+            )
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"Dense: dtype must be float32 or float64, got {dtype}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.activation = activation
+        w = init.glorot_uniform((self.out_features, self.in_features), rng=rng, dtype=dtype)
+        self.weight = Tensor(w, requires_grad=True)
+        self.bias = Tensor(np.zeros(self.out_features, dtype=dtype), requires_grad=True)
+
+    def forward(self, x) -> Tensor:
+        dtype = self.weight.dtype
+        if isinstance(x, Tensor):
+            if x.dtype != dtype and x.dtype.kind == "f":
+                raise TypeError(
+                    f"{self!r} has {dtype} parameters but got a {x.dtype} Tensor; "
+                    f"convert one of them (model.to(np.{x.dtype}) or x.data.astype)"
+                )
+            if x.dtype != dtype:
+                x = Tensor(x.data.astype(dtype))
+        else:
+            x = Tensor(x if getattr(x, "dtype", None) == dtype else np.asarray(x, dtype=dtype))
+        if x.ndim not in (1, 2) or x.shape[-1] != self.in_features:
+            raise ValueError(f"{self!r} expected x.shape[-1] == {self.in_features}, got {x.shape}")
+        name = _activation_name(self.activation)
+        fused = name == "relu"
+        x2 = autograd.reshape(x, (1, -1)) if x.ndim == 1 else x
+        y = autograd.dense(x2, self.weight, self.bias, "relu" if fused else None)
+        if x.ndim == 1:
+            y = autograd.reshape(y, (self.out_features,))
+        if self.activation is not None and not fused:
+            y = self.activation(y)
+        return y
+
+    def extra_repr(self) -> str:
+        act = _activation_name(self.activation)
+        return f"{self.in_features} => {self.out_features}" + (f", {act}" if act else "") + (
+            f", params={self.num_parameters()}"
+        )
+
+
+class ReLU(Module):
+    """relu as a layer: ``max(0, x)``, NaN kept, gradient 0 at 0 (Nair & Hinton 2010)."""
+
+    def forward(self, x) -> Tensor:
+        return autograd.relu(x)
+
+
+class Softmax(Module):
+    """Softmax over the last axis as a layer (the article's last layer).
+
+    For training prefer logits with ``losses.softmax_cross_entropy``: fused and stable.
+    """
+
+    def forward(self, x) -> Tensor:
+        return autograd.softmax(x)
+
+
+class Flatten(Module):
+    """Reshape (B, d1, d2, ...) to (B, d1·d2·...): images (B, 1, 28, 28) → (B, 784)."""
+
+    def forward(self, x) -> Tensor:
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        return autograd.reshape(x, (x.shape[0], -1))
+
+
+class Sequential(Module):
+    """Layers applied in order: ``Sequential(l0, l1, ...)(x) == l1(l0(x))``.
+
+    Supports ``len``, indexing (an int gives a layer, a slice a Sequential) and iteration;
+    parameters are named ``"<index>.<name>"`` as in PyTorch.
+
+    Examples
+    --------
+    >>> import fastnn as fnn
+    >>> model = fnn.Sequential(fnn.Dense(784, 32, fnn.relu, rng=0), fnn.Dense(32, 10, rng=1))
+    >>> [name for name, _ in model.named_parameters()]
+    ['0.weight', '0.bias', '1.weight', '1.bias']
+    """
+
+    def __init__(self, *layers: Callable):
+        if len(layers) == 1 and isinstance(layers[0], list | tuple):
+            layers = tuple(layers[0])
+        self.layers = list(layers)
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Module):
+                yield str(i), layer
+
+    def forward(self, x) -> Tensor:
+        return forward(self.layers, x)
+
+    def activations(self, x) -> list[Tensor]:
+        """Every layer's output, in order (for debugging)."""
+        outs = []
+        for layer in self.layers:
+            x = layer(x)
+            outs.append(x)
+        return outs
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __repr__(self) -> str:
+        def show(layer):
+            return repr(layer) if isinstance(layer, Module) else getattr(layer, "__name__", repr(layer))
+
+        lines = [f"  ({i}): " + show(layer).replace("\n", "\n  ") for i, layer in enumerate(self)]
+        return "Sequential(\n" + "\n".join(lines) + "\n)"
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(*self.layers[index])
+        return self.layers[index]
+
+
+def forward(network, x):
+    """Apply the layers of ``network`` (a Sequential, tuple or list of callables) in order.
+
+    The article's ``forward(network, input)`` loop, for a plain tuple of layers.
+    """
+    for layer in network:
+        x = layer(x)
+    return x

@@ -1,0 +1,209 @@
+"""Optimizers (SGD with momentum / Nesterov, Adam, AdamW) and learning-rate schedules.
+
+Each ``step()`` updates every parameter in one native call over the list of parameter,
+gradient and state buffers ("multi-tensor apply"), not one call per array. The update rules
+are PyTorch's, so the same hyperparameters give the same trajectories.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from fastnn import ops
+from fastnn.autograd import Tensor
+
+__all__ = ["SGD", "Adam", "AdamW", "CosineLR", "Optimizer", "StepLR"]
+
+
+class Optimizer:
+    """Base class: holds the parameters and the learning rate ``lr``.
+
+    Parameters
+    ----------
+    params : iterable of Tensor
+        Parameters to update (``model.parameters()``); each needs ``requires_grad=True``.
+    lr : float
+        Learning rate (> 0 not enforced; 0 freezes).
+
+    Raises
+    ------
+    ValueError
+        An empty parameter list, a negative lr, or a parameter without requires_grad.
+    """
+
+    def __init__(self, params: Iterable[Tensor], lr: float):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Tensor) or not p.requires_grad:
+                raise ValueError(f"params[{i}] is not a Tensor with requires_grad=True")
+        if lr < 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        self.lr = float(lr)
+        self.step_count = 0
+
+    def zero_grad(self) -> None:
+        """Forget the parameters' gradients (``.grad = None``)."""
+        for p in self.params:
+            p.grad = None
+
+    def _groups(self):
+        """Parameters that have a gradient, grouped by dtype (one native call per dtype)."""
+        groups: dict[np.dtype, list[int]] = {}
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                groups.setdefault(p.dtype, []).append(i)
+        return groups.values()
+
+    def step(self) -> None:
+        """Apply one update to every parameter that has a ``.grad``."""
+        self.step_count += 1
+        for idx in self._groups():
+            self._update(idx)
+
+    def _update(self, idx: list[int]) -> None:
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, optionally with momentum (Sutskever et al. 2013).
+
+    ``g = grad + weight_decay · p``; without momentum ``p -= lr · g``; with momentum
+    ``v = momentum · v + g`` and ``p -= lr · (g + momentum · v if nesterov else v)``
+    (PyTorch's form, no dampening).
+
+    Parameters
+    ----------
+    params : iterable of Tensor
+    lr : float
+        Learning rate (the article uses 0.1).
+    momentum : float
+    nesterov : bool
+    weight_decay : float
+        L2 penalty coefficient.
+
+    Examples
+    --------
+    >>> import numpy as np, fastnn as fnn
+    >>> w = fnn.Tensor(np.array([1.0]), requires_grad=True)
+    >>> opt = fnn.optim.SGD([w], lr=0.1)
+    >>> fnn.sum(w * w).backward(); opt.step(); w.data
+    array([0.8])
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
+        if nesterov and momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+        self.velocity = [np.zeros_like(p.data) for p in self.params] if momentum else None
+
+    def _update(self, idx):
+        params = [self.params[i].data for i in idx]
+        grads = [self.params[i].grad for i in idx]
+        if self.velocity is None:
+            ops.sgd_update(params, grads, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            ops.momentum_update(
+                params, grads, [self.velocity[i] for i in idx], lr=self.lr,
+                momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov,
+            )
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015), with PyTorch's bias-corrected update.
+
+    ``m = β1 m + (1−β1) g``; ``v = β2 v + (1−β2) g²``;
+    ``p -= lr/(1−β1ᵗ) · m / (sqrt(v)/sqrt(1−β2ᵗ) + eps)``, g including
+    ``weight_decay · p`` (L2; see AdamW for decoupled decay).
+
+    Parameters
+    ----------
+    params : iterable of Tensor
+    lr : float, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-8
+    weight_decay : float, default 0
+    """
+
+    decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        if eps < 0 or weight_decay < 0:
+            raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
+        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+        self.exp_avg = [np.zeros_like(p.data) for p in self.params]
+        self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]
+
+    def _update(self, idx):
+        ops.adam_update(
+            [self.params[i].data for i in idx], [self.params[i].grad for i in idx],
+            [self.exp_avg[i] for i in idx], [self.exp_avg_sq[i] for i in idx],
+            lr=self.lr, step=self.step_count, betas=self.betas, eps=self.eps,
+            weight_decay=self.weight_decay, decoupled=self.decoupled,
+        )
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay.
+
+    ``p *= 1 − lr · weight_decay`` before the Adam step, instead of adding the decay to g.
+    Defaults as PyTorch: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 1e-2.
+    """
+
+    decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+class StepLR:
+    """Multiply the optimizer's lr by ``gamma`` every ``step_size`` calls of ``step()``.
+
+    Call ``step()`` once per epoch, as PyTorch's StepLR.
+    """
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
+        if step_size < 1:
+            raise ValueError(f"step_size must be >= 1, got {step_size}")
+        self.optimizer, self.step_size, self.gamma = optimizer, step_size, gamma
+        self.base_lr, self.epoch = optimizer.lr, 0
+
+    def step(self) -> float:
+        """Advance one epoch; returns the new learning rate."""
+        self.epoch += 1
+        self.optimizer.lr = self.base_lr * self.gamma ** (self.epoch // self.step_size)
+        return self.optimizer.lr
+
+
+class CosineLR:
+    """Cosine annealing from the initial lr to ``eta_min`` over ``t_max`` steps.
+
+    ``lr_t = eta_min + (lr_0 − eta_min) · (1 + cos(π t / t_max)) / 2`` (Loshchilov & Hutter
+    2017, without restarts; PyTorch's CosineAnnealingLR). Call ``step()`` once per epoch.
+    """
+
+    def __init__(self, optimizer: Optimizer, t_max: int, eta_min: float = 0.0):
+        if t_max < 1:
+            raise ValueError(f"t_max must be >= 1, got {t_max}")
+        self.optimizer, self.t_max, self.eta_min = optimizer, t_max, eta_min
+        self.base_lr, self.epoch = optimizer.lr, 0
+
+    def step(self) -> float:
+        """Advance one epoch; returns the new learning rate."""
+        self.epoch = min(self.epoch + 1, self.t_max)
+        cos = (1 + math.cos(math.pi * self.epoch / self.t_max)) / 2
+        self.optimizer.lr = self.eta_min + (self.base_lr - self.eta_min) * cos
+        return self.optimizer.lr

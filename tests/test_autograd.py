@@ -1,0 +1,313 @@
+"""Autodiff: every op's gradient against finite differences, the graph walk, gradient()."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from fastnn.autograd import GradcheckError
+
+
+def _away_from_zero(rng, shape, low=0.2):
+    """Random values with |x| >= low (finite differences stay off kinks and poles)."""
+    x = rng.uniform(low, 1.5, size=shape)
+    return np.asarray(x * rng.choice([-1.0, 1.0], size=shape))
+
+
+# ------------------------------------------------------------- gradcheck per op
+UNARY = {
+    "exp": fnn.exp,
+    "sin": fnn.sin,
+    "cos": fnn.cos,
+    "tanh": fnn.tanh,
+    "sigmoid": fnn.sigmoid,
+    "relu": fnn.relu,
+    "neg": lambda x: -x,
+    "square": lambda x: x**2,
+    "cube": lambda x: x**3,
+    "pow_neg": lambda x: x**-2,
+    "rpow": lambda x: 2.0**x,
+    "softmax": fnn.softmax,
+    "transpose": lambda x: x.T,
+    "reshape": lambda x: fnn.reshape(x, (-1,)),
+    "clamp": lambda x: fnn.clamp(x, -0.9, 0.9),
+}
+
+
+@pytest.mark.parametrize("name", list(UNARY))
+def test_unary_op_gradcheck(rng, name):
+    f = UNARY[name]
+    x = _away_from_zero(rng, (3, 5))
+    if name == "clamp":  # keep finite differences off the clipping edges
+        x = np.where(np.abs(np.abs(x) - 0.9) < 0.05, 0.5, x)
+    weights = rng.standard_normal(f(x).shape)  # a random linear read-out of the output
+    assert fnn.gradcheck(lambda x: fnn.sum(f(x) * weights), x)
+
+
+def test_log_gradcheck(rng):
+    x = rng.uniform(0.3, 2.0, size=(4, 3))
+    assert fnn.gradcheck(lambda x: fnn.sum(fnn.log(x)), x)
+
+
+@pytest.mark.parametrize(
+    ("shape_a", "shape_b"),
+    [((3, 4), (3, 4)), ((3, 4), (4,)), ((3, 4), (1, 4)), ((3, 1), (1, 4)), ((2, 3, 4), (3, 1)),
+     ((), (3,))],
+)
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
+def test_binary_broadcasting_gradcheck(rng, shape_a, shape_b, op):
+    a, b = _away_from_zero(rng, shape_a), _away_from_zero(rng, shape_b)
+    f = {
+        "add": lambda a, b: a + b,
+        "sub": lambda a, b: a - b,
+        "mul": lambda a, b: a * b,
+        "div": lambda a, b: a / b,
+    }[op]
+    w = rng.standard_normal(np.broadcast_shapes(shape_a, shape_b))
+    assert fnn.gradcheck(lambda a, b: fnn.sum(f(a, b) * w), a, b)
+    ga, gb = fnn.gradient(lambda a, b: fnn.sum(f(a, b) * w), a, b)
+    assert ga.shape == a.shape and gb.shape == b.shape
+
+
+@pytest.mark.parametrize(("shape_a", "shape_b"), [((3, 4), (4, 5)), ((4,), (4, 2)), ((3, 4), (4,)),
+                                                  ((4,), (4,)), ((1, 1), (1, 7))])
+def test_matmul_gradcheck(rng, shape_a, shape_b):
+    a, b = rng.standard_normal(shape_a), rng.standard_normal(shape_b)
+    out_shape = np.matmul(a, b).shape
+    w = rng.standard_normal(out_shape)
+    assert fnn.matmul(a, b).shape == out_shape
+    np.testing.assert_allclose(fnn.matmul(a, b).data, np.matmul(a, b), rtol=1e-12)
+    assert fnn.gradcheck(lambda a, b: fnn.sum((a @ b) * w), a, b)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, -1, (0, 1)])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_sum_mean_gradcheck(rng, axis, keepdims):
+    x = rng.standard_normal((3, 4))
+    w = rng.standard_normal(np.sum(x, axis=axis, keepdims=keepdims).shape)
+    assert fnn.gradcheck(lambda x: fnn.sum(fnn.sum(x, axis=axis, keepdims=keepdims) * w), x)
+    assert fnn.gradcheck(lambda x: fnn.sum(fnn.mean(x, axis=axis, keepdims=keepdims) * w), x)
+    np.testing.assert_allclose(fnn.mean(x, axis=axis).data, np.mean(x, axis=axis), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "index",
+    [1, (slice(None), 2), (slice(0, 3, 2), slice(None, None, -1)), np.array([0, 2, 0]),
+     (np.array([1, 1]), np.array([0, 3])), np.array([[True, False, True, False]] * 3)],
+)
+def test_indexing_gradcheck(rng, index):
+    x = rng.standard_normal((3, 4))
+    w = rng.standard_normal(x[index].shape)
+    assert fnn.gradcheck(lambda x: fnn.sum(x[index] * w), x)
+
+
+def test_repeated_fancy_index_adds_up():
+    g = fnn.gradient(lambda x: fnn.sum(x[np.array([0, 0, 2])]), np.zeros(3))[0]
+    np.testing.assert_array_equal(g, [2.0, 0.0, 1.0])
+
+
+def test_stack_concatenate_gradcheck(rng):
+    a, b = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    w = rng.standard_normal((2, 2, 3))
+    assert fnn.gradcheck(lambda a, b: fnn.sum(fnn.stack([a, b], axis=1) * w), a, b)
+    w2 = rng.standard_normal((2, 6))
+    assert fnn.gradcheck(lambda a, b: fnn.sum(fnn.concatenate([a, b], axis=1) * w2), a, b)
+
+
+def test_dense_op_gradcheck(rng):
+    x = rng.standard_normal((5, 4))
+    w, b = rng.standard_normal((3, 4)), rng.standard_normal(3)
+    r = rng.standard_normal((5, 3))
+    # keep pre-activations away from relu's kink
+    pre = x @ w.T + b
+    b = b + np.where(np.abs(pre) < 0.05, 0.2, 0.0).max(axis=0)
+    for act in (None, "relu"):
+        assert fnn.gradcheck(lambda x, w, b, act=act: fnn.sum(fnn.dense(x, w, b, act) * r), x, w, b)
+
+
+def test_softmax_cross_entropy_gradcheck(rng):
+    logits = rng.standard_normal((6, 4))
+    labels = rng.integers(0, 4, 6).astype(np.uint8)
+    assert fnn.gradcheck(lambda z: fnn.losses.softmax_cross_entropy(z, labels), logits)
+    soft = rng.dirichlet(np.ones(4), size=6)
+    assert fnn.gradcheck(lambda z: fnn.losses.softmax_cross_entropy(z, soft), logits)
+
+
+def test_directional_derivative_of_composite(rng):
+    """<∇f, v> equals the central difference of f along a random direction v."""
+
+    def f(x):
+        return fnn.sum(fnn.tanh(x @ x.T) * fnn.sigmoid(x[:, :3])) + fnn.mean(fnn.exp(x) ** 2)
+
+    x, v = rng.standard_normal((3, 4)) * 0.5, rng.standard_normal((3, 4))
+    g = fnn.gradient(f, x)[0]
+    h = 1e-6
+    numeric = (f(x + h * v).item() - f(x - h * v).item()) / (2 * h)
+    np.testing.assert_allclose(np.sum(g * v), numeric, rtol=1e-6)
+
+
+def test_gradcheck_catches_a_wrong_gradient(rng):
+    def bad_square(x):
+        x = x if isinstance(x, fnn.Tensor) else fnn.Tensor(x)
+        out = fnn.autograd._record(x.data**2, (x,), lambda g: (g * x.data,), "bad")  # no 2
+        assert out.requires_grad or not x.requires_grad
+        return out
+
+    with pytest.raises(GradcheckError, match="analytic"):
+        fnn.gradcheck(lambda x: fnn.sum(bad_square(x)), rng.standard_normal(3) + 2)
+
+
+def test_gradcheck_needs_float64():
+    with pytest.raises(TypeError, match="float64"):
+        fnn.gradcheck(lambda x: fnn.sum(x), np.ones(3, np.float32))
+
+
+# ----------------------------------------------------- graph and accumulation
+def test_value_used_twice_accumulates():  # HANDOUT C08
+    assert fnn.gradient(lambda a, b: (lambda c: c * c)(a + b), 2.0, -3.0) == (-2.0, -2.0)
+    g = fnn.gradient(lambda x: x * x + fnn.sin(x), 0.5)[0]
+    assert g == pytest.approx(1.8775825618903728, rel=1e-15)
+    np.testing.assert_array_equal(
+        fnn.gradient(lambda x: fnn.sum(x * x), np.array([1.0, 2.0, 3.0]))[0], [2, 4, 6]
+    )
+
+
+def test_bias_broadcast_gradient_shape():  # HANDOUT C07 (autodiff part)
+    g = fnn.gradient(lambda b: fnn.sum(np.ones((3, 4)) + b), np.zeros(4))[0]
+    assert g.shape == (4,)
+    np.testing.assert_array_equal(g, [3, 3, 3, 3])
+    g = fnn.gradient(lambda b: fnn.sum(np.ones((3, 4)) + b), np.zeros((1, 4)))[0]
+    assert g.shape == (1, 4)
+    np.testing.assert_array_equal(g, [[3, 3, 3, 3]])
+    g32 = fnn.gradient(lambda b: fnn.sum(np.ones((3, 4), np.float32) + b), np.zeros(4, np.float32))
+    assert g32[0].dtype == np.float32 and g32[0].shape == (4,)
+
+
+def test_power_rule_at_zero_and_negative_base():  # HANDOUT C10
+    assert fnn.gradient(lambda x: x**2, 0.0)[0] == 0.0
+    assert fnn.gradient(lambda x: x**1.5, 0.0)[0] == 0.0
+    assert fnn.gradient(lambda x: x**2, -2.0)[0] == -4.0
+    assert fnn.gradient(lambda x: x**3, -2.0)[0] == 12.0
+    gp, gt = fnn.gradient(
+        lambda p, t: fnn.sum((p - t) ** 2), np.array([3.0, 3.0]), np.array([3.0, 3.0])
+    )
+    np.testing.assert_array_equal(gp, [0, 0])
+    np.testing.assert_array_equal(gt, [0, 0])
+    assert np.all(np.isfinite(gp)) and np.all(np.isfinite(gt))
+
+
+def test_deep_graph_has_no_recursion_limit():
+    depth = sys.getrecursionlimit() * 3
+    x = fnn.Tensor(np.array(1.0), requires_grad=True)
+    y = x
+    for _ in range(depth):
+        y = y * 1.0 + 0.0
+    y.backward()
+    assert x.grad == 1.0
+
+
+def test_backward_accumulates_and_zero_grad_resets():
+    w = fnn.Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    fnn.sum(w * w).backward()
+    np.testing.assert_array_equal(w.grad, [2.0, -4.0])
+    fnn.sum(w * 3.0).backward()
+    np.testing.assert_array_equal(w.grad, [5.0, -1.0])
+    layer = fnn.Dense(2, 1, rng=0, dtype=np.float64)
+    layer.weight.grad = np.ones((1, 2))
+    layer.zero_grad()
+    assert layer.weight.grad is None
+    fnn.sum(layer(np.ones((1, 2)))).backward()
+    np.testing.assert_array_equal(layer.weight.grad, [[1.0, 1.0]])
+
+
+def test_gradient_does_not_touch_dot_grad():
+    model = fnn.Sequential(fnn.Dense(3, 2, rng=0, dtype=np.float64))
+    g = fnn.gradient(lambda m: fnn.sum(m(np.ones((4, 3)))), model)[0]
+    assert set(g) == {"0.weight", "0.bias"}
+    np.testing.assert_array_equal(g["0.bias"], [4.0, 4.0])
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_gradient_structures():
+    def f(xs, d, n, label):
+        return fnn.sum(xs[0] * xs[1]) + d["a"] * 2.0 + n
+
+    grads = fnn.gradient(f, [np.array([1.0, 2.0]), np.array([3.0, 4.0])], {"a": 1.5}, 7, "x")
+    assert isinstance(grads[0], list) and len(grads[0]) == 2
+    np.testing.assert_array_equal(grads[0][0], [3.0, 4.0])
+    np.testing.assert_array_equal(grads[0][1], [1.0, 2.0])
+    assert grads[1] == {"a": 2.0}
+    assert grads[2] is None and grads[3] is None
+    tup = fnn.gradient(lambda t: t[0] * t[1], (2.0, 5.0))[0]
+    assert tup == (5.0, 2.0)
+    unused = fnn.gradient(lambda a, b: fnn.sum(a), np.ones(2), np.ones(3))[1]
+    np.testing.assert_array_equal(unused, np.zeros(3))
+    t = fnn.Tensor(np.array([2.0]))
+    np.testing.assert_array_equal(fnn.gradient(lambda t: fnn.sum(t * t), t)[0], [4.0])
+    assert t.grad is None
+
+
+def test_no_grad_and_detach():
+    w = fnn.Tensor(np.array([1.0]), requires_grad=True)
+    with fnn.no_grad():
+        y = w * 2.0
+        assert not fnn.is_grad_enabled()
+    assert fnn.is_grad_enabled()
+    assert not y.requires_grad and y.op == ""
+    z = (w * 2.0).detach() * w
+    z.backward()
+    np.testing.assert_array_equal(w.grad, [2.0])  # the detached factor is a constant
+
+    @fnn.no_grad()
+    def infer(x):
+        return x * w
+
+    assert not infer(np.ones(1)).requires_grad
+
+
+def test_backward_errors():
+    v = fnn.Tensor(np.ones(3), requires_grad=True) * 2.0
+    with pytest.raises(RuntimeError, match=r"shape \(3,\) needs an explicit gradient"):
+        v.backward()
+    v.backward(np.ones(3))
+    with pytest.raises(ValueError, match="gradient has shape"):
+        v.backward(np.ones(4))
+    with pytest.raises(RuntimeError, match="does not require a gradient"):
+        fnn.Tensor(np.ones(1)).backward()
+    with pytest.raises(RuntimeError, match="single-element"):
+        fnn.gradient(lambda x: x * 2.0, np.ones(2))
+    with pytest.raises(TypeError, match="floating-point"):
+        fnn.Tensor(np.array([1, 2]), requires_grad=True)
+    with pytest.raises(ValueError, match=r"inner dimensions differ: \(2, 3\) @ \(4, 5\)"):
+        fnn.matmul(np.ones((2, 3)), np.ones((4, 5)))
+    with pytest.raises(TypeError, match="float16"):
+        fnn.matmul(np.ones((2, 2), np.float16), np.ones((2, 2), np.float16))
+
+
+# ------------------------------------------------------------ Tensor protocol
+def test_tensor_protocol():
+    a = np.arange(6.0).reshape(2, 3)
+    t = fnn.Tensor(a, requires_grad=True)
+    assert t.shape == (2, 3) and t.dtype == np.float64 and t.ndim == 2 and len(t) == 2
+    assert t.numpy() is a and np.asarray(t) is a
+    rows = list(t)
+    assert len(rows) == 2 and all(isinstance(r, fnn.Tensor) for r in rows)
+    assert isinstance(a + t, fnn.Tensor) and isinstance(a * t, fnn.Tensor)  # ndarray ⊕ Tensor
+    assert isinstance(a - t, fnn.Tensor) and isinstance(a / (t + 1), fnn.Tensor)
+    assert fnn.sum(t).item() == 15.0 and float(fnn.sum(t)) == 15.0
+    with pytest.raises(ValueError, match="one element"):
+        t.item()
+    assert "requires_grad=True" in repr(t)
+    np.testing.assert_array_equal(t > 2, a > 2)
+    np.testing.assert_array_equal(t.argmax(axis=1), [2, 2])
+    assert fnn.Tensor(3.0).dtype == np.float64
+    assert fnn.Tensor(np.float32(3.0)).dtype == np.float32
+
+
+def test_float32_graph_keeps_float32(rng):
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    g = fnn.gradient(lambda x: fnn.sum(fnn.relu(x) * 2.0 + fnn.exp(x) / 3.0), x)[0]
+    assert g.dtype == np.float32
