@@ -12,7 +12,7 @@ import os
 import platform
 import sys
 
-from fastnn import cuda, init, losses, ops, optim
+from fastnn import cuda, data, init, io, losses, ops, optim
 from fastnn.autograd import (
     Tensor,
     clamp,
@@ -41,6 +41,7 @@ from fastnn.autograd import (
 )
 from fastnn.backend import _cpu, get_num_threads, set_num_threads
 from fastnn.nn import Dense, Flatten, Module, ReLU, Sequential, Softmax, forward
+from fastnn.train import evaluate, fit, train_step
 
 __version__ = _cpu.config()["version"]
 
@@ -57,15 +58,19 @@ __all__ = [
     "concatenate",
     "cos",
     "cuda",
+    "data",
     "dense",
     "detach",
     "enable_grad",
+    "evaluate",
     "exp",
+    "fit",
     "forward",
     "get_num_threads",
     "gradcheck",
     "gradient",
     "init",
+    "io",
     "is_grad_enabled",
     "log",
     "losses",
@@ -84,6 +89,7 @@ __all__ = [
     "stack",
     "sum",
     "tanh",
+    "train_step",
     "transpose",
 ]
 

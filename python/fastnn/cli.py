@@ -1,0 +1,184 @@
+"""The ``fastnn`` command: ``train``, ``predict``, ``chain`` (also ``python -m fastnn``).
+
+A user error (a missing dataset, a bad file, a bad option) is one line on stderr and exit
+status 1 (2 for command-line syntax, from argparse), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+DATASETS = ("fashion-mnist", "mnist")
+
+
+def _batch_size(text: str):
+    if text == "full":
+        return "full"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _load_dataset(name: str, data_dir):
+    from fastnn import data
+
+    loader = data.fashion_mnist if name == "fashion-mnist" else data.mnist
+    return loader(data_dir)
+
+
+def cmd_train(args) -> int:
+    import fastnn as fnn
+    from fastnn import viz
+
+    if args.device == "cuda":
+        raise RuntimeError("--device cuda: the CUDA kernels are not part of this build yet")
+    if args.threads:
+        fnn.set_num_threads(args.threads)
+    train, test = _load_dataset(args.dataset, args.data)
+    rng = np.random.default_rng(args.seed)
+    model = fnn.Sequential(
+        fnn.Dense(train.x.shape[1], args.hidden, fnn.relu, rng=rng),
+        fnn.Dense(args.hidden, len(train.classes), rng=rng),
+    )
+    if args.optimizer == "sgd":
+        opt = fnn.optim.SGD(model.parameters(), lr=0.1 if args.lr is None else args.lr)
+    else:
+        opt = fnn.optim.Adam(model.parameters(), lr=1e-3 if args.lr is None else args.lr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{train.name}: {len(train):,} training and {len(test):,} test images "
+          f"(from {getattr(train, 'source', '?')})")
+    print(model)
+    print(f"{args.optimizer.upper()} lr {opt.lr}, batch size {args.batch_size}, "
+          f"{args.epochs} epochs, {fnn.get_num_threads()} threads, seed {args.seed}")
+    metadata = {"dataset": args.dataset, "classes": json.dumps(list(train.classes))}
+    history = fnn.fit(model, train, fnn.losses.softmax_cross_entropy, opt, epochs=args.epochs,
+                      batch_size=args.batch_size, validation=test, rng=rng, verbose=1,
+                      checkpoint=out / "model.safetensors", metadata=metadata)
+    if args.epochs == 0:
+        fnn.io.save(model, out / "model.safetensors", metadata=metadata)
+    else:
+        viz.plot_history(history, out / "curves.png")
+        print(f"final test accuracy {100 * history['val_accuracy'][-1]:.2f}%, "
+              f"mean epoch time {np.mean(history['seconds']):.3f} s")
+    with fnn.no_grad():
+        predicted = model(test.x[:32]).argmax(axis=1)
+    viz.prediction_grid(out / "predictions.png", test.x[:32], predicted, test.y[:32], test.classes)
+    (out / "history.json").write_text(json.dumps(dict(history), indent=1))
+    print(f"saved {out / 'model.safetensors'}, {out / 'curves.png'}, {out / 'predictions.png'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import fastnn as fnn
+    from fastnn import viz
+
+    model = fnn.io.load(args.model)
+    meta = fnn.io.load_metadata(args.model)
+    dataset = meta.get("dataset", "fashion-mnist")
+    if dataset not in DATASETS:
+        raise ValueError(f"{args.model}: unknown dataset {dataset!r} in its metadata")
+    _, test = _load_dataset(dataset, args.data)
+    if not 0 <= args.index < len(test):
+        raise ValueError(f"--index must be in [0, {len(test)}) for the {dataset} test set, "
+                         f"got {args.index}")
+    img, label = test.x[args.index], int(test.y[args.index])
+    with fnn.no_grad():
+        predicted = int(model(img[None]).argmax(axis=1)[0])
+    viz.save_image(args.out, img)
+    names = test.classes
+    print(f"test image {args.index}: predicted {predicted} ({names[predicted]}), "
+          f"true {label} ({names[label]}); saved {args.out}")
+    return 0
+
+
+def cmd_chain(args) -> int:
+    from fastnn import viz
+    from fastnn.examples import chain
+
+    start, target = np.zeros(2), np.array([3.0, 3.0])
+    chains, losses = chain.run(steps=args.steps, step_size=args.step_size, rng=args.seed,
+                               start=start, target=target)
+    frames = viz.chain_gif(args.out, chains, start, target)
+    print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} after {args.steps} steps; "
+          f"final distance to (3, 3): {np.sqrt(losses[-1]):.4f}; {frames} frames in {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastnn", description="fastnn: neural networks from first principles, at speed."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train the article's MLP (784 -> 32 relu -> 10)",
+                       description="Train the article's MLP with softmax cross-entropy and "
+                       "save the model, the loss/accuracy curves and a grid of predictions.")
+    p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    p.add_argument("--data", metavar="DIR", help="folder with the IDX files (default: search)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=_batch_size, default=128, metavar="B",
+                   help="minibatch size, or 'full' for all 60,000 images per step")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (sgd 0.1, adam 1e-3)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    p.add_argument("--hidden", type=_positive_int, default=32, help="hidden units (32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--out", default="run", metavar="DIR", help="output folder (run/)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="the article's test(n): classify one test image",
+                       description="Classify test image N (0-based) with a saved model; print "
+                       "the predicted class and save the image as PNG.")
+    p.add_argument("model", help="a model file saved by 'fastnn train'")
+    p.add_argument("--index", type=int, required=True, metavar="N")
+    p.add_argument("--data", metavar="DIR")
+    p.add_argument("--out", default="image.png")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("chain", help="the article's chain-of-links gradient-descent demo",
+                       description="Gradient descent on the angles of 4 links to reach (3, 3); "
+                       "saves an animated GIF.")
+    p.add_argument("--out", default="chain.gif")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--step-size", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_chain)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``fastnn`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, OSError, RuntimeError, FloatingPointError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"fastnn {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

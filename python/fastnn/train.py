@@ -1,0 +1,203 @@
+"""The training loop: ``train_step``, ``fit``, ``evaluate``. Short on purpose; replace at will.
+
+``fit`` runs epochs of shuffled minibatches (images and labels shuffled together), logs the
+mean training loss, training and validation accuracy, seconds and samples per second, keeps
+a checkpoint of the last good epoch when asked, and stops with ``FloatingPointError`` when
+the loss stops being finite.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+
+from fastnn import autograd, io, losses
+from fastnn.data import batches
+
+__all__ = ["History", "evaluate", "fit", "train_step"]
+
+
+def _xy(data, name: str):
+    if hasattr(data, "x") and hasattr(data, "y"):
+        return data.x, data.y
+    if isinstance(data, tuple | list) and len(data) == 2:
+        return data[0], data[1]
+    raise TypeError(f"{name} must be a Dataset (with .x and .y) or an (x, y) pair")
+
+
+def train_step(model, x, y, loss, optimizer) -> float:
+    """One step of gradient descent: forward, loss, backward, update.
+
+    Parameters
+    ----------
+    model : callable Module
+    x : ndarray, shape (B, ...)
+        A minibatch of inputs.
+    y : ndarray, shape (B,) or (B, C)
+        Labels or targets for ``loss``.
+    loss : callable (outputs, y) -> scalar Tensor
+    optimizer : fastnn.optim.Optimizer over the model's parameters
+
+    Returns
+    -------
+    float
+        The minibatch's loss before the update.
+    """
+    optimizer.zero_grad()
+    value = loss(model(x), y)
+    value.backward()
+    optimizer.step()
+    return value.item()
+
+
+@autograd.no_grad()
+def evaluate(model, data, *, loss=losses.softmax_cross_entropy, batch_size: int = 10000) -> dict:
+    """Mean loss and classification accuracy of ``model`` on a dataset, without gradients.
+
+    Parameters
+    ----------
+    model : callable Module returning (B, C) scores
+    data : Dataset or (x, y)
+        ``y`` holds integer class labels.
+    loss : callable, default softmax_cross_entropy
+    batch_size : int
+        Rows per forward pass (memory only; the result does not depend on it).
+
+    Returns
+    -------
+    dict with ``loss`` (mean per sample, nats) and ``accuracy`` (fraction in [0, 1]).
+    """
+    x, y = _xy(data, "data")
+    n = len(y)
+    if n == 0:
+        return {"loss": float("nan"), "accuracy": float("nan")}
+    total, correct = 0.0, 0
+    for start in range(0, n, batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        out = model(xb)
+        total += loss(out, yb).item() * len(yb)
+        correct += int((out.argmax(axis=1) == yb).sum())
+    return {"loss": total / n, "accuracy": correct / n}
+
+
+class History(dict):
+    """Per-epoch records, Keras-style: ``history["val_accuracy"]`` is a list, one per epoch.
+
+    Keys: epoch, loss (mean training loss over the epoch's minibatches, nats), accuracy
+    (training accuracy after the epoch), val_loss, val_accuracy (when validation data is
+    given), seconds (wall time of the epoch's training steps: shuffling, batching, forward,
+    backward, update; not evaluation), samples_per_second.
+    """
+
+    def append(self, record: dict) -> None:
+        for key, value in record.items():
+            self.setdefault(key, []).append(value)
+
+
+def fit(
+    model,
+    train,
+    loss=losses.softmax_cross_entropy,
+    optimizer=None,
+    epochs: int = 5,
+    batch_size: int | str = 128,
+    validation=None,
+    *,
+    rng=None,
+    verbose: int = 1,
+    checkpoint=None,
+    metadata: dict | None = None,
+) -> History:
+    """Train ``model`` on ``train`` for a number of epochs of shuffled minibatches.
+
+    Parameters
+    ----------
+    model : Module
+    train : Dataset or (x, y)
+        x of shape (N, ...) float, y of shape (N,) integer labels (or targets for ``loss``).
+    loss : callable, default ``losses.softmax_cross_entropy``
+    optimizer : fastnn.optim.Optimizer
+        Required.
+    epochs : int
+    batch_size : int or "full"
+        Minibatch size; ``"full"`` (or None) uses all N samples per step, the article's way.
+    validation : Dataset or (x, y), optional
+        Evaluated after each epoch.
+    rng : None, int or numpy.random.Generator
+        For the shuffling.
+    verbose : int
+        0: silent. 1: one line per epoch, and a progress bar when stderr is a terminal.
+    checkpoint : str or Path, optional
+        Saved (atomically, with ``metadata``) after every epoch whose losses were finite.
+    metadata : dict of str, optional
+        Stored in the checkpoint (for example the dataset's name).
+
+    Returns
+    -------
+    History
+
+    Raises
+    ------
+    FloatingPointError
+        When a minibatch loss is NaN or infinite; the message names the epoch and step and
+        the last good checkpoint, which is left as it was.
+    ValueError
+        For epochs < 0, a bad batch size, or no optimizer.
+    """
+    from tqdm.auto import tqdm
+
+    if optimizer is None:
+        raise ValueError("fit needs an optimizer, e.g. fastnn.optim.SGD(model.parameters(), lr=0.1)")
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    x, y = _xy(train, "train")
+    generator = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    n = len(y)
+    size = n if batch_size in ("full", None) else int(batch_size)
+    steps_per_epoch = math.ceil(n / size) if size > 0 else 0
+    history = History()
+    last_good = None
+    show_bar = verbose >= 1 and sys.stderr.isatty()
+    for epoch in range(1, epochs + 1):
+        total, seen = 0.0, 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
+                   disable=not show_bar, unit="step")
+        t0 = time.perf_counter()
+        for step, (xb, yb) in enumerate(batches(x, y, size, shuffle=True, rng=generator), 1):
+            value = train_step(model, xb, yb, loss, optimizer)
+            if not math.isfinite(value):
+                bar.close()
+                kept = f"; the last good checkpoint is {last_good}" if last_good else ""
+                raise FloatingPointError(
+                    f"the training loss became {value} at epoch {epoch}, step {step}{kept}. "
+                    "Try a smaller learning rate."
+                )
+            total += value * len(yb)
+            seen += len(yb)
+            bar.update()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+        seconds = time.perf_counter() - t0
+        bar.close()
+        record = {"epoch": epoch, "loss": total / max(seen, 1), "seconds": seconds,
+                  "samples_per_second": seen / seconds if seconds > 0 else float("inf")}
+        record["accuracy"] = evaluate(model, (x, y), loss=loss)["accuracy"]
+        if validation is not None:
+            val = evaluate(model, validation, loss=loss)
+            record["val_loss"], record["val_accuracy"] = val["loss"], val["accuracy"]
+        history.append(record)
+        if checkpoint is not None:
+            last_good = io.save(model, checkpoint, metadata=metadata)
+        if verbose >= 1:
+            print(_epoch_line(record, epochs), flush=True)
+    return history
+
+
+def _epoch_line(r: dict, epochs: int) -> str:
+    line = f"epoch {r['epoch']}/{epochs}  loss {r['loss']:.4f}  train acc {100 * r['accuracy']:.2f}%"
+    if "val_accuracy" in r:
+        line += f"  val loss {r['val_loss']:.4f}  val acc {100 * r['val_accuracy']:.2f}%"
+    return line + f"  {r['seconds']:.2f} s  {r['samples_per_second']:,.0f} samples/s"

@@ -1,0 +1,75 @@
+"""Losses: value and gradient agree, reductions as documented, stability."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from fastnn.losses import crossentropy, mse, softmax_cross_entropy
+
+
+def _log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def test_softmax_cross_entropy_value_and_reduction(rng):
+    logits = rng.standard_normal((7, 5))
+    labels = rng.integers(0, 5, 7)
+    loss = softmax_cross_entropy(logits, labels)
+    assert loss.shape == () and loss.dtype == np.float64
+    expected = -_log_softmax(logits)[np.arange(7), labels].mean()
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    g = fnn.gradient(lambda z: softmax_cross_entropy(z, labels), logits)[0]
+    onehot = np.eye(5)[labels]
+    np.testing.assert_allclose(g, (np.exp(_log_softmax(logits)) - onehot) / 7, rtol=1e-12)
+
+
+def test_softmax_cross_entropy_scaled_seed(rng):
+    logits = rng.standard_normal((3, 4))
+    labels = np.array([0, 3, 1], np.uint8)
+    g1 = fnn.gradient(lambda z: softmax_cross_entropy(z, labels), logits)[0]
+    g3 = fnn.gradient(lambda z: 3.0 * softmax_cross_entropy(z, labels), logits)[0]
+    np.testing.assert_allclose(g3, 3 * g1, rtol=1e-14)
+
+
+def test_softmax_cross_entropy_labels_checked():
+    with pytest.raises(ValueError, match="1000"):
+        softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1000]))
+    with pytest.raises(TypeError, match="integer"):
+        softmax_cross_entropy(np.zeros((2, 3)), np.array([0.5, 2.0]))
+
+
+def test_crossentropy_on_probabilities_matches_the_article(rng):
+    logits = rng.standard_normal((6, 4))
+    labels = rng.integers(0, 4, 6)
+    onehot = np.eye(4)[labels]
+    probs_fn = lambda z: fnn.softmax(z)  # noqa: E731
+    fused = softmax_cross_entropy(logits, labels).item()
+    assert crossentropy(probs_fn(logits), onehot).item() == pytest.approx(fused, rel=1e-12)
+    assert crossentropy(probs_fn(logits), labels).item() == pytest.approx(fused, rel=1e-12)
+    g_fused = fnn.gradient(lambda z: softmax_cross_entropy(z, labels), logits)[0]
+    g_two_step = fnn.gradient(lambda z: crossentropy(fnn.softmax(z), onehot), logits)[0]
+    np.testing.assert_allclose(g_two_step, g_fused, rtol=1e-9, atol=1e-15)
+
+
+def test_crossentropy_clamps_zero_probabilities():  # HANDOUT C03, probability-space
+    probs = np.array([[0.0, 1.0]], np.float32)
+    loss = crossentropy(probs, np.array([[1.0, 0.0]], np.float32))
+    tiny = np.finfo(np.float32).tiny
+    assert np.isfinite(loss.item()) and loss.item() == pytest.approx(-np.log(tiny), rel=1e-6)
+    g = fnn.gradient(lambda p: crossentropy(p, np.array([[1.0, 0.0]], np.float32)), probs)[0]
+    assert np.all(np.isfinite(g))
+    with pytest.raises(ValueError, match="targets"):
+        crossentropy(probs, np.ones((1, 3), np.float32))
+
+
+def test_mse_mean_over_all_elements(rng):
+    pred, target = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    assert mse(pred, target).item() == pytest.approx(np.mean((pred - target) ** 2), rel=1e-14)
+    assert fnn.gradcheck(lambda p: mse(p, target), pred)
+    g = fnn.gradient(lambda p: mse(p, target), pred)[0]
+    np.testing.assert_allclose(g, 2 * (pred - target) / pred.size, rtol=1e-12)
+    with pytest.raises(ValueError, match="differ in shape"):
+        mse(pred, target[:2])

@@ -1,0 +1,171 @@
+"""Layers: Dense, Sequential, the Module protocol, state dicts, dtype and device moves."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnn as fnn
+
+
+def test_dense_matches_the_formula_and_initialisation(rng):
+    layer = fnn.Dense(7, 5, rng=rng)
+    assert layer.weight.shape == (5, 7) and layer.bias.shape == (5,)
+    assert layer.weight.dtype == np.float32 and layer.weight.requires_grad
+    limit = np.sqrt(6 / (7 + 5))  # glorot_uniform
+    assert np.abs(layer.weight.data).max() <= limit
+    np.testing.assert_array_equal(layer.bias.data, 0)
+    x = rng.standard_normal((4, 7)).astype(np.float32)
+    layer.bias.data[:] = rng.standard_normal(5)
+    ref = x.astype(np.float64) @ layer.weight.data.T.astype(np.float64) + layer.bias.data
+    np.testing.assert_allclose(layer(x).data, ref, rtol=1e-5, atol=1e-5)
+    relu_layer = fnn.Dense(7, 5, fnn.relu, rng=0)
+    relu_layer.bias.data[:] = layer.bias.data
+    relu_layer.weight.data[:] = layer.weight.data
+    np.testing.assert_allclose(relu_layer(x).data, np.maximum(ref, 0), rtol=1e-5, atol=1e-5)
+    assert relu_layer(x).op == "dense_relu"
+    by_name = fnn.Dense(7, 5, "relu", rng=0)
+    by_name.load_state_dict(relu_layer.state_dict())
+    np.testing.assert_array_equal(by_name(x).data, relu_layer(x).data)
+
+
+def test_dense_with_other_activation_and_vector_input(rng):
+    layer = fnn.Dense(3, 2, fnn.tanh, rng=0, dtype=np.float64)
+    x = rng.standard_normal(3)
+    y = layer(x)
+    assert y.shape == (2,)
+    np.testing.assert_allclose(y.data, np.tanh(layer.weight.data @ x), rtol=1e-12)
+    assert fnn.gradcheck(lambda m, x: fnn.sum(m(x) * np.array([1.0, -2.0])), layer, x)
+
+
+def test_dense_layer_gradcheck(rng):
+    model = fnn.Sequential(
+        fnn.Dense(4, 6, fnn.relu, rng=1, dtype=np.float64), fnn.Dense(6, 3, rng=2, dtype=np.float64)
+    )
+    for p in model.parameters():
+        p.data[...] = rng.standard_normal(p.shape)
+    x = rng.standard_normal((5, 4))
+    labels = np.array([0, 2, 1, 1, 0])
+    pre = model[0].weight.data @ x.T + model[0].bias.data[:, None]
+    assert np.abs(pre).min() > 1e-3  # finite differences stay off relu's kink
+    assert fnn.gradcheck(lambda m, x: fnn.losses.softmax_cross_entropy(m(x), labels), model, x)
+
+
+def test_dense_casts_arrays_at_its_edge_and_rejects_mismatched_tensors():
+    layer = fnn.Dense(3, 2, rng=0)
+    assert layer(np.ones((1, 3), np.float64)).dtype == np.float32
+    assert layer(np.ones((1, 3), np.uint8)).dtype == np.float32
+    with pytest.raises(TypeError, match="float64 Tensor"):
+        layer(fnn.Tensor(np.ones((1, 3))))
+
+
+def test_dense_shape_error_names_layer_and_shapes():
+    layer = fnn.Dense(784, 128, rng=0)
+    with pytest.raises(ValueError) as err:
+        layer(np.zeros((32, 785), np.float32))
+    msg = str(err.value)
+    assert "Dense(784 => 128" in msg and "x.shape[-1] == 784" in msg and "(32, 785)" in msg
+    with pytest.raises(TypeError, match="float16"):
+        fnn.Dense(3, 2, dtype=np.float16)
+    with pytest.raises(ValueError, match="non-negative"):
+        fnn.Dense(-1, 2)
+
+
+def test_sequential_protocol():
+    model = fnn.Sequential(fnn.Dense(784, 32, fnn.relu, rng=0), fnn.Dense(32, 10, rng=1))
+    assert len(model) == 2 and isinstance(model[0], fnn.Dense)
+    assert isinstance(model[:1], fnn.Sequential) and len(model[:1]) == 1
+    names = [n for n, _ in model.named_parameters()]
+    assert names == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert model.num_parameters() == 784 * 32 + 32 + 32 * 10 + 10
+    text = repr(model)
+    assert "(0): Dense(784 => 32, relu, params=25120)" in text
+    assert "(1): Dense(32 => 10, params=330)" in text
+    x = np.zeros((2, 784), np.float32)
+    acts = model.activations(x)
+    assert [a.shape for a in acts] == [(2, 32), (2, 10)]
+    np.testing.assert_array_equal(model(x).data, acts[-1].data)
+    assert model.eval() is model and not model[0].training
+    assert model.train().training and model[1].training
+
+
+def test_the_articles_tuple_network_and_forward():
+    network = (fnn.Dense(28 * 28, 32, fnn.relu, rng=0), fnn.Dense(32, 10, rng=1), fnn.softmax)
+    x = np.random.default_rng(0).random((3, 784), dtype=np.float32)
+    probs = fnn.forward(network, x)
+    np.testing.assert_allclose(probs.data.sum(axis=1), 1.0, rtol=1e-6)
+    seq = fnn.Sequential(*network)
+    np.testing.assert_array_equal(seq(x).data, probs.data)
+    assert "softmax" in repr(seq)
+
+
+def test_relu_softmax_flatten_layers(rng):
+    x = rng.standard_normal((2, 1, 3, 3))
+    flat = fnn.Flatten()(x)
+    assert flat.shape == (2, 9)
+    np.testing.assert_array_equal(fnn.ReLU()(flat).data, np.maximum(flat.data, 0))
+    np.testing.assert_allclose(fnn.Softmax()(flat).data.sum(axis=1), 1.0)
+
+
+def test_state_dict_round_trip_with_pytorch_keys(rng):
+    a = fnn.Sequential(fnn.Dense(4, 3, fnn.relu, rng=0), fnn.Dense(3, 2, rng=1))
+    b = fnn.Sequential(fnn.Dense(4, 3, fnn.relu, rng=5), fnn.Dense(3, 2, rng=6))
+    sd = a.state_dict()
+    assert list(sd) == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    b.load_state_dict({k: v.astype(np.float64) for k, v in sd.items()})  # cast on load
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_array_equal(a(x).data, b(x).data)
+    with pytest.raises(ValueError, match=r"0.weight has shape \(3, 4\).*\(4, 3\)"):
+        b.load_state_dict({**sd, "0.weight": np.zeros((4, 3))})
+    with pytest.raises(KeyError, match=r"missing keys \['1.bias'\]"):
+        b.load_state_dict({k: v for k, v in sd.items() if k != "1.bias"})
+    b.load_state_dict({"0.bias": np.ones(3)}, strict=False)
+    np.testing.assert_array_equal(b[0].bias.data, 1.0)
+
+
+def test_to_dtype_and_device():
+    model = fnn.Sequential(fnn.Dense(3, 2, rng=0))
+    params = list(model.parameters())
+    model.to(np.float64)
+    assert all(p.dtype == np.float64 for p in model.parameters())
+    assert list(model.parameters()) == params  # the same Tensor objects
+    assert model.to("cpu") is model
+    with pytest.raises(RuntimeError, match="CUDA"):
+        model.to("cuda")
+    with pytest.raises(TypeError, match="int32"):
+        model.to(np.int32)
+    with pytest.raises(ValueError, match="unknown device"):
+        model.to("tpu")
+
+
+def test_init_functions():
+    w = fnn.init.glorot_uniform((32, 784), rng=0)
+    assert w.dtype == np.float32 and np.abs(w).max() <= np.sqrt(6 / 816)
+    assert abs(w.std() - np.sqrt(6 / 816) / np.sqrt(3)) < 0.01
+    h = fnn.init.he_normal((256, 512), rng=0, dtype=np.float64)
+    assert abs(h.std() - np.sqrt(2 / 512)) < 0.01 * np.sqrt(2 / 512) * 10
+    np.testing.assert_array_equal(fnn.init.glorot_uniform((3, 4), rng=7),
+                                  fnn.init.glorot_uniform((3, 4), rng=7))
+    with pytest.raises(TypeError, match="rng"):
+        fnn.init.glorot_uniform((3, 4), rng="seed")
+
+
+def test_weights_outlive_their_layer():  # HANDOUT C22 (the layer part)
+    code = """
+import gc, numpy as np, fastnn as fnn
+layer = fnn.Dense(3, 2, rng=0)
+w = layer.state_dict()["weight"]
+keep = w.copy()
+del layer; gc.collect()
+junk = [np.full(100_000, 7.0) for _ in range(50)]
+assert np.array_equal(w, keep), (w, keep)
+print("same")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "same"
+    gc.collect()

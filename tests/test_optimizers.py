@@ -1,0 +1,121 @@
+"""Optimizer classes: PyTorch's update rules, one native call per step, schedules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn as fnn
+
+
+def _params(rng, dtype=np.float64):
+    return [fnn.Tensor(rng.standard_normal(s).astype(dtype), requires_grad=True)
+            for s in [(4, 3), (4,), (2, 4)]]
+
+
+def _set_grads(params, rng):
+    grads = [rng.standard_normal(p.shape).astype(p.dtype) for p in params]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.copy()
+    return grads
+
+
+@pytest.mark.parametrize(("momentum", "nesterov", "wd"),
+                         [(0.0, False, 0.0), (0.0, False, 0.1), (0.9, False, 0.0), (0.9, True, 0.01)])
+def test_sgd_follows_pytorchs_rule(rng, momentum, nesterov, wd):
+    params = _params(rng)
+    ref = [p.data.copy() for p in params]
+    vel = [np.zeros_like(r) for r in ref]
+    opt = fnn.optim.SGD(params, lr=0.05, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+    for _ in range(3):
+        grads = _set_grads(params, rng)
+        opt.step()
+        for i, g in enumerate(grads):
+            g = g + wd * ref[i]
+            if momentum:
+                vel[i] = momentum * vel[i] + g
+                g = g + momentum * vel[i] if nesterov else vel[i]
+            ref[i] = ref[i] - 0.05 * g
+    for p, r in zip(params, ref, strict=True):
+        np.testing.assert_allclose(p.data, r, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("cls", [fnn.optim.Adam, fnn.optim.AdamW])
+def test_adam_follows_pytorchs_rule(rng, cls):
+    params = _params(rng)
+    ref = [p.data.copy() for p in params]
+    m = [np.zeros_like(r) for r in ref]
+    v = [np.zeros_like(r) for r in ref]
+    lr, (b1, b2), eps, wd = 0.01, (0.8, 0.99), 1e-6, 0.05
+    opt = cls(params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    for t in range(1, 4):
+        grads = _set_grads(params, rng)
+        opt.step()
+        for i, g in enumerate(grads):
+            if cls is fnn.optim.AdamW:
+                ref[i] = ref[i] * (1 - lr * wd)
+            else:
+                g = g + wd * ref[i]
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            denom = np.sqrt(v[i]) / np.sqrt(1 - b2**t) + eps
+            ref[i] = ref[i] - lr / (1 - b1**t) * m[i] / denom
+    for p, r in zip(params, ref, strict=True):
+        np.testing.assert_allclose(p.data, r, rtol=1e-12, atol=1e-15)
+
+
+def test_step_skips_parameters_without_grad_and_mixed_dtypes(rng):
+    p32 = fnn.Tensor(np.ones(3, np.float32), requires_grad=True)
+    p64 = fnn.Tensor(np.ones(2), requires_grad=True)
+    frozen = fnn.Tensor(np.ones(2), requires_grad=True)
+    opt = fnn.optim.SGD([p32, p64, frozen], lr=0.5)
+    p32.grad, p64.grad = np.ones(3, np.float32), np.ones(2)
+    opt.step()
+    np.testing.assert_array_equal(p32.data, 0.5)
+    np.testing.assert_array_equal(p64.data, 0.5)
+    np.testing.assert_array_equal(frozen.data, 1.0)
+    opt.zero_grad()
+    assert p32.grad is None and p64.grad is None
+
+
+def test_optimizer_argument_errors():
+    p = fnn.Tensor(np.ones(2), requires_grad=True)
+    with pytest.raises(ValueError, match="empty"):
+        fnn.optim.SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="lr"):
+        fnn.optim.SGD([p], lr=-1)
+    with pytest.raises(ValueError, match="requires_grad"):
+        fnn.optim.SGD([fnn.Tensor(np.ones(2))], lr=0.1)
+    with pytest.raises(ValueError, match="nesterov"):
+        fnn.optim.SGD([p], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="betas"):
+        fnn.optim.Adam([p], betas=(0.9, 1.0))
+
+
+def test_lr_schedules():
+    p = fnn.Tensor(np.ones(2), requires_grad=True)
+    opt = fnn.optim.SGD([p], lr=1.0)
+    sched = fnn.optim.StepLR(opt, step_size=2, gamma=0.5)
+    assert [sched.step() for _ in range(4)] == [1.0, 0.5, 0.5, 0.25]
+    opt.lr = 1.0
+    cos = fnn.optim.CosineLR(opt, t_max=4, eta_min=0.0)
+    lrs = [cos.step() for _ in range(5)]
+    np.testing.assert_allclose(lrs, [0.8535533905932737, 0.5, 0.14644660940672624, 0.0, 0.0])
+
+
+def test_training_loop_with_the_user_api_learns(rng):
+    """The article's loop: gradient of the loss, then an update; loss must fall."""
+    x = rng.standard_normal((64, 5)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    model = fnn.Sequential(fnn.Dense(5, 16, fnn.relu, rng=0), fnn.Dense(16, 2, rng=1))
+    opt = fnn.optim.SGD(model.parameters(), lr=0.5)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = fnn.losses.softmax_cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    acc = (model(x).argmax(axis=1) == y).mean()
+    assert acc > 0.9
