@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from fastnn import ops
 
 RNG = np.random.default_rng(0)
@@ -157,4 +156,3 @@ def test_adam_update(benchmark, impl):
                 p -= 1e-3 / 0.1 * mi / (np.sqrt(vi) / np.sqrt(0.001) + 1e-8)
 
         benchmark(step)
-

@@ -17,9 +17,8 @@ import json
 import statistics
 import time
 
-import numpy as np
-
 import fastnn as fnn
+import numpy as np
 from fastnn import backend, ops
 
 
@@ -89,8 +88,14 @@ def main() -> None:
     print(f"  step wall time     {wall:8.1f} us")
     print(f"  inside kernels     {native:8.1f} us  ({calls:.0f} native calls per step)")
     print(f"  Python (the rest)  {python:8.1f} us")
-    record = {"batch": args.batch, "threads": fnn.get_num_threads(), "step_us": wall,
-              "native_us": native, "python_us": python, "native_calls": calls}
+    record = {
+        "batch": args.batch,
+        "threads": fnn.get_num_threads(),
+        "step_us": wall,
+        "native_us": native,
+        "python_us": python,
+        "native_calls": calls,
+    }
     print("RESULT " + json.dumps(record))
 
 

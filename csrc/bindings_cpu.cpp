@@ -188,10 +188,15 @@ std::array<Matrix<T>, N> as_matrices(const std::array<py::array*, N>& arrays,
     }
     dims.push_back({ref.shape(d), st});
   }
-  if (dims.size() > 2)
-    value_error(std::string(names[0]) + " of shape " + shape_str(ref) +
-                " is a view with more than two non-contiguous dimensions; pass a contiguous "
+  if (dims.size() > 2) {
+    std::string strided;  // the arrays that are not C-contiguous (at least one is)
+    for (size_t k = 0; k < N; ++k)
+      if (!(arrays[k]->flags() & py::array::c_style))
+        strided += (strided.empty() ? "" : " and ") + std::string(names[k]);
+    value_error(strided + " of shape " + shape_str(ref) +
+                ": a view with more than two non-contiguous dimensions; pass a contiguous "
                 "array (numpy.ascontiguousarray)");
+  }
   if (ref.size() == 0) dims.assign(1, {0, {}});
   while (dims.size() < 2) dims.insert(dims.begin(), {1, {}});
   std::array<Matrix<T>, N> out;
@@ -315,6 +320,7 @@ void dense_backward(const py::object& dy_obj, const py::object& x_obj, const py:
     if (!db_obj.is_none()) {
       dB = out_vector<T>(db, "dbias", W.rows);
       check_separate(db, "dbias", inputs);
+      check_separate(db, "dbias", {{&dw, "dweight"}, {dx_obj.is_none() ? nullptr : &dx, "dx"}});
     }
     py::gil_scoped_release release;
     cpu::dense_backward<T>(dX, dW, dB, dY, X, W, accumulate);
@@ -329,7 +335,7 @@ void relu(const py::object& x_obj, py::object y_obj) {
   check_no_partial_alias(y, x, "out", "x");
   dispatch(kind, [&](auto zero) {
     using T = decltype(zero);
-    auto [Y, X] = as_matrices<T, 2>({&y, &x}, {"out", "x"});
+    auto [X, Y] = as_matrices<T, 2>({&x, &y}, {"x", "out"});
     py::gil_scoped_release release;
     cpu::relu<T>(Y, as_const(X));
   });
@@ -344,7 +350,7 @@ void relu_backward(const py::object& dy_obj, const py::object& x_obj, py::object
   check_no_partial_alias(dx, x, "out", "x");
   dispatch(kind, [&](auto zero) {
     using T = decltype(zero);
-    auto [DX, DY, X] = as_matrices<T, 3>({&dx, &dy, &x}, {"out", "dy", "x"});
+    auto [DY, X, DX] = as_matrices<T, 3>({&dy, &x, &dx}, {"dy", "x", "out"});
     py::gil_scoped_release release;
     cpu::relu_backward<T>(DX, as_const(DY), as_const(X));
   });
@@ -449,6 +455,9 @@ void softmax_cross_entropy(const py::object& logits_obj, const py::object& targe
       check_separate(dlogits, "dlogits", {{&logits, "logits"}, {&target, "labels"}});
     }
     if (tk == 'i' || tk == 'u') {
+      if (!target.dtype().attr("isnative").cast<bool>())  // e.g. '>u2' from a big-endian file
+        type_error("labels must be in the machine's byte order, got dtype " + dtype_str(target) +
+                   " (use labels.astype(labels.dtype.newbyteorder('=')))");
       if (target.ndim() != 1 || target.shape(0) != X.rows)
         value_error("labels must have shape (" + std::to_string(X.rows) +
                     ",) to match logits " + shape_str(logits) + ", got " + shape_str(target));
@@ -467,13 +476,18 @@ void softmax_cross_entropy(const py::object& logits_obj, const py::object& targe
       py::gil_scoped_release release;
       cpu::softmax_cross_entropy<T>(L, D, X, labels.data());
     } else if (tk == 'f') {
-      if (float_kind(target, "targets") != kind)
-        type_error("targets have dtype " + dtype_str(target) + " but logits have " +
+      if (target.ndim() != 2)  // float class indices: never truncated to integers
+        type_error("labels must have an integer dtype for class indices, got " +
+                   dtype_str(target) + " of shape " + shape_str(target) +
+                   " (float labels are soft targets of the logits' shape " + shape_str(logits) +
+                   ")");
+      if (float_kind(target, "labels") != kind)
+        type_error("labels (soft targets) have dtype " + dtype_str(target) + " but logits have " +
                    dtype_str(logits) + "; soft targets must match the logits' dtype");
-      const Matrix<const T> Tg = in_matrix<T>(target, "targets");
+      const Matrix<const T> Tg = in_matrix<T>(target, "labels");
       if (Tg.rows != X.rows || Tg.cols != X.cols)
-        value_error("targets must have the shape of logits " + shape_str(logits) + ", got " +
-                    shape_str(target) + " (integer class labels have shape (" +
+        value_error("labels (soft targets) must have the shape of logits " + shape_str(logits) +
+                    ", got " + shape_str(target) + " (integer class labels have shape (" +
                     std::to_string(X.rows) + ",))");
       py::gil_scoped_release release;
       cpu::softmax_cross_entropy<T>(L, D, X, Tg);
@@ -576,7 +590,9 @@ void momentum_update(const py::list& params, const py::list& grads, const py::li
 void adam_update(const py::list& params, const py::list& grads, const py::list& exp_avg,
                  const py::list& exp_avg_sq, double lr, double beta1, double beta2, double eps,
                  double weight_decay, bool decoupled, int64_t step) {
-  if (step < 1) value_error("step must be >= 1 (the count of updates so far, this one included)");
+  if (step < 1)
+    value_error("step must be >= 1 (the count of updates so far, this one included), got " +
+                std::to_string(step));
   const std::vector<std::pair<py::list, const char*>> states = {{exp_avg, "exp_avg"},
                                                                 {exp_avg_sq, "exp_avg_sq"}};
   const Kind kind = check_buffers(params, grads, states);
@@ -585,8 +601,8 @@ void adam_update(const py::list& params, const py::list& grads, const py::list& 
     BufferList<T> b = buffers<T>(params, grads, states);
     py::gil_scoped_release release;
     cpu::adam_update<T>(int64_t(b.param.size()), b.param.data(), b.grad.data(),
-                        b.state[0].data(), b.state[1].data(), b.size.data(), T(lr), T(beta1),
-                        T(beta2), T(eps), T(weight_decay), decoupled, step);
+                        b.state[0].data(), b.state[1].data(), b.size.data(), lr, beta1, beta2,
+                        eps, weight_decay, decoupled, step);
   });
 }
 

@@ -92,10 +92,12 @@ void momentum_update(int64_t count, T* const* param, const T* const* grad, T* co
                      const int64_t* size, T lr, T momentum, T weight_decay, bool nesterov);
 // Adam (Kingma & Ba 2015) at step t >= 1: m = β1 m + (1−β1) g; v = β2 v + (1−β2) g²;
 // p -= lr/(1−β1ᵗ) · m / (sqrt(v)/sqrt(1−β2ᵗ) + eps). decoupled (AdamW, Loshchilov & Hutter
-// 2019): p *= 1 − lr·weight_decay and g = grad instead.
+// 2019): p *= 1 − lr·weight_decay and g = grad instead. The hyperparameters come in double:
+// 1 − β1, 1 − β2, 1 − β^t and 1 − lr·weight_decay are formed in double and rounded once to T,
+// as PyTorch does (formed in float, 1 − 0.999f is off by 1.3e-5 relative).
 template <class T>
 void adam_update(int64_t count, T* const* param, const T* const* grad, T* const* m, T* const* v,
-                 const int64_t* size, T lr, T beta1, T beta2, T eps, T weight_decay,
-                 bool decoupled, int64_t step);
+                 const int64_t* size, double lr, double beta1, double beta2, double eps,
+                 double weight_decay, bool decoupled, int64_t step);
 
 }  // namespace fastnn::cpu

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sys
 
+import fastnn as fnn
 import numpy as np
 import pytest
-
-import fastnn as fnn
 from fastnn.autograd import GradcheckError
 
 
@@ -54,8 +53,14 @@ def test_log_gradcheck(rng):
 
 @pytest.mark.parametrize(
     ("shape_a", "shape_b"),
-    [((3, 4), (3, 4)), ((3, 4), (4,)), ((3, 4), (1, 4)), ((3, 1), (1, 4)), ((2, 3, 4), (3, 1)),
-     ((), (3,))],
+    [
+        ((3, 4), (3, 4)),
+        ((3, 4), (4,)),
+        ((3, 4), (1, 4)),
+        ((3, 1), (1, 4)),
+        ((2, 3, 4), (3, 1)),
+        ((), (3,)),
+    ],
 )
 @pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
 def test_binary_broadcasting_gradcheck(rng, shape_a, shape_b, op):
@@ -72,8 +77,10 @@ def test_binary_broadcasting_gradcheck(rng, shape_a, shape_b, op):
     assert ga.shape == a.shape and gb.shape == b.shape
 
 
-@pytest.mark.parametrize(("shape_a", "shape_b"), [((3, 4), (4, 5)), ((4,), (4, 2)), ((3, 4), (4,)),
-                                                  ((4,), (4,)), ((1, 1), (1, 7))])
+@pytest.mark.parametrize(
+    ("shape_a", "shape_b"),
+    [((3, 4), (4, 5)), ((4,), (4, 2)), ((3, 4), (4,)), ((4,), (4,)), ((1, 1), (1, 7))],
+)
 def test_matmul_gradcheck(rng, shape_a, shape_b):
     a, b = rng.standard_normal(shape_a), rng.standard_normal(shape_b)
     out_shape = np.matmul(a, b).shape
@@ -95,8 +102,14 @@ def test_sum_mean_gradcheck(rng, axis, keepdims):
 
 @pytest.mark.parametrize(
     "index",
-    [1, (slice(None), 2), (slice(0, 3, 2), slice(None, None, -1)), np.array([0, 2, 0]),
-     (np.array([1, 1]), np.array([0, 3])), np.array([[True, False, True, False]] * 3)],
+    [
+        1,
+        (slice(None), 2),
+        (slice(0, 3, 2), slice(None, None, -1)),
+        np.array([0, 2, 0]),
+        (np.array([1, 1]), np.array([0, 3])),
+        np.array([[True, False, True, False]] * 3),
+    ],
 )
 def test_indexing_gradcheck(rng, index):
     x = rng.standard_normal((3, 4))

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 import fastnn as fnn
+import numpy as np
 from fastnn.examples import chain
 
 

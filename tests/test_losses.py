@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import fastnn as fnn
 import numpy as np
 import pytest
-
-import fastnn as fnn
 from fastnn.losses import crossentropy, mse, softmax_cross_entropy
 
 

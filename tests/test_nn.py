@@ -6,10 +6,9 @@ import gc
 import subprocess
 import sys
 
+import fastnn as fnn
 import numpy as np
 import pytest
-
-import fastnn as fnn
 
 
 def test_dense_matches_the_formula_and_initialisation(rng):
@@ -148,8 +147,9 @@ def test_init_functions():
     assert abs(w.std() - np.sqrt(6 / 816) / np.sqrt(3)) < 0.01
     h = fnn.init.he_normal((256, 512), rng=0, dtype=np.float64)
     assert abs(h.std() - np.sqrt(2 / 512)) < 0.01 * np.sqrt(2 / 512) * 10
-    np.testing.assert_array_equal(fnn.init.glorot_uniform((3, 4), rng=7),
-                                  fnn.init.glorot_uniform((3, 4), rng=7))
+    np.testing.assert_array_equal(
+        fnn.init.glorot_uniform((3, 4), rng=7), fnn.init.glorot_uniform((3, 4), rng=7)
+    )
     with pytest.raises(TypeError, match="rng"):
         fnn.init.glorot_uniform((3, 4), rng="seed")
 

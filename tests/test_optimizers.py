@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import fastnn as fnn
 import numpy as np
 import pytest
 
-import fastnn as fnn
-
 
 def _params(rng, dtype=np.float64):
-    return [fnn.Tensor(rng.standard_normal(s).astype(dtype), requires_grad=True)
-            for s in [(4, 3), (4,), (2, 4)]]
+    return [
+        fnn.Tensor(rng.standard_normal(s).astype(dtype), requires_grad=True)
+        for s in [(4, 3), (4,), (2, 4)]
+    ]
 
 
 def _set_grads(params, rng):
@@ -20,8 +21,10 @@ def _set_grads(params, rng):
     return grads
 
 
-@pytest.mark.parametrize(("momentum", "nesterov", "wd"),
-                         [(0.0, False, 0.0), (0.0, False, 0.1), (0.9, False, 0.0), (0.9, True, 0.01)])
+@pytest.mark.parametrize(
+    ("momentum", "nesterov", "wd"),
+    [(0.0, False, 0.0), (0.0, False, 0.1), (0.9, False, 0.0), (0.9, True, 0.01)],
+)
 def test_sgd_follows_pytorchs_rule(rng, momentum, nesterov, wd):
     params = _params(rng)
     ref = [p.data.copy() for p in params]

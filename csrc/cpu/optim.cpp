@@ -63,15 +63,19 @@ void momentum_update(int64_t count, T* const* param, const T* const* grad, T* co
 
 template <class T>
 void adam_update(int64_t count, T* const* param, const T* const* grad, T* const* m, T* const* v,
-                 const int64_t* size, T lr, T beta1, T beta2, T eps, T weight_decay,
-                 bool decoupled, int64_t step) {
-  // Bias corrections in double: 1 − β^t loses every digit in float for β near 1.
-  const double bc1 = 1.0 - std::pow(double(beta1), double(step));
-  const double bc2 = 1.0 - std::pow(double(beta2), double(step));
-  const T step_size = static_cast<T>(double(lr) / bc1);
+                 const int64_t* size, double lr, double beta1, double beta2, double eps,
+                 double weight_decay, bool decoupled, int64_t step) {
+  // Constants in double from the exact hyperparameters, rounded once: 1 − β and 1 − β^t
+  // cancel, and in float would lose digits of β's own rounding (1 − 0.999f is 0.00099998713).
+  const double bc1 = 1.0 - std::pow(beta1, double(step));
+  const double bc2 = 1.0 - std::pow(beta2, double(step));
+  const T step_size = static_cast<T>(lr / bc1);
   const T inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(bc2));
-  const T l2 = decoupled ? T(0) : weight_decay;
-  const T shrink = decoupled ? T(1) - lr * weight_decay : T(1);
+  const T b1 = static_cast<T>(beta1), one_minus_b1 = static_cast<T>(1.0 - beta1);
+  const T b2 = static_cast<T>(beta2), one_minus_b2 = static_cast<T>(1.0 - beta2);
+  const T eps_t = static_cast<T>(eps);
+  const T l2 = decoupled ? T(0) : static_cast<T>(weight_decay);
+  const T shrink = decoupled ? static_cast<T>(1.0 - lr * weight_decay) : T(1);
   for_each_chunk(count, size, [&](int64_t b, int64_t lo, int64_t hi) {
     T* __restrict p = param[b];
     T* __restrict mb = m[b];
@@ -79,11 +83,11 @@ void adam_update(int64_t count, T* const* param, const T* const* grad, T* const*
     const T* __restrict g = grad[b];
     for (int64_t k = lo; k < hi; ++k) {
       const T gk = g[k] + l2 * p[k];
-      const T mk = beta1 * mb[k] + (T(1) - beta1) * gk;
-      const T vk = beta2 * vb[k] + (T(1) - beta2) * gk * gk;
+      const T mk = b1 * mb[k] + one_minus_b1 * gk;
+      const T vk = b2 * vb[k] + one_minus_b2 * gk * gk;
       mb[k] = mk;
       vb[k] = vk;
-      p[k] = p[k] * shrink - step_size * mk / (std::sqrt(vk) * inv_sqrt_bc2 + eps);
+      p[k] = p[k] * shrink - step_size * mk / (std::sqrt(vk) * inv_sqrt_bc2 + eps_t);
     }
   });
 }
@@ -93,7 +97,8 @@ void adam_update(int64_t count, T* const* param, const T* const* grad, T* const*
   template void momentum_update<T>(int64_t, T* const*, const T* const*, T* const*,            \
                                    const int64_t*, T, T, T, bool);                            \
   template void adam_update<T>(int64_t, T* const*, const T* const*, T* const*, T* const*,     \
-                               const int64_t*, T, T, T, T, T, bool, int64_t);
+                               const int64_t*, double, double, double, double, double, bool, \
+                               int64_t);
 FASTNN_INSTANTIATE(float)
 FASTNN_INSTANTIATE(double)
 #undef FASTNN_INSTANTIATE

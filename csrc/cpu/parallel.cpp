@@ -24,8 +24,12 @@ int initial_threads() {
 }
 
 std::atomic<int> g_threads{initial_threads()};
+std::atomic<bool> g_forked_child{false};
 
-void run_serially_in_child() { g_threads.store(1); }
+void run_serially_in_child() {
+  g_forked_child.store(true);
+  g_threads.store(1);
+}
 
 [[maybe_unused]] const bool g_atfork_registered = [] {
   return pthread_atfork(nullptr, nullptr, run_serially_in_child) == 0;
@@ -35,7 +39,9 @@ void run_serially_in_child() { g_threads.store(1); }
 
 int num_threads() { return g_threads.load(std::memory_order_relaxed); }
 
-void set_num_threads(int n) { g_threads.store(std::max(1, n)); }
+// A forked child stays serial: a team started there would wait for the parent's pool threads,
+// which fork() did not copy.
+void set_num_threads(int n) { g_threads.store(g_forked_child.load() ? 1 : std::max(1, n)); }
 
 bool openmp_enabled() {
 #ifdef FASTNN_OPENMP

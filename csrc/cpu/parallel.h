@@ -12,7 +12,7 @@
 namespace fastnn::cpu {
 
 int num_threads();                 // threads a large kernel uses (>= 1)
-void set_num_threads(int n);       // n >= 1; the bindings check it
+void set_num_threads(int n);       // n >= 1 (the bindings check it); 1 in a forked child
 bool openmp_enabled();             // built with OpenMP?
 
 // Threads worth starting for `work` units (roughly flops or bytes): 1 below ~64k units per

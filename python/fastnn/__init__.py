@@ -35,7 +35,7 @@ from fastnn.autograd import (
     sin,
     softmax,
     stack,
-    sum,  # noqa: A004  (fnn.sum, as numpy.sum)
+    sum,
     tanh,
     transpose,
 )

@@ -525,10 +525,12 @@ log.__doc__ = "Natural logarithm, elementwise (log 0 = -inf, as NumPy)."
 sin.__doc__ = "sin(x), elementwise (radians)."
 cos.__doc__ = "cos(x), elementwise (radians)."
 tanh.__doc__ = "tanh(x), elementwise."
-sigmoid.__doc__ = "Logistic sigmoid 1 / (1 + exp(-x)), elementwise, computed via tanh (no overflow)."
+sigmoid.__doc__ = (
+    "Logistic sigmoid 1 / (1 + exp(-x)), elementwise, computed via tanh (no overflow)."
+)
 
 
-def clamp(x, min=None, max=None) -> Tensor:  # noqa: A002  (PyTorch's names)
+def clamp(x, min=None, max=None) -> Tensor:
     """Clip values to [min, max]; the gradient is 1 inside the range and 0 where clipped."""
     x = _tensor(x)
     out = np.clip(x.data, min, max)
@@ -553,7 +555,7 @@ def _normalize_axes(axis, ndim):
     return tuple(a % ndim for a in axes)
 
 
-def sum(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001  (NumPy's name)
+def sum(x, axis=None, keepdims=False) -> Tensor:
     """Sum over ``axis`` (all axes by default), as ``numpy.sum``."""
     x = _tensor(x)
     out = x.data.sum(axis=axis, keepdims=keepdims)
@@ -587,9 +589,7 @@ def transpose(x, axes=None) -> Tensor:
     """Permute axes (reverse them by default), as ``numpy.transpose``."""
     x = _tensor(x)
     inverse = None if axes is None else tuple(np.argsort(axes))
-    return _record(
-        x.data.transpose(axes), (x,), lambda g: (g.transpose(inverse),), "transpose"
-    )
+    return _record(x.data.transpose(axes), (x,), lambda g: (g.transpose(inverse),), "transpose")
 
 
 def getitem(x, index) -> Tensor:
@@ -744,8 +744,10 @@ def _leaf_like(value):
         return leaf, lambda grads: grads.get(id(leaf), np.zeros_like(leaf.data))
     if isinstance(value, list | tuple):
         parts = [_leaf_like(v) for v in value]
-        wrapped = type(value)(p[0] for p in parts) if isinstance(value, list) else tuple(
-            p[0] for p in parts
+        wrapped = (
+            type(value)(p[0] for p in parts)
+            if isinstance(value, list)
+            else tuple(p[0] for p in parts)
         )
         return wrapped, lambda grads: type(value)(p[1](grads) for p in parts)
     if isinstance(value, dict):
@@ -881,4 +883,3 @@ def gradcheck(f: Callable, *args, eps: float = 1e-6, rtol: float = 1e-5, atol: f
                 f"difference {numeric[k]!r}"
             )
     return True
-

@@ -16,7 +16,7 @@ import numpy as np
 # hand-off between kernels fast without burning a core for long. A user's own setting wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
-from fastnn import _cpu  # noqa: E402  (after the environment is set)
+from fastnn import _cpu  # (imported after the environment is set)
 
 try:
     from fastnn import _cuda
@@ -86,7 +86,9 @@ def get_num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Set the number of threads the CPU kernels use (process-wide, like ``torch.set_num_threads``).
 
-    Results are bitwise identical for every thread count.
+    Results are bitwise identical for every thread count. A child made with ``os.fork`` (or
+    multiprocessing's 'fork' start method) runs the kernels on one thread whatever ``n`` says:
+    OpenMP's thread pool does not survive ``fork``, and ``get_num_threads`` reports 1 there.
 
     Raises
     ------

@@ -24,7 +24,9 @@ def _batch_size(text: str):
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'full', got {text!r}"
+        ) from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}")
     return value
@@ -64,21 +66,37 @@ def cmd_train(args) -> int:
         opt = fnn.optim.Adam(model.parameters(), lr=1e-3 if args.lr is None else args.lr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"{train.name}: {len(train):,} training and {len(test):,} test images "
-          f"(from {getattr(train, 'source', '?')})")
+    print(
+        f"{train.name}: {len(train):,} training and {len(test):,} test images "
+        f"(from {getattr(train, 'source', '?')})"
+    )
     print(model)
-    print(f"{args.optimizer.upper()} lr {opt.lr}, batch size {args.batch_size}, "
-          f"{args.epochs} epochs, {fnn.get_num_threads()} threads, seed {args.seed}")
+    print(
+        f"{args.optimizer.upper()} lr {opt.lr}, batch size {args.batch_size}, "
+        f"{args.epochs} epochs, {fnn.get_num_threads()} threads, seed {args.seed}"
+    )
     metadata = {"dataset": args.dataset, "classes": json.dumps(list(train.classes))}
-    history = fnn.fit(model, train, fnn.losses.softmax_cross_entropy, opt, epochs=args.epochs,
-                      batch_size=args.batch_size, validation=test, rng=rng, verbose=1,
-                      checkpoint=out / "model.safetensors", metadata=metadata)
+    history = fnn.fit(
+        model,
+        train,
+        fnn.losses.softmax_cross_entropy,
+        opt,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        validation=test,
+        rng=rng,
+        verbose=1,
+        checkpoint=out / "model.safetensors",
+        metadata=metadata,
+    )
     if args.epochs == 0:
         fnn.io.save(model, out / "model.safetensors", metadata=metadata)
     else:
         viz.plot_history(history, out / "curves.png")
-        print(f"final test accuracy {100 * history['val_accuracy'][-1]:.2f}%, "
-              f"mean epoch time {np.mean(history['seconds']):.3f} s")
+        print(
+            f"final test accuracy {100 * history['val_accuracy'][-1]:.2f}%, "
+            f"mean epoch time {np.mean(history['seconds']):.3f} s"
+        )
     with fnn.no_grad():
         predicted = model(test.x[:32]).argmax(axis=1)
     viz.prediction_grid(out / "predictions.png", test.x[:32], predicted, test.y[:32], test.classes)
@@ -98,15 +116,18 @@ def cmd_predict(args) -> int:
         raise ValueError(f"{args.model}: unknown dataset {dataset!r} in its metadata")
     _, test = _load_dataset(dataset, args.data)
     if not 0 <= args.index < len(test):
-        raise ValueError(f"--index must be in [0, {len(test)}) for the {dataset} test set, "
-                         f"got {args.index}")
+        raise ValueError(
+            f"--index must be in [0, {len(test)}) for the {dataset} test set, got {args.index}"
+        )
     img, label = test.x[args.index], int(test.y[args.index])
     with fnn.no_grad():
         predicted = int(model(img[None]).argmax(axis=1)[0])
     viz.save_image(args.out, img)
     names = test.classes
-    print(f"test image {args.index}: predicted {predicted} ({names[predicted]}), "
-          f"true {label} ({names[label]}); saved {args.out}")
+    print(
+        f"test image {args.index}: predicted {predicted} ({names[predicted]}), "
+        f"true {label} ({names[label]}); saved {args.out}"
+    )
     return 0
 
 
@@ -115,11 +136,14 @@ def cmd_chain(args) -> int:
     from fastnn.examples import chain
 
     start, target = np.zeros(2), np.array([3.0, 3.0])
-    chains, losses = chain.run(steps=args.steps, step_size=args.step_size, rng=args.seed,
-                               start=start, target=target)
+    chains, losses = chain.run(
+        steps=args.steps, step_size=args.step_size, rng=args.seed, start=start, target=target
+    )
     frames = viz.chain_gif(args.out, chains, start, target)
-    print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} after {args.steps} steps; "
-          f"final distance to (3, 3): {np.sqrt(losses[-1]):.4f}; {frames} frames in {args.out}")
+    print(
+        f"loss {losses[0]:.4f} -> {losses[-1]:.4f} after {args.steps} steps; "
+        f"final distance to (3, 3): {np.sqrt(losses[-1]):.4f}; {frames} frames in {args.out}"
+    )
     return 0
 
 
@@ -129,14 +153,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train the article's MLP (784 -> 32 relu -> 10)",
-                       description="Train the article's MLP with softmax cross-entropy and "
-                       "save the model, the loss/accuracy curves and a grid of predictions.")
+    p = sub.add_parser(
+        "train",
+        help="train the article's MLP (784 -> 32 relu -> 10)",
+        description="Train the article's MLP with softmax cross-entropy and "
+        "save the model, the loss/accuracy curves and a grid of predictions.",
+    )
     p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     p.add_argument("--data", metavar="DIR", help="folder with the IDX files (default: search)")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=_batch_size, default=128, metavar="B",
-                   help="minibatch size, or 'full' for all 60,000 images per step")
+    p.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=128,
+        metavar="B",
+        help="minibatch size, or 'full' for all 60,000 images per step",
+    )
     p.add_argument("--lr", type=float, default=None, help="learning rate (sgd 0.1, adam 1e-3)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     p.add_argument("--hidden", type=_positive_int, default=32, help="hidden units (32)")
@@ -146,18 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="run", metavar="DIR", help="output folder (run/)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="the article's test(n): classify one test image",
-                       description="Classify test image N (0-based) with a saved model; print "
-                       "the predicted class and save the image as PNG.")
+    p = sub.add_parser(
+        "predict",
+        help="the article's test(n): classify one test image",
+        description="Classify test image N (0-based) with a saved model; print "
+        "the predicted class and save the image as PNG.",
+    )
     p.add_argument("model", help="a model file saved by 'fastnn train'")
     p.add_argument("--index", type=int, required=True, metavar="N")
     p.add_argument("--data", metavar="DIR")
     p.add_argument("--out", default="image.png")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("chain", help="the article's chain-of-links gradient-descent demo",
-                       description="Gradient descent on the angles of 4 links to reach (3, 3); "
-                       "saves an animated GIF.")
+    p = sub.add_parser(
+        "chain",
+        help="the article's chain-of-links gradient-descent demo",
+        description="Gradient descent on the angles of 4 links to reach (3, 3); "
+        "saves an animated GIF.",
+    )
     p.add_argument("--out", default="chain.gif")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--step-size", type=float, default=0.01)

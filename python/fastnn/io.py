@@ -31,9 +31,13 @@ def _describe(layer) -> dict:
         act = nn._activation_name(layer.activation)
         if act not in (None, "relu"):
             raise ValueError(f"save: {layer!r} has an activation that cannot be stored: {act}")
-        return {"type": "Dense", "in_features": layer.in_features,
-                "out_features": layer.out_features, "activation": act,
-                "dtype": str(layer.weight.dtype)}
+        return {
+            "type": "Dense",
+            "in_features": layer.in_features,
+            "out_features": layer.out_features,
+            "activation": act,
+            "dtype": str(layer.weight.dtype),
+        }
     for name, cls in _LAYERS.items():
         if type(layer) is cls:
             return {"type": name}
@@ -46,32 +50,44 @@ def _describe(layer) -> dict:
     )
 
 
-def architecture(model) -> list[dict]:
-    """The architecture of a Sequential (or a single Dense) as JSON-ready dicts.
+def architecture(model) -> list[dict] | dict:
+    """The architecture as JSON-ready data: a list of layer dicts for a Sequential, one dict
+    for a single layer.
 
     Raises
     ------
     ValueError
         For a layer this module cannot rebuild (custom Modules, arbitrary activations).
     """
-    layers = list(model) if isinstance(model, nn.Sequential) else [model]
-    return [_describe(layer) for layer in layers]
+    if isinstance(model, nn.Sequential):
+        return [_describe(layer) for layer in model]
+    return _describe(model)
 
 
-def build(arch: list[dict]) -> nn.Sequential:
-    """A fresh Sequential from ``architecture()``'s description (weights not yet loaded).
+def build(arch: list[dict] | dict):
+    """A fresh model from ``architecture()``'s description (weights not yet loaded): a
+    Sequential for a list, a single layer for a dict.
 
     Raises
     ------
     ValueError
         For an unknown layer type.
     """
+    if isinstance(arch, dict):
+        return build([arch])[0]
     layers = []
     for spec in arch:
         kind = spec.get("type")
         if kind == "Dense":
-            layers.append(nn.Dense(spec["in_features"], spec["out_features"], spec["activation"],
-                                   rng=0, dtype=np.dtype(spec.get("dtype", "float32"))))
+            layers.append(
+                nn.Dense(
+                    spec["in_features"],
+                    spec["out_features"],
+                    spec["activation"],
+                    rng=0,
+                    dtype=np.dtype(spec.get("dtype", "float32")),
+                )
+            )
         elif kind == "function" and spec.get("name") in _FUNCTIONS:
             layers.append(_FUNCTIONS[spec["name"]])
         elif kind in _LAYERS:

@@ -85,9 +85,7 @@ def crossentropy(probs, targets) -> Tensor:
 
         targets = one_hot(targets, probs.shape[1], dtype=probs.dtype)
     if targets.shape != probs.shape:
-        raise ValueError(
-            f"crossentropy: targets {targets.shape} must match probs {probs.shape}"
-        )
+        raise ValueError(f"crossentropy: targets {targets.shape} must match probs {probs.shape}")
     tiny = np.finfo(probs.dtype).tiny
     logp = autograd.log(autograd.clamp(probs, min=tiny))
     return -autograd.sum(logp * targets.astype(probs.dtype, copy=False)) * (1.0 / probs.shape[0])

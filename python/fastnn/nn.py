@@ -139,17 +139,16 @@ class Module:
                 raise KeyError(
                     f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
                 )
-        for name, value in state_dict.items():
-            if name not in params:
-                continue
-            value = np.asarray(value)
-            p = params[name]
-            if value.shape != p.shape:
-                raise ValueError(
-                    f"load_state_dict: {name} has shape {p.shape} in the model but "
-                    f"{value.shape} in the state dict"
-                )
-            np.copyto(p.data, value, casting="same_kind")
+        values = {name: np.asarray(state_dict[name]) for name in params if name in state_dict}
+        wrong = [
+            f"{name} has shape {params[name].shape} in the model but {v.shape} in the state dict"
+            for name, v in values.items()
+            if v.shape != params[name].shape
+        ]
+        if wrong:  # checked before anything is copied: a failed load changes nothing
+            raise ValueError("load_state_dict: " + "; ".join(wrong))
+        for name, value in values.items():
+            np.copyto(params[name].data, value, casting="same_kind")
 
     def extra_repr(self) -> str:
         return ""
@@ -223,9 +222,7 @@ class Dense(Module):
         dtype=np.float32,
     ):
         if in_features < 0 or out_features < 0:
-            raise ValueError(
-                f"Dense needs non-negative sizes, got {in_features} => {out_features}"
-            )
+            raise ValueError(f"Dense needs non-negative sizes, got {in_features} => {out_features}")
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"Dense: dtype must be float32 or float64, got {dtype}")
@@ -261,8 +258,10 @@ class Dense(Module):
 
     def extra_repr(self) -> str:
         act = _activation_name(self.activation)
-        return f"{self.in_features} => {self.out_features}" + (f", {act}" if act else "") + (
-            f", params={self.num_parameters()}"
+        return (
+            f"{self.in_features} => {self.out_features}"
+            + (f", {act}" if act else "")
+            + (f", params={self.num_parameters()}")
         )
 
 
@@ -331,7 +330,11 @@ class Sequential(Module):
 
     def __repr__(self) -> str:
         def show(layer):
-            return repr(layer) if isinstance(layer, Module) else getattr(layer, "__name__", repr(layer))
+            return (
+                repr(layer)
+                if isinstance(layer, Module)
+                else getattr(layer, "__name__", repr(layer))
+            )
 
         lines = [f"  ({i}): " + show(layer).replace("\n", "\n  ") for i, layer in enumerate(self)]
         return "Sequential(\n" + "\n".join(lines) + "\n)"

@@ -46,6 +46,8 @@ __all__ = [
 
 def _shape2(x, name: str) -> tuple[int, int]:
     # Only what allocation needs; the binding checks everything else.
+    if x is None:  # native_for skips None (optional arguments); this one is required
+        raise TypeError(f"{name} must be a numpy.ndarray, got None")
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array, got shape {x.shape}")
     return x.shape
@@ -425,8 +427,9 @@ def softmax_cross_entropy(logits, labels, *, compute_grad=True, dlogits=None):
     Raises
     ------
     TypeError
-        Float labels of another dtype than the logits, non-numeric labels, or logits that
-        are not float32/float64.
+        Float class indices (shape (B,): never truncated to integers), soft targets of
+        another dtype than the logits, integer labels not in the machine's byte order,
+        non-numeric labels, or logits that are not float32/float64.
     ValueError
         A label outside ``[0, C)`` (the message gives the value and its index), or shapes
         that do not match.
@@ -446,9 +449,10 @@ def softmax_cross_entropy(logits, labels, *, compute_grad=True, dlogits=None):
     (0.693147, [[0.5, -0.5]])
     """
     native = native_for(logits=logits, labels=labels, dlogits=dlogits)
+    shape = _shape2(logits, "logits")
     loss = np.empty((), dtype=logits.dtype)
     if compute_grad and dlogits is None:
-        dlogits = np.empty(_shape2(logits, "logits"), dtype=logits.dtype)
+        dlogits = np.empty(shape, dtype=logits.dtype)
     native.softmax_cross_entropy(logits, labels, loss, dlogits if compute_grad else None)
     return loss, (dlogits if compute_grad else None)
 

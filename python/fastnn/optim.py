@@ -95,11 +95,19 @@ class SGD(Optimizer):
     array([0.8])
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ):
         super().__init__(params, lr)
         if momentum < 0 or weight_decay < 0:
-            raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
+            raise ValueError(
+                f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}"
+            )
         if nesterov and momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
@@ -112,8 +120,13 @@ class SGD(Optimizer):
             ops.sgd_update(params, grads, lr=self.lr, weight_decay=self.weight_decay)
         else:
             ops.momentum_update(
-                params, grads, [self.velocity[i] for i in idx], lr=self.lr,
-                momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov,
+                params,
+                grads,
+                [self.velocity[i] for i in idx],
+                lr=self.lr,
+                momentum=self.momentum,
+                weight_decay=self.weight_decay,
+                nesterov=self.nesterov,
             )
 
 
@@ -135,8 +148,14 @@ class Adam(Optimizer):
 
     decoupled = False
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
         super().__init__(params, lr)
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
@@ -148,10 +167,16 @@ class Adam(Optimizer):
 
     def _update(self, idx):
         ops.adam_update(
-            [self.params[i].data for i in idx], [self.params[i].grad for i in idx],
-            [self.exp_avg[i] for i in idx], [self.exp_avg_sq[i] for i in idx],
-            lr=self.lr, step=self.step_count, betas=self.betas, eps=self.eps,
-            weight_decay=self.weight_decay, decoupled=self.decoupled,
+            [self.params[i].data for i in idx],
+            [self.params[i].grad for i in idx],
+            [self.exp_avg[i] for i in idx],
+            [self.exp_avg_sq[i] for i in idx],
+            lr=self.lr,
+            step=self.step_count,
+            betas=self.betas,
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+            decoupled=self.decoupled,
         )
 
 
@@ -164,8 +189,14 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ):
         super().__init__(params, lr, betas, eps, weight_decay)
 
 

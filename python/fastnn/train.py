@@ -150,7 +150,9 @@ def fit(
     from tqdm.auto import tqdm
 
     if optimizer is None:
-        raise ValueError("fit needs an optimizer, e.g. fastnn.optim.SGD(model.parameters(), lr=0.1)")
+        raise ValueError(
+            "fit needs an optimizer, e.g. fastnn.optim.SGD(model.parameters(), lr=0.1)"
+        )
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     x, y = _xy(train, "train")
@@ -163,8 +165,13 @@ def fit(
     show_bar = verbose >= 1 and sys.stderr.isatty()
     for epoch in range(1, epochs + 1):
         total, seen = 0.0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
-                   disable=not show_bar, unit="step")
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{epochs}",
+            leave=False,
+            disable=not show_bar,
+            unit="step",
+        )
         t0 = time.perf_counter()
         for step, (xb, yb) in enumerate(batches(x, y, size, shuffle=True, rng=generator), 1):
             value = train_step(model, xb, yb, loss, optimizer)
@@ -182,8 +189,12 @@ def fit(
                 bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
         seconds = time.perf_counter() - t0
         bar.close()
-        record = {"epoch": epoch, "loss": total / max(seen, 1), "seconds": seconds,
-                  "samples_per_second": seen / seconds if seconds > 0 else float("inf")}
+        record = {
+            "epoch": epoch,
+            "loss": total / max(seen, 1),
+            "seconds": seconds,
+            "samples_per_second": seen / seconds if seconds > 0 else float("inf"),
+        }
         record["accuracy"] = evaluate(model, (x, y), loss=loss)["accuracy"]
         if validation is not None:
             val = evaluate(model, validation, loss=loss)
@@ -197,7 +208,9 @@ def fit(
 
 
 def _epoch_line(r: dict, epochs: int) -> str:
-    line = f"epoch {r['epoch']}/{epochs}  loss {r['loss']:.4f}  train acc {100 * r['accuracy']:.2f}%"
+    line = (
+        f"epoch {r['epoch']}/{epochs}  loss {r['loss']:.4f}  train acc {100 * r['accuracy']:.2f}%"
+    )
     if "val_accuracy" in r:
         line += f"  val loss {r['val_loss']:.4f}  val acc {100 * r['val_accuracy']:.2f}%"
     return line + f"  {r['seconds']:.2f} s  {r['samples_per_second']:,.0f} samples/s"

@@ -93,8 +93,11 @@ def prediction_grid(path, images, predicted, true, classes, *, columns: int = 8)
             continue
         ax.imshow(_to_uint8(images[k]), cmap="gray", vmin=0, vmax=255)
         ok = predicted[k] == true[k]
-        ax.set_title(f"{classes[predicted[k]]}\n({classes[true[k]]})", fontsize=7,
-                     color="black" if ok else "red")
+        ax.set_title(
+            f"{classes[predicted[k]]}\n({classes[true[k]]})",
+            fontsize=7,
+            color="black" if ok else "red",
+        )
     fig.suptitle("predicted (true)", fontsize=9)
     _save_figure(fig, path)
     plt.close(fig)
@@ -132,7 +135,8 @@ def chain_gif(path, chains, start, target, *, size: int = 320, frame_ms: int = 4
             draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill="steelblue")
         frames.append(img)
     buf = _io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
-                   duration=frame_ms, loop=0)
+    frames[0].save(
+        buf, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0
+    )
     atomic_write_bytes(path, buf.getvalue())
     return len(frames)

@@ -37,8 +37,9 @@ def loss_gradient(chain, start, target) -> np.ndarray:
     return fnn.gradient(loss, chain, start, target)[0]
 
 
-def run(steps: int = 100, step_size: float = 0.01, *, rng=None, start=(0.0, 0.0),
-        target=(3.0, 3.0)):
+def run(
+    steps: int = 100, step_size: float = 0.01, *, rng=None, start=(0.0, 0.0), target=(3.0, 3.0)
+):
     """Gradient descent on the four angles, as in the article.
 
     Parameters

@@ -1,0 +1,83 @@
+"""The fastnn command, run as a user would, in a temporary folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+
+def fastnn(*args, cwd, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "fastnn", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("train")
+    out = fastnn("train", "--epochs", "1", "--seed", "1", cwd=cwd)
+    return cwd, out
+
+
+def test_train_prints_epochs_and_writes_its_files(trained):
+    cwd, out = trained
+    assert out.returncode == 0, out.stderr
+    assert "epoch 1/1" in out.stdout and "samples/s" in out.stdout and "val acc" in out.stdout
+    assert "Dense(784 => 32, relu, params=25120)" in out.stdout
+    for name, min_size in [("curves.png", (400, 200)), ("predictions.png", (400, 300))]:
+        with Image.open(cwd / "run" / name) as img:
+            assert img.format == "PNG" and img.size[0] >= min_size[0] and img.size[1] >= min_size[1]
+    assert (cwd / "run" / "model.safetensors").stat().st_size > 100_000
+
+
+def test_predict_is_the_articles_test_n(trained):
+    cwd, _ = trained
+    out = fastnn("predict", "run/model.safetensors", "--index", "0", "--out", "image.png", cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    assert "test image 0: predicted" in out.stdout and "true 9 (Ankle boot)" in out.stdout
+    with Image.open(cwd / "image.png") as img:
+        assert img.size == (112, 112) and img.mode == "L"
+    bad = fastnn("predict", "run/model.safetensors", "--index", "10000", cwd=cwd)
+    assert bad.returncode == 1 and "--index must be in [0, 10000)" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_chain_writes_an_animated_gif(tmp_path):
+    out = fastnn("chain", "--out", "chain.gif", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "final distance to (3, 3)" in out.stdout
+    with Image.open(tmp_path / "chain.gif") as img:
+        assert img.format == "GIF" and img.is_animated and img.n_frames > 20
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "/nonexistent/fastnn-data"], "Looked in"),
+        (["predict", "missing.safetensors", "--index", "0"], "No such file"),
+        (["train", "--device", "cuda"], "CUDA"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, args, message):
+    out = fastnn(*args, cwd=tmp_path)
+    assert out.returncode == 1
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.startswith("fastnn ")
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["predict"], ["chain"]])
+def test_help_everywhere(tmp_path, command):
+    out = fastnn(*command, "--help", cwd=tmp_path)
+    assert out.returncode == 0 and "usage: fastnn" in out.stdout
+
+
+def test_bad_option_value_is_a_usage_error(tmp_path):
+    out = fastnn("train", "--batch-size", "0", cwd=tmp_path)
+    assert out.returncode == 2 and "positive integer or 'full'" in out.stderr

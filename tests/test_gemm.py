@@ -1,0 +1,253 @@
+"""``fastnn.ops.gemm`` (sgemm / dgemm) against the float64 oracle.
+
+Tolerance: the forward-error bound ``2·(K+2)·u·(|alpha|·|op(A)|·|op(B)| + |beta|·|C|) + tiny``
+(``reference.gemm_error_bound``), doubled for float64 where the oracle carries the same error.
+Sizes straddle the blocking of csrc/cpu/gemm.cpp: MR = 6, NR = 16 (float) / 8 (double),
+KC = 256, MC = 120 (float) / 96 (double), NC = 3072 (float) / 2048 (double). Both the AVX2 and
+the portable micro-kernels are checked.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import fastnn
+import numpy as np
+import pytest
+import reference as ref
+from fastnn import ops
+
+DTYPES = [np.float32, np.float64]
+TRANS = list(itertools.product([False, True], repeat=2))
+TRANS_IDS = ["NN", "NT", "TN", "TT"]
+
+SHAPES = [  # (M, N, K)
+    (0, 0, 0),
+    (0, 5, 3),
+    (4, 0, 3),
+    (3, 5, 0),
+    (1, 1, 1),
+    (1, 7, 1),
+    (7, 1, 33),
+    (6, 16, 8),  # exactly one register tile (float)
+    (5, 15, 255),
+    (7, 17, 256),  # K == KC
+    (13, 9, 257),  # K just over KC: two K blocks
+    (12, 33, 513),  # three K blocks
+    (95, 7, 31),
+    (97, 8, 17),  # M just over the double MC
+    (119, 16, 3),
+    (121, 17, 5),  # M just over the float MC
+    (241, 3, 2),
+    (33, 257, 7),
+    (3, 2047, 5),
+    (2, 2049, 3),  # N just over the double NC
+    (5, 3073, 4),  # N just over the float NC
+    (121, 97, 257),  # over MC and KC at once, multi-threaded
+    (13, 3100, 300),  # over the float NC and KC, multi-threaded
+]
+
+
+@pytest.fixture(params=["auto", "portable"])
+def gemm_isa(request):
+    """Run the test with the micro-kernel picked by CPU ('auto') and with the portable one."""
+    fastnn._cpu.set_gemm_isa(request.param)
+    try:
+        if request.param == "portable":
+            assert fastnn._cpu.config()["gemm_isa"] == "portable"
+        yield request.param
+    finally:
+        fastnn._cpu.set_gemm_isa("auto")
+
+
+def operands(rng, m, n, k, trans_a, trans_b, dtype):
+    """Random A and B stored as gemm reads them: A (M, K) or (K, M), B (K, N) or (N, K)."""
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    return a, b
+
+
+def bound(a, b, dtype, **kw):
+    factor = 2.0 if dtype == np.float64 else 1.0  # the float64 oracle's own error
+    return factor * ref.gemm_error_bound(a, b, dtype, **kw)
+
+
+def check(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
+    """Run ops.gemm and compare it with the oracle; returns the result."""
+    c0 = None if out is None else np.array(out, dtype=np.float64)
+    kw = {"trans_a": trans_a, "trans_b": trans_b, "alpha": alpha, "beta": beta}
+    expected = ref.gemm(a, b, c=c0, **kw)
+    got = ops.gemm(a, b, out=out, **kw)
+    if out is not None:
+        assert got is out
+    assert got.dtype == a.dtype
+    ref.assert_within(got, expected, bound(a, b, a.dtype, c=c0, **kw), what="gemm")
+    return got
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("trans_a", "trans_b"), TRANS, ids=TRANS_IDS)
+@pytest.mark.parametrize(("m", "n", "k"), SHAPES)
+def test_gemm_shapes(rng, gemm_isa, dtype, trans_a, trans_b, m, n, k):
+    a, b = operands(rng, m, n, k, trans_a, trans_b, dtype)
+    got = check(a, b, trans_a=trans_a, trans_b=trans_b)
+    assert got.shape == (m, n)
+    if k == 0:
+        np.testing.assert_array_equal(got, np.zeros((m, n)))  # the empty sum, exactly
+
+
+# (alpha, beta): plain, scaled, accumulate, general, inexact in float32, alpha == 0, both 0.
+ALPHA_BETA = [(1, 0), (0.5, 0), (-1.25, 1), (2, -0.5), (0.3, 0.7), (0, 0.75), (0, 0)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("trans_a", "trans_b"), TRANS, ids=TRANS_IDS)
+@pytest.mark.parametrize(("alpha", "beta"), ALPHA_BETA)
+@pytest.mark.parametrize(("m", "n", "k"), [(7, 33, 5), (13, 19, 257)])
+def test_gemm_alpha_beta(rng, dtype, trans_a, trans_b, alpha, beta, m, n, k):
+    a, b = operands(rng, m, n, k, trans_a, trans_b, dtype)
+    if beta == 0:
+        out = np.full((m, n), np.nan, dtype=dtype)  # beta == 0 must not read out
+    else:
+        out = rng.standard_normal((m, n)).astype(dtype)
+    got = check(a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, out=out)
+    assert np.isfinite(got).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_alpha_zero_reads_neither_operand(rng, dtype):
+    a = np.full((5, 300), np.nan, dtype=dtype)
+    b = np.full((300, 4), np.inf, dtype=dtype)
+    c0 = rng.standard_normal((5, 4)).astype(dtype)
+    got = ops.gemm(a, b, alpha=0.0, beta=-2.0, out=c0.copy())
+    ref.assert_within(got, -2.0 * c0.astype(np.float64), 0.0)  # scaling by 2 is exact
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_empty_k_scales_out(rng, dtype):
+    c0 = rng.standard_normal((6, 17)).astype(dtype)
+    got = ops.gemm(np.zeros((6, 0), dtype), np.zeros((0, 17), dtype), beta=0.5, out=c0.copy())
+    ref.assert_within(got, 0.5 * c0.astype(np.float64), 0.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_nan_propagates_from_operands(rng, dtype):
+    # With alpha != 0 a NaN in A poisons its row of C, as in any product.
+    a, b = operands(rng, 8, 9, 300, False, False, dtype)
+    a[3, 299] = np.nan
+    got = ops.gemm(a, b)
+    assert np.isnan(got[3]).all()
+    assert np.isfinite(np.delete(got, 3, axis=0)).all()
+
+
+# ---------------------------------------------------------------- strided operands
+
+
+def layout(x, kind: str, rng):
+    """The matrix ``x`` (same values) in another memory layout."""
+    if kind == "c":
+        return np.ascontiguousarray(x)
+    if kind == "fortran":
+        return np.asfortranarray(x)
+    if kind == "step":  # a sliced view with steps 2 and 3, inside a larger buffer
+        big = rng.standard_normal((2 * x.shape[0] + 1, 3 * x.shape[1] + 2)).astype(x.dtype)
+        big[1::2, 2::3][: x.shape[0], : x.shape[1]] = x
+        return big[1::2, 2::3][: x.shape[0], : x.shape[1]]
+    if kind == "reversed":  # negative strides in both dimensions
+        return np.ascontiguousarray(x[::-1, ::-1])[::-1, ::-1]
+    if kind == "transposed":  # a transposed view of a C array with negative row steps
+        return np.ascontiguousarray(x.T[:, ::-1])[:, ::-1].T
+    raise ValueError(kind)
+
+
+LAYOUTS = ["c", "fortran", "step", "reversed", "transposed"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("trans_a", "trans_b"), TRANS, ids=TRANS_IDS)
+@pytest.mark.parametrize("a_layout", LAYOUTS)
+@pytest.mark.parametrize("b_layout", LAYOUTS)
+def test_gemm_strided_inputs(rng, dtype, trans_a, trans_b, a_layout, b_layout):
+    a, b = operands(rng, 13, 21, 259, trans_a, trans_b, dtype)
+    a_view, b_view = layout(a, a_layout, rng), layout(b, b_layout, rng)
+    np.testing.assert_array_equal(a_view, a)
+    np.testing.assert_array_equal(b_view, b)
+    check(a_view, b_view, trans_a=trans_a, trans_b=trans_b)
+
+
+# Output views: (shape of the owning buffer, the view of it that gemm writes).
+OUT_VIEWS = {
+    "fortran": (lambda m, n: (n, m), lambda buf, m, n: buf.T),
+    "step": (lambda m, n: (2 * m + 1, 3 * n + 2), lambda buf, m, n: buf[1::2, 2::3][:m, :n]),
+    "negative_step": (
+        lambda m, n: (2 * m + 1, 3 * n + 2),
+        lambda buf, m, n: buf[::-2, ::-3][:m, :n],
+    ),
+    "reversed": (lambda m, n: (m, n), lambda buf, m, n: buf[::-1, ::-1]),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("out_view", list(OUT_VIEWS))
+@pytest.mark.parametrize("beta", [0.0, 1.5])
+def test_gemm_strided_out(rng, gemm_isa, dtype, out_view, beta):
+    m, n, k = 14, 37, 260
+    a, b = operands(rng, m, n, k, False, True, dtype)
+    buffer_shape, view_of = OUT_VIEWS[out_view]
+    buf = rng.standard_normal(buffer_shape(m, n)).astype(dtype)
+    out = view_of(buf, m, n)
+    assert out.shape == (m, n) and not out.flags.c_contiguous
+    if beta == 0:
+        out[...] = np.nan
+    before = buf.copy()
+    check(a, b, trans_b=True, beta=beta, out=out)
+    # Elements of the buffer outside the view are untouched.
+    view_of(before, m, n)[...] = 0
+    view_of(buf, m, n)[...] = 0
+    np.testing.assert_array_equal(buf, before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_broadcast_inputs(rng, dtype):
+    # Stride-0 views: every row of A equal, every column of B equal.
+    a = np.broadcast_to(rng.standard_normal(300).astype(dtype), (9, 300))
+    b = np.broadcast_to(rng.standard_normal((300, 1)).astype(dtype), (300, 18))
+    assert a.strides[0] == 0 and b.strides[1] == 0
+    got = check(a, b)
+    ref.assert_within(got, np.full((9, 18), got[0, 0], np.float64), 0.0)
+    check(b, a, trans_a=True, trans_b=True)
+
+
+# ------------------------------------------------------------------ out= and aliasing
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_out_reuse(rng, dtype):
+    out = np.full((11, 23), np.nan, dtype=dtype)
+    for _ in range(2):  # the second call overwrites the first result
+        a, b = operands(rng, 11, 23, 40, False, False, dtype)
+        check(a, b, out=out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("target", ["a", "b", "a.T"])
+def test_gemm_in_place(rng, dtype, beta, target):
+    n = 37  # square, so out can be an operand; the binding forms the product in scratch
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    a0, b0 = a.copy(), b.copy()
+    out = {"a": a, "b": b, "a.T": a.T}[target]
+    c0 = out.astype(np.float64)
+    expected = ref.gemm(a0, b0, beta=beta, c=c0)
+    got = ops.gemm(a, b, beta=beta, out=out)
+    assert got is out
+    ref.assert_within(got, expected, bound(a0, b0, dtype, beta=beta, c=c0), what="gemm in place")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_square_of_itself(rng, dtype):
+    a = rng.standard_normal((50, 50)).astype(dtype)
+    a0 = a.copy()
+    ops.gemm(a, a, trans_b=True, out=a)
+    ref.assert_within(a, ref.gemm(a0, a0, trans_b=True), bound(a0, a0, dtype, trans_b=True))

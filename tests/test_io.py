@@ -1,0 +1,135 @@
+"""Model files: safetensors round trips, PyTorch-style keys, atomic writes (HANDOUT C35)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import fastnn as fnn
+import numpy as np
+import pytest
+from fastnn import _files
+from safetensors.numpy import load_file
+
+
+def _model(seed=0, dtype=np.float32):
+    return fnn.Sequential(
+        fnn.Dense(6, 4, fnn.relu, rng=seed, dtype=dtype), fnn.Dense(4, 3, rng=seed + 1, dtype=dtype)
+    )
+
+
+def test_save_load_round_trip(tmp_path, rng):
+    model = _model()
+    for p in model.parameters():
+        p.data[...] = rng.standard_normal(p.shape)
+    path = fnn.io.save(model, tmp_path / "m.safetensors", metadata={"dataset": "mnist"})
+    loaded = fnn.io.load(path)
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    np.testing.assert_array_equal(loaded(x).data, model(x).data)
+    assert repr(loaded) == repr(model)
+    meta = fnn.io.load_metadata(path)
+    assert meta["dataset"] == "mnist" and meta["fastnn.version"] == fnn.__version__
+    assert json.loads(meta["fastnn.architecture"])[0]["activation"] == "relu"
+    raw = load_file(path)  # any safetensors reader sees PyTorch's keys
+    assert sorted(raw) == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    assert raw["0.weight"].shape == (4, 6)
+
+
+def test_float64_and_function_layers_round_trip(tmp_path):
+    model = fnn.Sequential(fnn.Flatten(), fnn.Dense(4, 2, rng=0, dtype=np.float64), fnn.softmax)
+    loaded = fnn.io.load(fnn.io.save(model, tmp_path / "m.safetensors"))
+    assert loaded[1].weight.dtype == np.float64 and loaded[2] is fnn.softmax
+    x = np.ones((2, 1, 2, 2))
+    np.testing.assert_array_equal(loaded(x).data, model(x).data)
+
+
+def test_load_into_wrong_shapes_names_the_parameter(tmp_path):
+    path = fnn.io.save(_model(), tmp_path / "m.safetensors")
+    other = fnn.Sequential(fnn.Dense(6, 5, fnn.relu), fnn.Dense(5, 3))
+    with pytest.raises(ValueError, match=r"0.weight has shape \(5, 6\) in the model but \(4, 6\)"):
+        fnn.io.load(path, model=other)
+
+
+def test_unsavable_and_unreadable(tmp_path):
+    with pytest.raises(ValueError, match="activation"):
+        fnn.io.save(fnn.Sequential(fnn.Dense(2, 2, fnn.tanh)), tmp_path / "x.safetensors")
+    path = fnn.io.save(
+        fnn.Sequential(fnn.Dense(2, 2, fnn.tanh)),
+        tmp_path / "w.safetensors",
+        store_architecture=False,
+    )
+    with pytest.raises(ValueError, match="no architecture"):
+        fnn.io.load(path)
+    fnn.io.load(path, model=fnn.Sequential(fnn.Dense(2, 2, fnn.tanh)))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        fnn.io.load(bad)
+    with pytest.raises(FileNotFoundError):
+        fnn.io.load(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="metadata"):
+        fnn.io.save(_model(), tmp_path / "m.safetensors", metadata={"epochs": 3})
+
+
+def _weights_one(value):
+    layer = fnn.Dense(3, 2, rng=0)
+    layer.weight.data[...] = value
+    return layer
+
+
+def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):  # HANDOUT C35
+    path = tmp_path / "ckpt.safetensors"
+    fnn.io.save(_weights_one(1.0), path)
+
+    real_open = _files.os.fdopen
+
+    class FailingFile:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+            return False
+
+        def write(self, data):
+            self.f.write(data[:16])  # the first bytes land, then the disk "fails"
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_files.os, "fdopen", lambda fd, mode: FailingFile(real_open(fd, mode)))
+    with pytest.raises(OSError, match="No space left"):
+        fnn.io.save(_weights_one(2.0), path)
+    monkeypatch.undo()
+    layer = fnn.io.load(path)
+    np.testing.assert_array_equal(layer.weight.data, 1.0)
+    assert os.listdir(tmp_path) == ["ckpt.safetensors"]  # no stray temporary file
+    fnn.io.save(_weights_one(2.0), path)
+    np.testing.assert_array_equal(fnn.io.load(path).weight.data, 2.0)
+    assert os.listdir(tmp_path) == ["ckpt.safetensors"]
+
+
+def test_killed_writer_keeps_the_previous_file(tmp_path):  # HANDOUT C35, SIGKILL variant
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "big.safetensors"
+    fnn.io.save(_weights_one(1.0), path)
+    code = f"""
+import numpy as np, fastnn as fnn
+big = fnn.Dense(8000, 6000, rng=0)  # ~190 MB of weights
+print("ready", flush=True)
+fnn.io.save(big, {str(path)!r})
+"""
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob(".big.safetensors.*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.001)  # wait until the new file is being written
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    w = fnn.io.load(path).weight.data  # the old file, whole (or the new one if it won the race)
+    assert (w.shape == (2, 3) and np.all(w == 1.0)) or w.shape == (6000, 8000)

@@ -1,0 +1,128 @@
+"""The training loop: fit, evaluate, train_step; the article's network on real data."""
+
+from __future__ import annotations
+
+import fastnn as fnn
+import numpy as np
+import pytest
+
+
+def _separable(rng, n=200):
+    x = rng.standard_normal((n, 6)).astype(np.float32)
+    y = (x[:, 0] - x[:, 2] > 0).astype(np.uint8) + 2 * (x[:, 1] > 0.5).astype(np.uint8)
+    return x, y
+
+
+def _model(seed=0):
+    return fnn.Sequential(fnn.Dense(6, 16, fnn.relu, rng=seed), fnn.Dense(16, 4, rng=seed + 1))
+
+
+def test_fit_learns_a_separable_problem(rng):
+    x, y = _separable(rng)
+    model = _model()
+    opt = fnn.optim.SGD(model.parameters(), lr=0.5)
+    history = fnn.fit(
+        model, (x, y), optimizer=opt, epochs=15, batch_size=16, validation=(x, y), rng=0, verbose=0
+    )
+    assert history["epoch"] == list(range(1, 16))
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    assert history["val_accuracy"][-1] > 0.9
+    assert all(s > 0 for s in history["seconds"]) and all(
+        r > 0 for r in history["samples_per_second"]
+    )
+    ev = fnn.evaluate(model, (x, y))
+    assert ev["accuracy"] == pytest.approx(history["val_accuracy"][-1])
+
+
+def test_same_seed_same_trajectory(rng):
+    x, y = _separable(rng)
+    runs = []
+    for _ in range(2):
+        model = _model(3)
+        opt = fnn.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+        runs.append(
+            fnn.fit(model, (x, y), optimizer=opt, epochs=3, batch_size=32, rng=7, verbose=0)["loss"]
+        )
+    assert runs[0] == runs[1]
+
+
+def test_full_batch_and_partial_batches(rng):
+    x, y = _separable(rng, n=50)
+    model = _model()
+    opt = fnn.optim.SGD(model.parameters(), lr=0.1)
+    h = fnn.fit(model, (x, y), optimizer=opt, epochs=2, batch_size="full", verbose=0)
+    assert len(h["loss"]) == 2
+    h = fnn.fit(model, (x, y), optimizer=opt, epochs=1, batch_size=16, verbose=0)  # 16,16,16,2
+    assert h["samples_per_second"][0] > 0
+
+
+def test_train_step_returns_the_loss_before_the_update(rng):
+    x, y = _separable(rng, n=32)
+    model = _model()
+    opt = fnn.optim.SGD(model.parameters(), lr=0.1)
+    before = fnn.losses.softmax_cross_entropy(model(x), y).item()
+    assert fnn.train_step(model, x, y, fnn.losses.softmax_cross_entropy, opt) == before
+    assert fnn.losses.softmax_cross_entropy(model(x), y).item() < before
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(rng, tmp_path):
+    x, y = _separable(rng)
+    model = _model()
+    opt = fnn.optim.SGD(model.parameters(), lr=0.1)
+    ckpt = tmp_path / "ckpt.safetensors"
+    fnn.fit(model, (x, y), optimizer=opt, epochs=1, batch_size=50, verbose=0, checkpoint=ckpt)
+    good = {k: v.copy() for k, v in model.state_dict().items()}
+    opt.lr = 1e30  # the loss blows up
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step \d+") as err:
+        fnn.fit(model, (x, y), optimizer=opt, epochs=3, batch_size=50, verbose=0, checkpoint=ckpt)
+    assert "learning rate" in str(err.value)
+    kept = fnn.io.load(ckpt).state_dict()
+    for k, v in good.items():
+        np.testing.assert_array_equal(kept[k], v)
+
+
+def test_fit_argument_errors(rng):
+    x, y = _separable(rng, n=10)
+    with pytest.raises(ValueError, match="optimizer"):
+        fnn.fit(_model(), (x, y), epochs=1)
+    with pytest.raises(TypeError, match="Dataset"):
+        fnn.fit(_model(), x, optimizer=fnn.optim.SGD(_model().parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="1000"):
+        model = _model()
+        fnn.fit(
+            model,
+            (x, np.full(10, 1000)),
+            optimizer=fnn.optim.SGD(model.parameters(), lr=0.1),
+            epochs=1,
+            verbose=0,
+        )
+
+
+def test_the_article_network_learns_real_fashion_mnist():
+    """The article's MLP (784 -> 32 relu -> 10, SGD lr 0.1, batch 128) on the real data."""
+    train, test = fnn.data.fashion_mnist()
+    rng = np.random.default_rng(0)
+    model = fnn.Sequential(fnn.Dense(784, 32, fnn.relu, rng=rng), fnn.Dense(32, 10, rng=rng))
+    opt = fnn.optim.SGD(model.parameters(), lr=0.1)
+    history = fnn.fit(
+        model, train, optimizer=opt, epochs=2, batch_size=128, validation=test, rng=rng, verbose=0
+    )
+    assert history["val_accuracy"][-1] >= 0.80, history
+    assert history["loss"][1] < history["loss"][0]
+
+
+def test_the_articles_full_batch_way_on_a_real_subset():
+    """The article trains with all images per step; a 2,000-image subset must learn too."""
+    train, _ = fnn.data.fashion_mnist()
+    x, y = train.x[:2000], train.y[:2000]
+    network = (fnn.Dense(28 * 28, 32, fnn.relu, rng=0), fnn.Dense(32, 10, rng=1))
+    opt = fnn.optim.SGD([p for layer in network for p in layer.parameters()], lr=0.1)
+    losses = []
+    for _ in range(60):
+        losses.append(
+            fnn.train_step(
+                lambda x: fnn.forward(network, x), x, y, fnn.losses.softmax_cross_entropy, opt
+            )
+        )
+    acc = (fnn.forward(network, x).argmax(axis=1) == y).mean()
+    assert losses[-1] < 0.6 * losses[0] and acc > 0.6, (losses[::10], acc)
