@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import reference as ref
 from fastnn import ops
+from layouts import views_2d
 
 DTYPES = [np.float32, np.float64]
 SHAPES = [  # (batch, in_features, out_features)
@@ -43,18 +44,6 @@ def layer(rng, batch, n_in, n_out, dtype):
     w = (rng.standard_normal((n_out, n_in)) / np.sqrt(max(n_in, 1))).astype(dtype)
     b = rng.standard_normal(n_out).astype(dtype)
     return x, w, b
-
-
-def views_2d(x, rng):
-    m, n = x.shape
-    big = rng.standard_normal((2 * m + 1, 3 * n + 1)).astype(x.dtype)
-    big[::-2, ::-3][:m, :n] = x
-    return {
-        "c": np.ascontiguousarray(x),
-        "fortran": np.asfortranarray(x),
-        "negative_steps": big[::-2, ::-3][:m, :n],
-        "reversed": np.ascontiguousarray(x[::-1, ::-1])[::-1, ::-1],
-    }
 
 
 # --------------------------------------------------------------------- dense_forward

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import reference as ref
 from fastnn import ops
+from layouts import views_2d
 
 DTYPES = [np.float32, np.float64]
 
@@ -36,20 +37,6 @@ def assert_identical(actual, expected):
     expected = np.asarray(expected).astype(actual.dtype)
     np.testing.assert_array_equal(actual, expected)
     np.testing.assert_array_equal(np.signbit(actual), np.signbit(expected))
-
-
-def views_2d(x, rng):
-    """The 2-D matrix ``x`` (same values) in several memory layouts, by name."""
-    m, n = x.shape
-    big = rng.standard_normal((2 * m + 1, 3 * n + 1)).astype(x.dtype)
-    big[::-2, ::-3][:m, :n] = x
-    return {
-        "c": np.ascontiguousarray(x),
-        "fortran": np.asfortranarray(x),
-        "negative_steps": big[::-2, ::-3][:m, :n],
-        "transposed": np.ascontiguousarray(x.T).T,
-        "reversed_rows": np.ascontiguousarray(x[::-1])[::-1],
-    }
 
 
 VIEWS = ["c", "fortran", "negative_steps", "transposed", "reversed_rows"]

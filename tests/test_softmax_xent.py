@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import reference as ref
 from fastnn import ops
+from layouts import views_2d
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: {"rtol": 1e-5, "atol": 1e-6}, np.float64: {"rtol": 1e-12, "atol": 1e-15}}
@@ -27,18 +28,6 @@ def assert_close(actual, expected, dtype, what):
 
 def logits_like(rng, shape, dtype, scale=3.0):
     return (scale * rng.standard_normal(shape)).astype(dtype)
-
-
-def views_2d(x, rng):
-    m, n = x.shape
-    big = rng.standard_normal((2 * m + 1, 3 * n + 1)).astype(x.dtype)
-    big[::-2, ::-3][:m, :n] = x
-    return {
-        "c": np.ascontiguousarray(x),
-        "fortran": np.asfortranarray(x),
-        "negative_steps": big[::-2, ::-3][:m, :n],
-        "reversed": np.ascontiguousarray(x[::-1, ::-1])[::-1, ::-1],
-    }
 
 
 VIEWS = ["c", "fortran", "negative_steps", "reversed"]
