@@ -655,6 +655,14 @@ PYBIND11_MODULE(_cpu, m) {
         cpu::set_gemm_force_portable(isa == "portable");
       },
       py::arg("isa"), "Force the portable GEMM micro-kernel ('portable') or pick by CPU ('auto').");
+  m.def(
+      "fma_loop",
+      [](int64_t iterations) {
+        if (iterations < 1) value_error("iterations must be >= 1");
+        py::gil_scoped_release release;
+        return cpu::fma_loop(iterations);
+      },
+      py::arg("iterations"), "Peak-rate probe: runs independent FMAs; returns the flops done.");
   m.def("config", [] {
     py::dict d;
     d["version"] = FASTNN_VERSION;

@@ -40,9 +40,12 @@ template <class T>
 void dense_backward(Matrix<T> dX, Matrix<T> dW, Vector<T> db, Matrix<const T> dY,
                     Matrix<const T> X, Matrix<const T> W, bool accumulate);
 
-// "avx2" where the CPU has AVX2 + FMA, else "portable"; force_portable is for testing.
+// "avx2+fma" where the CPU has AVX2 + FMA, else "portable"; force_portable is for testing.
 const char* gemm_isa();
 void set_gemm_force_portable(bool force);
+// Peak-rate probe: `iterations` rounds of independent FMAs on every kernel thread; returns
+// the flops performed (for benchmarks/sgemm_sweep.py's % of peak).
+double fma_loop(int64_t iterations);
 
 // ----------------------------------------------------------- elementwise.cpp
 // y = max(0, x) elementwise, NaN kept (NaN in, NaN out); y may be x itself.

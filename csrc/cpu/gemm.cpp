@@ -1,14 +1,17 @@
 // SPDX-License-Identifier: MIT
 // sgemm / dgemm and the dense layer built on them: C = alpha·op(A)·op(B) + beta·C, row-major
 // with general strides. The GotoBLAS/BLIS structure (Goto & van de Geijn 2008; Van Zee & van
-// de Geijn 2015): op(B) is packed into KC×NR panels, op(A) into MR×KC panels, and an MR×NR
-// register tile runs over them. The packing reads any strides, so transposed, sliced,
-// reversed or broadcast views cost nothing extra. The micro-kernel is AVX2+FMA where the CPU
-// has it (chosen at run time) and portable C++ otherwise.
+// de Geijn 2015): op(B) is packed into KC×NR panels, op(A) into MR×KC panels (or read in place
+// when few B panels would reuse it), and an MR×NR register tile runs over them; the bias +
+// relu epilogue of the dense layer is applied while the tile is still in registers. The
+// micro-kernel is AVX2+FMA where the CPU has it (chosen at run time) and portable C++
+// otherwise. Every element of C is summed in the same order (k ascending inside each KC
+// block, blocks in order) whatever the thread count or the M/N partition, so results are
+// bitwise reproducible.
 #include <algorithm>
 #include <atomic>
-#include <cmath>
-#include <cstring>
+#include <cstdlib>
+#include <vector>
 
 #include "cpu/parallel.h"
 #include "ops.h"
@@ -18,16 +21,21 @@
 #include <immintrin.h>
 #endif
 
+#ifdef FASTNN_OPENMP
+#include <omp.h>
+#endif
+
 namespace fastnn::cpu {
 namespace {
 
-// Register tile MR×NR and cache blocks: a KC×NR panel of B stays in L1, an MC×KC block of A
-// in L2, a KC×NC block of B in L3 (EPYC-class: 32 KiB / 512 KiB / 16+ MiB).
+// Register tile MR×NR (12 accumulators of 8 floats / 4 doubles: 12 of the 16 AVX2 registers)
+// and cache blocks: a KC×NR panel of B and an MR×KC panel of A stay in L1 (32 KiB), an MC×KC
+// block of A in L2, a KC×NC block of B in L3.
 template <class T>
 struct Blocking;
 template <>
 struct Blocking<float> {
-  static constexpr int64_t MR = 6, NR = 16, KC = 256, MC = 120, NC = 3072;
+  static constexpr int64_t MR = 6, NR = 16, KC = 256, MC = 144, NC = 3072;
 };
 template <>
 struct Blocking<double> {
@@ -44,7 +52,7 @@ struct Epilogue {
 
 template <class T>
 inline T relu_keep_nan(T x) {
-  return x > T(0) ? x : (x == x ? T(0) : x);
+  return x > T(0) ? x : (x == x ? T(0) : x);  // NaN fails both tests and is passed through
 }
 
 std::atomic<bool> g_force_portable{false};
@@ -60,105 +68,243 @@ bool cpu_has_avx2_fma() { return false; }
 
 bool use_avx2() { return cpu_has_avx2_fma() && !g_force_portable.load(std::memory_order_relaxed); }
 
-// ---- micro-kernels: acc[MR×NR] = Σ_k a[k][0..MR) ⊗ b[k][0..NR) over packed panels.
+// One MR×NR tile of the product: where op(A)'s tile lives (element (r, k) at a[r*ars + k*acs],
+// a packed panel being ars = 1, acs = MR), the packed B panel, and where it goes in C.
 template <class T>
-void microkernel_portable(int64_t kc, const T* __restrict a, const T* __restrict b,
-                          T* __restrict acc) {
+struct Tile {
+  const T* a;
+  int64_t ars, acs;
+  const T* b;  // KC×NR packed panel, row k at b + k*NR
+  int64_t kc;
+  T* c;  // C(i0, j0)
+  int64_t rs_c, cs_c;
+  int64_t mr, nr;  // valid rows / columns of the tile (<= MR, NR)
+  int64_t j0;      // column of C, for the bias
+  T alpha, beta;
+  const Epilogue<T>* ep;  // null unless this is the last K block
+};
+
+// Writes acc (MR×NR, row-major) into the tile: C = alpha·acc + beta·C (beta == 0: C is not
+// read), then the epilogue. The scalar reference for every store path.
+template <class T>
+void store_tile(const Tile<T>& t, const T* acc) {
+  constexpr int64_t NR = Blocking<T>::NR;
+  for (int64_t r = 0; r < t.mr; ++r) {
+    T* c = t.c + r * t.rs_c;
+    for (int64_t j = 0; j < t.nr; ++j) {
+      T v = t.alpha * acc[r * NR + j];
+      if (t.beta != T(0)) v += t.beta * c[j * t.cs_c];
+      if (t.ep) {
+        if (t.ep->bias) v += t.ep->bias[(t.j0 + j) * t.ep->bias_inc];
+        if (t.ep->relu) v = relu_keep_nan(v);
+      }
+      c[j * t.cs_c] = v;
+    }
+  }
+}
+
+// Row offsets of the tile's A rows; rows past mr repeat the last valid row (read, not stored),
+// so an edge tile never reads outside A.
+template <class T>
+void row_offsets(const Tile<T>& t, int64_t* off) {
+  constexpr int64_t MR = Blocking<T>::MR;
+  for (int64_t r = 0; r < MR; ++r) off[r] = std::min(r, t.mr - 1) * t.ars;
+}
+
+template <class T>
+void microkernel_portable(const Tile<T>& t) {
   constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR;
+  int64_t off[MR];
+  row_offsets(t, off);
   T c[MR][NR] = {};
-  for (int64_t k = 0; k < kc; ++k) {
+  const T* a = t.a;
+  const T* b = t.b;
+  for (int64_t k = 0; k < t.kc; ++k) {
     for (int64_t r = 0; r < MR; ++r) {
-      const T ar = a[r];
+      const T ar = a[off[r]];
       for (int64_t j = 0; j < NR; ++j) c[r][j] += ar * b[j];
     }
-    a += MR;
+    a += t.acs;
     b += NR;
   }
-  std::memcpy(acc, c, sizeof(c));
+  store_tile(t, &c[0][0]);
 }
 
 #ifdef FASTNN_X86
-__attribute__((target("avx2,fma"))) void microkernel_avx2(int64_t kc, const float* __restrict a,
-                                                          const float* __restrict b,
-                                                          float* __restrict acc) {
-  __m256 c[6][2];
-  for (auto& row : c) row[0] = row[1] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
-    for (int r = 0; r < 6; ++r) {
-      const __m256 ar = _mm256_broadcast_ss(a + r);
-      c[r][0] = _mm256_fmadd_ps(ar, b0, c[r][0]);
-      c[r][1] = _mm256_fmadd_ps(ar, b1, c[r][1]);
-    }
-    a += 6;
-    b += 16;
-  }
-  for (int r = 0; r < 6; ++r) {
-    _mm256_storeu_ps(acc + r * 16, c[r][0]);
-    _mm256_storeu_ps(acc + r * 16 + 8, c[r][1]);
+#define FASTNN_TARGET __attribute__((target("avx2,fma")))
+// AVX2 vectors of T (8 floats or 4 doubles): the few operations the micro-kernel needs,
+// overloaded on the element type.
+FASTNN_TARGET inline __m256 vzero(float) { return _mm256_setzero_ps(); }
+FASTNN_TARGET inline __m256d vzero(double) { return _mm256_setzero_pd(); }
+FASTNN_TARGET inline __m256 vload(const float* p) { return _mm256_loadu_ps(p); }
+FASTNN_TARGET inline __m256d vload(const double* p) { return _mm256_loadu_pd(p); }
+FASTNN_TARGET inline void vstore(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+FASTNN_TARGET inline void vstore(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
+FASTNN_TARGET inline __m256 vbroadcast(const float* p) { return _mm256_broadcast_ss(p); }
+FASTNN_TARGET inline __m256d vbroadcast(const double* p) { return _mm256_broadcast_sd(p); }
+FASTNN_TARGET inline __m256 vset1(float x) { return _mm256_set1_ps(x); }
+FASTNN_TARGET inline __m256d vset1(double x) { return _mm256_set1_pd(x); }
+FASTNN_TARGET inline __m256 vfma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+FASTNN_TARGET inline __m256d vfma(__m256d a, __m256d b, __m256d c) {
+  return _mm256_fmadd_pd(a, b, c);
+}
+FASTNN_TARGET inline __m256 vmul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
+FASTNN_TARGET inline __m256d vmul(__m256d a, __m256d b) { return _mm256_mul_pd(a, b); }
+FASTNN_TARGET inline __m256 vadd(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+FASTNN_TARGET inline __m256d vadd(__m256d a, __m256d b) { return _mm256_add_pd(a, b); }
+// Lane masks for the first n lanes (n may be <= 0 or >= the width), and masked loads / stores
+// that never touch memory in the other lanes.
+template <class T>
+FASTNN_TARGET inline __m256i vmask(int64_t n) {
+  constexpr int64_t W = 32 / sizeof(T);
+  const int64_t k = std::max<int64_t>(0, std::min<int64_t>(n, W));
+  if constexpr (W == 8) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(k)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  } else {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(k), _mm256_setr_epi64x(0, 1, 2, 3));
   }
 }
+FASTNN_TARGET inline __m256 vmaskload(const float* p, __m256i m) { return _mm256_maskload_ps(p, m); }
+FASTNN_TARGET inline __m256d vmaskload(const double* p, __m256i m) {
+  return _mm256_maskload_pd(p, m);
+}
+FASTNN_TARGET inline void vmaskstore(float* p, __m256i m, __m256 v) { _mm256_maskstore_ps(p, m, v); }
+FASTNN_TARGET inline void vmaskstore(double* p, __m256i m, __m256d v) {
+  _mm256_maskstore_pd(p, m, v);
+}
+// relu keeping NaN: v where v > 0 or v is NaN, else +0.
+FASTNN_TARGET inline __m256 vrelu(__m256 v) {
+  const __m256 keep = _mm256_or_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                   _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  return _mm256_and_ps(v, keep);
+}
+FASTNN_TARGET inline __m256d vrelu(__m256d v) {
+  const __m256d keep = _mm256_or_pd(_mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_GT_OQ),
+                                    _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
+  return _mm256_and_pd(v, keep);
+}
 
-__attribute__((target("avx2,fma"))) void microkernel_avx2(int64_t kc, const double* __restrict a,
-                                                          const double* __restrict b,
-                                                          double* __restrict acc) {
-  __m256d c[6][2];
-  for (auto& row : c) row[0] = row[1] = _mm256_setzero_pd();
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m256d b0 = _mm256_load_pd(b), b1 = _mm256_load_pd(b + 4);
-    for (int r = 0; r < 6; ++r) {
-      const __m256d ar = _mm256_broadcast_sd(a + r);
-      c[r][0] = _mm256_fmadd_pd(ar, b0, c[r][0]);
-      c[r][1] = _mm256_fmadd_pd(ar, b1, c[r][1]);
-    }
-    a += 6;
-    b += 8;
+// The AVX2+FMA micro-kernel: 6 rows × 2 vectors of accumulators, one FMA per (row, vector)
+// per k, B's two vectors loaded once per k and each A element broadcast once.
+template <class T>
+FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
+  constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR;
+  constexpr int64_t W = NR / 2;
+  using V = decltype(vzero(T{}));
+  int64_t off[MR];
+  row_offsets(t, off);
+  V c00 = vzero(T{}), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  V c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  const T* a = t.a;
+  const T* b = t.b;
+  const int64_t acs = t.acs;
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < t.kc; ++k) {
+    const V b0 = vload(b), b1 = vload(b + W);
+    V ar = vbroadcast(a + off[0]);
+    c00 = vfma(ar, b0, c00);
+    c01 = vfma(ar, b1, c01);
+    ar = vbroadcast(a + off[1]);
+    c10 = vfma(ar, b0, c10);
+    c11 = vfma(ar, b1, c11);
+    ar = vbroadcast(a + off[2]);
+    c20 = vfma(ar, b0, c20);
+    c21 = vfma(ar, b1, c21);
+    ar = vbroadcast(a + off[3]);
+    c30 = vfma(ar, b0, c30);
+    c31 = vfma(ar, b1, c31);
+    ar = vbroadcast(a + off[4]);
+    c40 = vfma(ar, b0, c40);
+    c41 = vfma(ar, b1, c41);
+    ar = vbroadcast(a + off[5]);
+    c50 = vfma(ar, b0, c50);
+    c51 = vfma(ar, b1, c51);
+    a += acs;
+    b += NR;
   }
-  for (int r = 0; r < 6; ++r) {
-    _mm256_storeu_pd(acc + r * 8, c[r][0]);
-    _mm256_storeu_pd(acc + r * 8 + 4, c[r][1]);
+  V acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  if (t.cs_c != 1 || (t.ep && t.ep->bias && t.ep->bias_inc != 1)) {
+    alignas(32) T buf[MR * NR];
+    for (int64_t r = 0; r < MR; ++r) {
+      vstore(buf + r * NR, acc[r][0]);
+      vstore(buf + r * NR + W, acc[r][1]);
+    }
+    return store_tile(t, buf);
+  }
+  // Unit column stride: update C straight from the registers, masked at the right edge (the
+  // same arithmetic as store_tile: a multiply and an add, never fused).
+  const auto m0 = vmask<T>(t.nr), m1 = vmask<T>(t.nr - W);
+  const V alpha = vset1(t.alpha), beta = vset1(t.beta);
+  const bool has_bias = t.ep && t.ep->bias, relu = t.ep && t.ep->relu;
+  V bias0 = vzero(T{}), bias1 = bias0;
+  if (has_bias) {
+    bias0 = vmaskload(t.ep->bias + t.j0, m0);
+    bias1 = vmaskload(t.ep->bias + t.j0 + W, m1);
+  }
+  for (int64_t r = 0; r < t.mr; ++r) {
+    T* c = t.c + r * t.rs_c;
+    V v0 = vmul(alpha, acc[r][0]), v1 = vmul(alpha, acc[r][1]);
+    if (t.beta != T(0)) {
+      v0 = vadd(v0, vmul(beta, vmaskload(c, m0)));
+      v1 = vadd(v1, vmul(beta, vmaskload(c + W, m1)));
+    }
+    if (has_bias) {
+      v0 = vadd(v0, bias0);
+      v1 = vadd(v1, bias1);
+    }
+    if (relu) {
+      v0 = vrelu(v0);
+      v1 = vrelu(v1);
+    }
+    vmaskstore(c, m0, v0);
+    vmaskstore(c + W, m1, v1);
   }
 }
 #endif
 
-// Packs rows [i0, i0+mc) × cols [k0, k0+kc) of op(A) (element (i,k) at a[i*rs + k*cs]) into
-// MR-row panels, k-major inside a panel; rows past mc are zero.
 template <class T>
-void pack_a_panel(T* __restrict dst, const T* a, int64_t rs, int64_t cs, int64_t mr, int64_t kc) {
+inline void run_tile(const Tile<T>& t, bool avx2) {
+#ifdef FASTNN_X86
+  if (avx2) return microkernel_avx2<T>(t);
+#endif
+  microkernel_portable<T>(t);
+}
+
+// Packs rows [0, mr) × cols [0, kc) of op(A) (element (i, k) at a[i*ars + k*acs]) into one
+// MR-row panel, k-major inside (dst[k*MR + r]); rows past mr are zero. The loop runs along
+// the contiguous direction of the source.
+template <class T>
+void pack_a_panel(T* __restrict dst, const T* a, int64_t ars, int64_t acs, int64_t mr,
+                  int64_t kc) {
   constexpr int64_t MR = Blocking<T>::MR;
-  for (int64_t k = 0; k < kc; ++k) {
-    for (int64_t r = 0; r < mr; ++r) dst[k * MR + r] = a[r * rs + k * cs];
-    for (int64_t r = mr; r < MR; ++r) dst[k * MR + r] = T(0);
+  if (mr < MR) std::fill(dst, dst + kc * MR, T(0));
+  if (ars == 1 || std::abs(ars) < std::abs(acs)) {
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t r = 0; r < mr; ++r) dst[k * MR + r] = a[r * ars + k * acs];
+  } else {
+    for (int64_t r = 0; r < mr; ++r)
+      for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = a[r * ars + k * acs];
   }
 }
 
-// Packs op(B) rows [k0, k0+kc) × cols [j0, j0+nr) into one NR-wide panel, row by row.
+// Packs op(B) rows [0, kc) × cols [0, nr) (element (k, j) at b[k*brs + j*bcs]) into one
+// NR-wide panel, row by row (dst[k*NR + j]); columns past nr are zero.
 template <class T>
-void pack_b_panel(T* __restrict dst, const T* b, int64_t rs, int64_t cs, int64_t nr, int64_t kc) {
+void pack_b_panel(T* __restrict dst, const T* b, int64_t brs, int64_t bcs, int64_t nr,
+                  int64_t kc) {
   constexpr int64_t NR = Blocking<T>::NR;
-  for (int64_t k = 0; k < kc; ++k) {
-    for (int64_t j = 0; j < nr; ++j) dst[k * NR + j] = b[k * rs + j * cs];
-    for (int64_t j = nr; j < NR; ++j) dst[k * NR + j] = T(0);
-  }
-}
-
-// Writes the mr×nr corner of acc into C at (i0, j0): C = alpha·acc + beta·C (beta == 0: C is
-// not read), then the epilogue when this was the last K block.
-template <class T>
-void store_tile(const Matrix<T>& C, int64_t i0, int64_t j0, int64_t mr, int64_t nr, const T* acc,
-                T alpha, T beta, const Epilogue<T>* ep) {
-  constexpr int64_t NR = Blocking<T>::NR;
-  for (int64_t r = 0; r < mr; ++r) {
-    T* c = &C(i0 + r, j0);
-    for (int64_t j = 0; j < nr; ++j) {
-      T v = alpha * acc[r * NR + j];
-      if (beta != T(0)) v += beta * c[j * C.cs];
-      if (ep) {
-        if (ep->bias) v += ep->bias[(j0 + j) * ep->bias_inc];
-        if (ep->relu) v = relu_keep_nan(v);
-      }
-      c[j * C.cs] = v;
-    }
+  if (nr < NR) std::fill(dst, dst + kc * NR, T(0));
+  if (bcs == 1 && nr == NR) {
+    for (int64_t k = 0; k < kc; ++k)  // a fixed-length loop the compiler turns into vector moves
+      for (int64_t j = 0; j < NR; ++j) dst[k * NR + j] = b[k * brs + j];
+  } else if (bcs == 1) {
+    for (int64_t k = 0; k < kc; ++k) std::copy_n(b + k * brs, nr, dst + k * NR);
+  } else if (std::abs(brs) < std::abs(bcs)) {
+    for (int64_t j = 0; j < nr; ++j)
+      for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = b[k * brs + j * bcs];
+  } else {
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t j = 0; j < nr; ++j) dst[k * NR + j] = b[k * brs + j * bcs];
   }
 }
 
@@ -176,6 +322,19 @@ void scale_only(const Matrix<T>& C, T beta, const Epilogue<T>* ep) {
     }
 }
 
+// Growing scratch memory owned by the calling thread (OpenMP workers keep theirs between
+// calls), so a training loop does not allocate and fault in fresh pages on every product.
+template <class T>
+T* thread_scratch(int slot, int64_t n) {
+  thread_local std::vector<T> buffers[2];
+  std::vector<T>& buf = buffers[slot];
+  const size_t need = static_cast<size_t>(n) + 64 / sizeof(T);  // room to align to 64 bytes
+  if (buf.size() < need) buf.resize(need);
+  void* p = buf.data();
+  size_t space = buf.size() * sizeof(T);
+  return static_cast<T*>(std::align(64, n * sizeof(T), p, space));
+}
+
 template <class T>
 void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T> B, T beta,
           Matrix<T> C, const Epilogue<T>* ep) {
@@ -188,57 +347,92 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   // op(A)(i, k) = a[i*ars + k*acs]; op(B)(k, j) = b[k*brs + j*bcs].
   const int64_t ars = trans_a ? A.cs : A.rs, acs = trans_a ? A.rs : A.cs;
   const int64_t brs = trans_b ? B.cs : B.rs, bcs = trans_b ? B.rs : B.cs;
-  const int64_t nc_max = std::min(NC, ceil_div(N, NR) * NR);
-  const int64_t mc_max = std::min(MC, ceil_div(M, MR) * MR);
-  const int64_t kc_max = std::min(KC, K);
-  ScratchBuffer<T> bpack(kc_max * nc_max);  // KC×NC block of op(B), NR-wide panels
-  ScratchBuffer<T> apack(kc_max * mc_max);  // MC×KC block of op(A), MR-tall panels
-  T* bp = bpack.get();
-  T* ap = apack.get();
   const bool avx2 = use_avx2();
   const int nt = threads_for(2.0 * M * N * K);
 
+  // M blocks of balanced height (a multiple of MR). With at least two per thread, each
+  // thread takes whole blocks and packs its own A ("ic" parallel); otherwise the threads
+  // share one packed A block and split its tiles.
+  const int64_t m_blocks = ceil_div(M, MC);
+  const int64_t mc_size = ceil_div(ceil_div(M, m_blocks), MR) * MR;
+  const bool ic_parallel = nt > 1 && m_blocks >= 2 * nt;
+  // A is read in place when few B panels would reuse a packed copy.
+  const bool packed_a = ceil_div(std::min(N, NC), NR) > 2;
+  const int64_t kc_max = std::min(KC, K);
+  const int64_t nc_max = std::min(NC, ceil_div(N, NR) * NR);
+  T* bp = thread_scratch<T>(0, kc_max * nc_max);
+  T* shared_ap = packed_a && !ic_parallel ? thread_scratch<T>(1, kc_max * mc_size) : nullptr;
+
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    alignas(64) T acc[MR * NR];
+    T* ap = ic_parallel && packed_a ? thread_scratch<T>(1, kc_max * mc_size) : shared_ap;
     for (int64_t jc = 0; jc < N; jc += NC) {
       const int64_t nc = std::min(NC, N - jc);
       const int64_t npanels = ceil_div(nc, NR);
       for (int64_t pc = 0; pc < K; pc += KC) {
         const int64_t kc = std::min(KC, K - pc);
-        const bool first = pc == 0, last = pc + kc == K;
-        const T beta_k = first ? beta : T(1);
-        const Epilogue<T>* ep_k = last ? ep : nullptr;
+        const T beta_k = pc == 0 ? beta : T(1);
+        const Epilogue<T>* ep_k = pc + kc == K ? ep : nullptr;
 #pragma omp for schedule(static)
         for (int64_t p = 0; p < npanels; ++p) {
           const int64_t j = jc + p * NR;
           pack_b_panel(bp + p * NR * kc, B.data + pc * brs + j * bcs, brs, bcs,
                        std::min(NR, N - j), kc);
         }
-        for (int64_t ic = 0; ic < M; ic += MC) {
-          const int64_t mc = std::min(MC, M - ic);
-          const int64_t mpanels = ceil_div(mc, MR);
-#pragma omp for schedule(static)
-          for (int64_t p = 0; p < mpanels; ++p) {
-            const int64_t i = ic + p * MR;
-            pack_a_panel(ap + p * MR * kc, A.data + i * ars + pc * acs, ars, acs,
-                         std::min(MR, M - i), kc);
+        // Runs tile (ip, jp) of the M block that starts at row ic.
+        auto tiles = [&](int64_t ic, int64_t ip, int64_t jp) {
+          const int64_t i = ic + ip * MR, j = jc + jp * NR;
+          Tile<T> t;
+          if (packed_a) {
+            t.a = ap + ip * MR * kc;
+            t.ars = 1;
+            t.acs = MR;
+          } else {
+            t.a = A.data + i * ars + pc * acs;
+            t.ars = ars;
+            t.acs = acs;
           }
-#pragma omp for collapse(2) schedule(static)
-          for (int64_t jp = 0; jp < npanels; ++jp) {
-            for (int64_t ip = 0; ip < mpanels; ++ip) {
-              const T* a = ap + ip * MR * kc;
-              const T* b = bp + jp * NR * kc;
-#ifdef FASTNN_X86
-              if (avx2)
-                microkernel_avx2(kc, a, b, acc);
-              else
-#endif
-                microkernel_portable(kc, a, b, acc);
-              const int64_t i = ic + ip * MR, j = jc + jp * NR;
-              store_tile(C, i, j, std::min(MR, M - i), std::min(NR, N - j), acc, alpha, beta_k,
-                         ep_k);
+          t.b = bp + jp * NR * kc;
+          t.kc = kc;
+          t.c = C.data + i * C.rs + j * C.cs;
+          t.rs_c = C.rs;
+          t.cs_c = C.cs;
+          t.mr = std::min(MR, M - i);
+          t.nr = std::min(NR, N - j);
+          t.j0 = j;
+          t.alpha = alpha;
+          t.beta = beta_k;
+          t.ep = ep_k;
+          run_tile(t, avx2);
+        };
+        auto pack_a = [&](int64_t ic, int64_t p) {  // panel p of the M block at row ic
+          const int64_t i = ic + p * MR;
+          pack_a_panel(ap + p * MR * kc, A.data + i * ars + pc * acs, ars, acs,
+                       std::min(MR, M - i), kc);
+        };
+        if (ic_parallel) {
+#pragma omp for schedule(static)
+          for (int64_t blk = 0; blk < m_blocks; ++blk) {
+            const int64_t ic = blk * mc_size;
+            if (ic >= M) continue;
+            const int64_t mc = std::min(mc_size, M - ic);
+            const int64_t mpanels = ceil_div(mc, MR);
+            if (packed_a)
+              for (int64_t p = 0; p < mpanels; ++p) pack_a(ic, p);
+            for (int64_t jp = 0; jp < npanels; ++jp)
+              for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jp);
+          }
+        } else {
+          for (int64_t ic = 0; ic < M; ic += mc_size) {
+            const int64_t mc = std::min(mc_size, M - ic);
+            const int64_t mpanels = ceil_div(mc, MR);
+            if (packed_a) {
+#pragma omp for schedule(static)
+              for (int64_t p = 0; p < mpanels; ++p) pack_a(ic, p);
             }
+#pragma omp for collapse(2) schedule(static)
+            for (int64_t jp = 0; jp < npanels; ++jp)
+              for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jp);
           }
         }
       }
@@ -277,6 +471,54 @@ void dense_backward(Matrix<T> dX, Matrix<T> dW, Vector<T> db, Matrix<const T> dY
 const char* gemm_isa() { return use_avx2() ? "avx2+fma" : "portable"; }
 
 void set_gemm_force_portable(bool force) { g_force_portable.store(force); }
+
+namespace {
+
+// A tight loop of independent multiply-adds (10 chains, more than FMA latency × units), the
+// machine's peak FP32 rate when the kernel is AVX2+FMA. Returns the flops performed.
+#ifdef FASTNN_X86
+FASTNN_TARGET double fma_loop_avx2(int64_t iterations) {
+  __m256 acc[10];
+  for (int i = 0; i < 10; ++i) acc[i] = _mm256_set1_ps(float(i));
+  const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+  for (int64_t it = 0; it < iterations; ++it)
+    for (auto& a : acc) a = _mm256_fmadd_ps(a, x, y);
+  float sink[8];
+  __m256 s = acc[0];
+  for (int i = 1; i < 10; ++i) s = _mm256_add_ps(s, acc[i]);
+  _mm256_storeu_ps(sink, s);
+  return sink[0] != 12345.f ? double(iterations) * 10 * 16 : 0.0;
+}
+#endif
+
+double fma_loop_portable(int64_t iterations) {
+  float acc[10];
+  for (int i = 0; i < 10; ++i) acc[i] = float(i);
+  for (int64_t it = 0; it < iterations; ++it)
+    for (float& a : acc) a = a * 0.999999f + 1e-7f;
+  float s = 0;
+  for (float a : acc) s += a;
+  return s != 12345.f ? double(iterations) * 10 * 2 : 0.0;
+}
+
+}  // namespace
+
+double fma_loop(int64_t iterations) {
+  const int nt = num_threads();
+  double flops = 0;
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : flops)
+  {
+#ifdef FASTNN_X86
+    if (cpu_has_avx2_fma()) {
+      flops += fma_loop_avx2(iterations);
+    } else
+#endif
+    {
+      flops += fma_loop_portable(iterations);
+    }
+  }
+  return flops;
+}
 
 template void dense_forward<float>(Matrix<float>, Matrix<const float>, Matrix<const float>,
                                    Vector<const float>, bool);
