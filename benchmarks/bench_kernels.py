@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fastnn import ops
 
 RNG = np.random.default_rng(0)

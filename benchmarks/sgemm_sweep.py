@@ -81,6 +81,24 @@ def time_call(fn, min_time: float) -> float:
     return t / (n // 2)
 
 
+def measure(rng, m, n, k, ta, tb, threads, args, threadpool_limits):
+    """Seconds per call of fastnn's gemm and NumPy's matmul, interleaved rounds."""
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+    out, out_np = np.empty((m, n), np.float32), np.empty((m, n), np.float32)
+    a_op, b_op = (a.T if ta else a), (b.T if tb else b)
+    min_time = args.min_time if m * n * k < 1e9 else 2 * args.min_time
+    ours, theirs = [], []
+    for _ in range(args.rounds):  # interleaved, so both see the same machine state
+        ours.append(time_call(lambda: ops.gemm(a, b, trans_a=ta, trans_b=tb, out=out), min_time))
+        if threadpool_limits:
+            with threadpool_limits(limits=threads, user_api="blas"):
+                theirs.append(time_call(lambda: np.matmul(a_op, b_op, out=out_np), min_time))
+        else:
+            theirs.append(time_call(lambda: np.matmul(a_op, b_op, out=out_np), min_time))
+    return ours, theirs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
@@ -95,51 +113,61 @@ def main() -> None:
         print("threadpoolctl not installed: NumPy's BLAS uses its default threads", file=sys.stderr)
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
-            print(f"warning: {var} is set; it slows NumPy's BLAS (see the docstring)",
-                  file=sys.stderr)
+            print(
+                f"warning: {var} is set; it slows NumPy's BLAS (see the docstring)", file=sys.stderr
+            )
     blas = threadpool_info() if threadpool_info else []
     ghz = clock_ghz()
-    print(f"fastnn {fnn.__version__}, gemm kernel {_cpu.config()['gemm_isa']}; NumPy "
-          f"{np.__version__}, BLAS {[(b.get('internal_api'), b.get('architecture')) for b in blas]}")
+    kernels = [(b.get("internal_api"), b.get("architecture")) for b in blas]
+    print(
+        f"fastnn {fnn.__version__}, gemm kernel {_cpu.config()['gemm_isa']}; "
+        f"NumPy {np.__version__}, BLAS {kernels}"
+    )
     rng = np.random.default_rng(0)
     rows = []
     for threads in args.threads:
         peak_loop = fma_peak(threads)
         peak_nominal = threads * 2 * 8 * 2 * ghz if ghz else None
         nominal = f"{peak_nominal:.0f}" if peak_nominal else "?"
-        print(f"\n{threads} thread(s): FMA loop {peak_loop:.0f} GFLOP/s; "
-              f"nominal {nominal} GFLOP/s ({ghz} GHz)")
+        print(
+            f"\n{threads} thread(s): FMA loop {peak_loop:.0f} GFLOP/s; "
+            f"nominal {nominal} GFLOP/s ({ghz} GHz)"
+        )
         print("| shape | M×N×K | fastnn GFLOP/s | NumPy GFLOP/s | fastnn/NumPy | % of peak |")
         print("|---|---|---|---|---|---|")
         for name, m, n, k, ta, tb in SHAPES:
             if args.only not in name:
                 continue
-            a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
-            b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
-            out, out_np = np.empty((m, n), np.float32), np.empty((m, n), np.float32)
-            a_op, b_op = (a.T if ta else a), (b.T if tb else b)
-            min_time = args.min_time if m * n * k < 1e9 else 2 * args.min_time
             fnn.set_num_threads(threads)
-            ours, theirs = [], []
-            for _ in range(args.rounds):  # interleaved, so both see the same machine state
-                ours.append(time_call(lambda: ops.gemm(a, b, trans_a=ta, trans_b=tb, out=out),
-                                      min_time))
-                if threadpool_limits:
-                    with threadpool_limits(limits=threads, user_api="blas"):
-                        theirs.append(time_call(lambda: np.matmul(a_op, b_op, out=out_np),
-                                                min_time))
-                else:
-                    theirs.append(time_call(lambda: np.matmul(a_op, b_op, out=out_np), min_time))
+            ours, theirs = measure(rng, m, n, k, ta, tb, threads, args, threadpool_limits)
             flop = 2.0 * m * n * k
             g_ours = flop / statistics.median(ours) / 1e9
             g_np = flop / statistics.median(theirs) / 1e9
             ratio = g_ours / g_np
             pct = 100 * g_ours / peak_loop
-            print(f"| {name} | {m}×{n}×{k} | {g_ours:.1f} | {g_np:.1f} | {ratio:.2f} | {pct:.0f}% |",
-                  flush=True)
-            rows.append({"shape": name, "m": m, "n": n, "k": k, "threads": threads,
-                         "fastnn_gflops": g_ours, "numpy_gflops": g_np, "ratio": ratio,
-                         "peak_loop_gflops": peak_loop, "pct_of_peak": pct})
+            cells = [
+                name,
+                f"{m}×{n}×{k}",
+                f"{g_ours:.1f}",
+                f"{g_np:.1f}",
+                f"{ratio:.2f}",
+                f"{pct:.0f}%",
+            ]
+            print("| " + " | ".join(cells) + " |", flush=True)
+            rows.append(
+                {
+                    "shape": name,
+                    "m": m,
+                    "n": n,
+                    "k": k,
+                    "threads": threads,
+                    "fastnn_gflops": g_ours,
+                    "numpy_gflops": g_np,
+                    "ratio": ratio,
+                    "peak_loop_gflops": peak_loop,
+                    "pct_of_peak": pct,
+                }
+            )
     for r in rows:
         print("RESULT " + json.dumps(r))
 

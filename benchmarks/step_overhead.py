@@ -17,8 +17,9 @@ import json
 import statistics
 import time
 
-import fastnn as fnn
 import numpy as np
+
+import fastnn as fnn
 from fastnn import backend, ops
 
 

@@ -535,12 +535,44 @@ Kind check_buffers(const py::list& params, const py::list& grads,
     if (!same) value_error(name + " has shape " + shape_str(a) + " but its parameter has " +
                            shape_str(ref));
   };
+  struct Range {
+    uintptr_t lo, hi;
+    std::string name;
+    bool written;
+  };
+  std::vector<Range> ranges;
+  auto add = [&](const py::handle& obj, const std::string& name, bool written) {
+    auto [lo, hi] = extent(py::reinterpret_borrow<py::array>(obj));
+    if (hi > lo) ranges.push_back({lo, hi, name, written});
+  };
   for (size_t i = 0; i < params.size(); ++i) {
     const std::string idx = "[" + std::to_string(i) + "]";
     py::array p = as_ndarray(params[i], ("params" + idx).c_str());
     check_one(params[i], "params" + idx, p, true);
     check_one(grads[i], "grads" + idx, p, false);
     for (const auto& [st, name] : states) check_one(st[i], name + idx, p, true);
+    add(params[i], "params" + idx, true);
+    add(grads[i], "grads" + idx, false);
+    for (const auto& [st, name] : states) add(st[i], name + idx, true);
+  }
+  // A buffer that is written must overlap no other buffer (the same parameter twice, a
+  // gradient inside its parameter...): the update would read what it already wrote. Sorted by
+  // start, a range overlaps an earlier one exactly when it starts before that one's end.
+  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) {
+    return a.lo < b.lo;
+  });
+  const Range* reach_any = nullptr;      // the earlier range that ends last
+  const Range* reach_written = nullptr;  // the earlier written range that ends last
+  for (const Range& r : ranges) {
+    const Range* hit = nullptr;
+    if (reach_written && r.lo < reach_written->hi) hit = reach_written;
+    else if (r.written && reach_any && r.lo < reach_any->hi) hit = reach_any;
+    if (hit)
+      value_error(r.name + " overlaps " + hit->name +
+                  " in memory; every parameter, gradient and state buffer of an optimizer "
+                  "step must be a separate array");
+    if (!reach_any || r.hi > reach_any->hi) reach_any = &r;
+    if (r.written && (!reach_written || r.hi > reach_written->hi)) reach_written = &r;
   }
   return kind;
 }

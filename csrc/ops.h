@@ -76,7 +76,8 @@ template <class T>
 void softmax_cross_entropy(T* loss, Matrix<T> dlogits, Matrix<const T> logits,
                            const int64_t* labels);
 // The same with soft or one-hot targets[B,C]: row loss Σ_j t_j (logsumexp − x_j) (terms with
-// t_j == 0 are skipped, so −inf logits there give no NaN); dlogits = (softmax − t) / B.
+// t_j == 0 are skipped, so −inf logits there give no NaN); its exact gradient
+// dlogits = (softmax · Σ_j t_j − t) / B, which is (softmax − t) / B for rows summing to 1.
 template <class T>
 void softmax_cross_entropy(T* loss, Matrix<T> dlogits, Matrix<const T> logits,
                            Matrix<const T> targets);

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 
-import fastnn as fnn
 import numpy as np
 import pytest
+
+import fastnn as fnn
 from fastnn.autograd import GradcheckError
 
 

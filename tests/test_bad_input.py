@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 import pytest
+
 from fastnn import ops
 
 F32 = np.float32
@@ -796,3 +797,19 @@ def test_optimizer_zero_sized(op):
     run_optim(op, lists)
     assert lists["params"][0].shape == (0, 3)
     assert (lists["params"][1] < 1).all()  # the non-empty buffer beside it was updated
+
+
+def test_gemm_flags_and_scalars_are_typed():
+    a = np.ones((2, 2), np.float32)
+    with pytest.raises(TypeError, match="trans_a"):
+        ops.gemm(a, a, trans_a="no")
+    with pytest.raises(TypeError, match="alpha"):
+        ops.gemm(a, a, alpha="2")
+    with pytest.raises(ValueError, match="activation"):
+        ops.dense_forward(a, a, activation=np.tanh)
+
+
+def test_masked_arrays_are_refused():
+    a = np.ma.masked_array(np.ones((2, 2), np.float32), mask=[[1, 0], [0, 0]])
+    with pytest.raises(TypeError, match="masked array"):
+        ops.gemm(a, np.ones((2, 2), np.float32))

@@ -21,6 +21,7 @@ import textwrap
 
 import numpy as np
 import pytest
+
 from fastnn import ops
 
 F32 = np.float32

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import fastnn as fnn
 import numpy as np
+
+import fastnn as fnn
 from fastnn.examples import chain
 
 

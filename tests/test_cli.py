@@ -81,3 +81,32 @@ def test_help_everywhere(tmp_path, command):
 def test_bad_option_value_is_a_usage_error(tmp_path):
     out = fastnn("train", "--batch-size", "0", cwd=tmp_path)
     assert out.returncode == 2 and "positive integer or 'full'" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--seed", "-1"], "--seed"),
+        (["chain", "--steps", "-1"], "--steps"),
+        (["chain", "--step-size", "nan"], "--step-size"),
+    ],
+)
+def test_bad_numbers_are_usage_errors(tmp_path, args, message):
+    out = fastnn(*args, cwd=tmp_path)
+    assert out.returncode == 2 and message in out.stderr
+
+
+def test_output_names_are_checked(tmp_path, trained):
+    cwd, _ = trained
+    out = fastnn("predict", "run/model.safetensors", "--index", "1", "--out", "x.jpg", cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    with Image.open(cwd / "x.jpg") as img:
+        assert img.format == "JPEG"
+    bad = fastnn("chain", "--out", "chain.txt", cwd=tmp_path)
+    assert bad.returncode == 1 and "extension" in bad.stderr
+    (tmp_path / "dir.gif").mkdir()
+    folder = fastnn("chain", "--out", "dir.gif", cwd=tmp_path)
+    assert folder.returncode == 1 and "is a folder" in folder.stderr
+    (tmp_path / "afile").write_text("x")
+    file_out = fastnn("train", "--out", "afile", cwd=tmp_path)
+    assert file_out.returncode == 1 and "is a file" in file_out.stderr

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fastnn import data
 
 STEMS = {
@@ -59,7 +60,7 @@ def folder(tmp_path):
     return path
 
 
-def make_split(rng, n, rows=4, cols=3):
+def make_split(rng, n, rows=28, cols=28):
     images = rng.integers(0, 256, size=(n, rows, cols), dtype=np.uint8)
     labels = rng.integers(0, 10, size=n, dtype=np.uint8)
     return images, labels
@@ -244,7 +245,7 @@ def test_dataset_object():
 def test_flatten_false_gives_nchw(tmp_path, rng):
     arrays = write_dataset(tmp_path / "d", rng)
     train, test = data.mnist(tmp_path / "d", flatten=False)
-    assert train.x.shape == (6, 1, 4, 3) and test.x.shape == (4, 1, 4, 3)
+    assert train.x.shape == (6, 1, 28, 28) and test.x.shape == (4, 1, 28, 28)
     np.testing.assert_array_equal(train.x[:, 0], arrays["train_images"] / np.float32(255))
     assert train.x.dtype == np.float32
 
@@ -629,3 +630,16 @@ def test_batches_and_one_hot_on_cupy():
         np.testing.assert_array_equal(yb.get(), ref)  # the same permutation as on the CPU
     oh = data.one_hot(y, 10)
     assert isinstance(oh, cupy.ndarray) and float(oh.sum()) == 10.0
+
+
+def test_images_that_are_not_28_by_28_are_refused(tmp_path, rng):
+    folder = tmp_path / "d"
+    write_dataset(folder, rng)
+    data.save_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((4, 14, 56), np.uint8))
+    with pytest.raises(ValueError, match="28×28, the IDX header says 14×56"):
+        data.fashion_mnist(folder)
+
+
+def test_dataset_labels_must_fit_the_classes():
+    with pytest.raises(ValueError, match=r"labels span 0..2 but there are 1 classes"):
+        data.Dataset(np.zeros((3, 2), np.float32), np.array([0, 1, 2]), classes=["a"])

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import itertools
 
-import fastnn
 import numpy as np
 import pytest
+
+import fastnn
 import reference as ref
 from fastnn import ops
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 
-import fastnn as fnn
 import numpy as np
 import pytest
-from fastnn import _files
 from safetensors.numpy import load_file
+
+import fastnn as fnn
+from fastnn import _files
 
 
 def _model(seed=0, dtype=np.float32):
@@ -133,3 +134,23 @@ fnn.io.save(big, {str(path)!r})
         proc.wait(timeout=60)
     w = fnn.io.load(path).weight.data  # the old file, whole (or the new one if it won the race)
     assert (w.shape == (2, 3) and np.all(w == 1.0)) or w.shape == (6000, 8000)
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        '[{"type": "Dense", "in_features": 6, "out_features": 4, "activation": "__import__"}]',
+        "5",
+        '[{"type": "Dense", "in_features": 1000000000000, "out_features": 4, "activation": null}]',
+        "{not json",
+    ],
+)
+def test_damaged_architecture_metadata_is_a_clear_error(tmp_path, arch):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "m.safetensors"
+    weights = {"0.weight": np.ones((4, 6), np.float32), "0.bias": np.ones(4, np.float32)}
+    save_file(weights, path, metadata={"fastnn.architecture": arch})
+    with pytest.raises(ValueError, match="bad architecture metadata") as err:
+        fnn.io.load(path)
+    assert str(path) in str(err.value)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import fastnn as fnn
 import numpy as np
 import pytest
+
+import fastnn as fnn
 from fastnn.losses import crossentropy, mse, softmax_cross_entropy
 
 
@@ -72,3 +73,13 @@ def test_mse_mean_over_all_elements(rng):
     np.testing.assert_allclose(g, 2 * (pred - target) / pred.size, rtol=1e-12)
     with pytest.raises(ValueError, match="differ in shape"):
         mse(pred, target[:2])
+
+
+def test_soft_targets_not_summing_to_one_have_the_exact_gradient(rng):
+    logits = rng.standard_normal((3, 4))
+    targets = np.array([[0.5, 0.5, 1.0, 0.0], [0.2, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    assert fnn.gradcheck(lambda z: softmax_cross_entropy(z, targets), logits)
+    mass = targets.sum(axis=1, keepdims=True)
+    p = np.exp(_log_softmax(logits))
+    _, d = fnn.ops.softmax_cross_entropy(logits, targets)
+    np.testing.assert_allclose(d, (p * mass - targets) / 3, rtol=1e-12, atol=1e-15)

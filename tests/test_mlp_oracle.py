@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference as ref
 
 import fastnn as fnn
+import reference as ref
 
 
 @pytest.mark.parametrize(

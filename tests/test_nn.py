@@ -6,9 +6,10 @@ import gc
 import subprocess
 import sys
 
-import fastnn as fnn
 import numpy as np
 import pytest
+
+import fastnn as fnn
 
 
 def test_dense_matches_the_formula_and_initialisation(rng):
@@ -169,3 +170,14 @@ print("same")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "same"
     gc.collect()
+
+
+def test_dense_rejects_bad_sizes_and_activations():
+    with pytest.raises(ValueError, match="activation must be None, 'relu' or a callable"):
+        fnn.Dense(4, 3, "tanh")
+    with pytest.raises(TypeError, match="in_features must be an int"):
+        fnn.Dense(2.5, 3)
+    with pytest.raises(TypeError, match="out_features must be an int"):
+        fnn.Dense(2, "3")
+    with pytest.raises(TypeError, match="floating point"):
+        fnn.Dense(2, 2).load_state_dict({"weight": np.ones((2, 2), np.int32), "bias": np.ones(2)})

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import fastnn as fnn
 import numpy as np
 import pytest
+
+import fastnn as fnn
 
 
 def _params(rng, dtype=np.float64):
@@ -122,3 +123,41 @@ def test_training_loop_with_the_user_api_learns(rng):
     assert losses[-1] < 0.5 * losses[0]
     acc = (model(x).argmax(axis=1) == y).mean()
     assert acc > 0.9
+
+
+def test_shared_layer_is_stepped_once():
+    layer = fnn.Dense(3, 3, dtype=np.float64, rng=0)
+    model = fnn.Sequential(layer, layer)
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias"]
+    w0 = layer.weight.data.copy()
+    opt = fnn.optim.SGD(model.parameters(), lr=0.1)
+    layer.weight.grad = np.ones((3, 3))
+    opt.step()
+    np.testing.assert_allclose(layer.weight.data, w0 - 0.1)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda v, g: fnn.ops.momentum_update([v], [g], [v], lr=0.1, momentum=0.9),
+            r"velocity\[0\] overlaps params\[0\]",
+        ),
+        (
+            lambda v, g: fnn.ops.sgd_update([v, v], [g, g.copy()], lr=0.1),
+            r"params\[1\] overlaps params\[0\]",
+        ),
+        (lambda v, g: fnn.ops.sgd_update([v[:2]], [v[1:3]], lr=0.1), r"overlaps"),
+    ],
+)
+def test_optimizer_buffers_must_not_overlap(call, message):
+    v, g = np.ones(3), np.ones(3)
+    with pytest.raises(ValueError, match=message):
+        call(v, g)
+    np.testing.assert_array_equal(v, 1.0)  # nothing was updated
+
+
+def test_adam_step_must_be_an_int():
+    p, g = [np.ones(2)], [np.ones(2)]
+    with pytest.raises(TypeError, match="step"):
+        fnn.ops.adam_update(p, g, [np.zeros(2)], [np.zeros(2)], lr=0.1, step=1.5)

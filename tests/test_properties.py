@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 
-import fastnn
 import numpy as np
-import reference as ref
-from fastnn import ops
 from hypothesis import example, given
 from hypothesis import strategies as st
+
+import fastnn
+import reference as ref
+from fastnn import ops
 
 DTYPES = st.sampled_from([np.float32, np.float64])
 SEEDS = st.integers(0, 2**32 - 1)

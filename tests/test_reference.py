@@ -12,6 +12,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 import reference as ref
 
 RTOL = 1e-6

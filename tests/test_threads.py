@@ -18,9 +18,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import fastnn
 import numpy as np
 import pytest
+
+import fastnn
 from fastnn import ops
 
 F32 = np.float32

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import fastnn as fnn
 import numpy as np
 import pytest
+
+import fastnn as fnn
 
 
 def _separable(rng, n=200):
@@ -126,3 +127,42 @@ def test_the_articles_full_batch_way_on_a_real_subset():
         )
     acc = (fnn.forward(network, x).argmax(axis=1) == y).mean()
     assert losses[-1] < 0.6 * losses[0] and acc > 0.6, (losses[::10], acc)
+
+
+def test_fit_and_evaluate_accept_one_hot_targets(rng):
+    x, y = _separable(rng, n=64)
+    onehot = np.eye(4, dtype=np.float32)[y]
+    model = _model()
+    opt = fnn.optim.SGD(model.parameters(), lr=0.5)
+    h = fnn.fit(model, (x, onehot), optimizer=opt, epochs=3, batch_size=16, verbose=0)
+    assert 0 <= h["accuracy"][-1] <= 1
+    assert fnn.evaluate(model, (x, onehot))["accuracy"] == fnn.evaluate(model, (x, y))["accuracy"]
+
+
+def test_fit_argument_checks(rng):
+    x, y = _separable(rng, n=10)
+    model = _model()
+    opt = fnn.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="no samples"):
+        fnn.fit(model, (x[:0], y[:0]), optimizer=opt, verbose=0)
+    for bad in (1.5, True, "FULL"):
+        with pytest.raises(TypeError, match="batch_size"):
+            fnn.fit(model, (x, y), optimizer=opt, batch_size=bad, verbose=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        fnn.evaluate(model, (x, y), batch_size=0)
+    with pytest.raises(ValueError, match="epochs"):
+        fnn.fit(model, (x, y), optimizer=opt, epochs="2", verbose=0)
+
+
+def test_non_finite_input_is_named_as_the_cause(rng):
+    x, y = _separable(rng, n=32)
+    x[3, 1] = np.nan
+    model = _model()
+    with pytest.raises(FloatingPointError, match="input batch itself holds NaN"):
+        fnn.fit(
+            model,
+            (x, y),
+            optimizer=fnn.optim.SGD(model.parameters(), lr=0.1),
+            batch_size="full",
+            verbose=0,
+        )

@@ -231,33 +231,33 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
     }
     return store_tile(t, buf);
   }
-  // Unit column stride: update C straight from the registers, masked at the right edge (the
-  // same arithmetic as store_tile: a multiply and an add, never fused).
-  const auto m0 = vmask<T>(t.nr), m1 = vmask<T>(t.nr - W);
+  // Unit column stride: update C straight from the registers (the same arithmetic as
+  // store_tile: a multiply and an add, never fused). Full vectors use plain loads and
+  // stores; only a partial vector at the right edge is masked (masked stores are slow on
+  // some CPUs), and a vector wholly past the edge is skipped.
+  const int64_t n0 = std::min(t.nr, W), n1 = t.nr - W;
+  const auto m0 = vmask<T>(n0), m1 = vmask<T>(n1);
   const V alpha = vset1(t.alpha), beta = vset1(t.beta);
   const bool has_bias = t.ep && t.ep->bias, relu = t.ep && t.ep->relu;
+  auto update = [&](T* c, V v, const V& bias, int64_t n, __m256i mask) {
+    v = vmul(alpha, v);
+    if (t.beta != T(0)) v = vadd(v, vmul(beta, n == W ? vload(c) : vmaskload(c, mask)));
+    if (has_bias) v = vadd(v, bias);
+    if (relu) v = vrelu(v);
+    if (n == W)
+      vstore(c, v);
+    else
+      vmaskstore(c, mask, v);
+  };
   V bias0 = vzero(T{}), bias1 = bias0;
   if (has_bias) {
     bias0 = vmaskload(t.ep->bias + t.j0, m0);
-    bias1 = vmaskload(t.ep->bias + t.j0 + W, m1);
+    if (n1 > 0) bias1 = vmaskload(t.ep->bias + t.j0 + W, m1);
   }
   for (int64_t r = 0; r < t.mr; ++r) {
     T* c = t.c + r * t.rs_c;
-    V v0 = vmul(alpha, acc[r][0]), v1 = vmul(alpha, acc[r][1]);
-    if (t.beta != T(0)) {
-      v0 = vadd(v0, vmul(beta, vmaskload(c, m0)));
-      v1 = vadd(v1, vmul(beta, vmaskload(c + W, m1)));
-    }
-    if (has_bias) {
-      v0 = vadd(v0, bias0);
-      v1 = vadd(v1, bias1);
-    }
-    if (relu) {
-      v0 = vrelu(v0);
-      v1 = vrelu(v1);
-    }
-    vmaskstore(c, m0, v0);
-    vmaskstore(c + W, m1, v1);
+    update(c, acc[r][0], bias0, n0, m0);
+    if (n1 > 0) update(c + W, acc[r][1], bias1, n1, m1);
   }
 }
 #endif

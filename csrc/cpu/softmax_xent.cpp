@@ -46,19 +46,23 @@ double row_expsum(const Matrix<const T>& x, int64_t i, T m) {
 }
 
 // The shared body of both cross-entropy forms: row loss and dlogits for row i, where
-// target(j) gives the row's target weight (one-hot or soft).
+// target(j) gives the row's target weight (one-hot or soft, not necessarily summing to 1).
 template <class T, class Target>
 double xent_row(const Matrix<const T>& x, const Matrix<T>& dlogits, int64_t i, double scale,
                 Target target) {
   const T m = row_max(x, i);
   const double s = row_expsum<T>(x, i, m);
   const double log_s = std::log(s);
+  // ∂/∂x_j of Σ_k t_k (lse − x_k) is p_j Σ_k t_k − t_j: the total target mass scales the
+  // softmax term (1 for labels and one-hot rows).
+  double mass = 0.0;
+  for (int64_t j = 0; j < x.cols; ++j) mass += target(j);
   double loss = 0.0;
   for (int64_t j = 0; j < x.cols; ++j) {
     const double t = target(j);
     const double z = double(x(i, j)) - double(m);  // x − max, exact in double
     if (t != 0.0) loss += t * (log_s - z);
-    if (dlogits.data) dlogits(i, j) = static_cast<T>((std::exp(z) / s - t) * scale);
+    if (dlogits.data) dlogits(i, j) = static_cast<T>((std::exp(z) / s * mass - t) * scale);
   }
   return loss;
 }

@@ -53,6 +53,11 @@ def native_for(**arrays):
         if x is None:
             continue
         if isinstance(x, np.ndarray):
+            if isinstance(x, np.ma.MaskedArray):
+                raise TypeError(
+                    f"{name} is a masked array; fastnn kernels would ignore the mask. Pass "
+                    f"{name}.filled(value) or {name}.data explicitly"
+                )
             kind = "cpu"
         elif _is_device_array(x):
             kind = "cuda"

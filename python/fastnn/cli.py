@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -32,10 +34,26 @@ def _batch_size(text: str):
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
 
 
@@ -54,7 +72,12 @@ def cmd_train(args) -> int:
         raise RuntimeError("--device cuda: the CUDA kernels are not part of this build yet")
     if args.threads:
         fnn.set_num_threads(args.threads)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder")
     train, test = _load_dataset(args.dataset, args.data)
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(f"the {args.dataset} data holds no training or no test images")
     rng = np.random.default_rng(args.seed)
     model = fnn.Sequential(
         fnn.Dense(train.x.shape[1], args.hidden, fnn.relu, rng=rng),
@@ -64,8 +87,9 @@ def cmd_train(args) -> int:
         opt = fnn.optim.SGD(model.parameters(), lr=0.1 if args.lr is None else args.lr)
     else:
         opt = fnn.optim.Adam(model.parameters(), lr=1e-3 if args.lr is None else args.lr)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("curves.png", "predictions.png", "history.json"):  # from an earlier run
+        (out / stale).unlink(missing_ok=True)
     print(
         f"{train.name}: {len(train):,} training and {len(test):,} test images "
         f"(from {getattr(train, 'source', '?')})"
@@ -161,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     p.add_argument("--data", metavar="DIR", help="folder with the IDX files (default: search)")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=_int_at_least(0), default=5)
     p.add_argument(
         "--batch-size",
         type=_batch_size,
@@ -171,11 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lr", type=float, default=None, help="learning rate (sgd 0.1, adam 1e-3)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    p.add_argument("--hidden", type=_positive_int, default=32, help="hidden units (32)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--hidden", type=_int_at_least(1), default=32, help="hidden units (32)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--threads", type=_int_at_least(1), default=None)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--out", default="run", metavar="DIR", help="output folder (run/)")
+    p.add_argument(
+        "--out",
+        default="run",
+        metavar="DIR",
+        help="output folder (run/); the files of an earlier run there are replaced",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -185,9 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the predicted class and save the image as PNG.",
     )
     p.add_argument("model", help="a model file saved by 'fastnn train'")
-    p.add_argument("--index", type=int, required=True, metavar="N")
+    p.add_argument("--index", type=_int_at_least(0), required=True, metavar="N")
     p.add_argument("--data", metavar="DIR")
-    p.add_argument("--out", default="image.png")
+    p.add_argument("--out", default="image.png", help="image file (.png, .jpg, ...)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -196,10 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Gradient descent on the angles of 4 links to reach (3, 3); "
         "saves an animated GIF.",
     )
-    p.add_argument("--out", default="chain.gif")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--step-size", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="chain.gif", help="animation file (.gif, or .png for APNG)")
+    p.add_argument("--steps", type=_int_at_least(0), default=100)
+    p.add_argument("--step-size", type=_positive_float, default=0.01)
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.set_defaults(func=cmd_chain)
     return parser
 
@@ -213,9 +242,12 @@ def main(argv=None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"fastnn {args.command}: error: {message}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"fastnn {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return 141
 
 
 if __name__ == "__main__":

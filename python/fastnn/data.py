@@ -321,6 +321,11 @@ class Dataset:
             raise ValueError(f"Dataset: x has {len(x)} samples but y has {len(y)}")
         if classes is None:
             classes = [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)]
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
+            raise ValueError(
+                f"Dataset: labels span {int(y.min())}..{int(y.max())} but there are "
+                f"{len(classes)} classes"
+            )
         self.x = x
         self.y = y
         self.classes = tuple(classes)
@@ -361,6 +366,8 @@ def _to_dataset(images, labels, spec: _Spec, split: str, flatten: bool, source: 
             f"{what}: label {int(labels.max())} is out of range for {len(spec.classes)} classes"
         )
     n, rows, cols = images.shape
+    if (rows, cols) != (28, 28):
+        raise ValueError(f"{what}: images must be 28×28, the IDX header says {rows}×{cols}")
     x = images.astype(np.float32).reshape((n, rows * cols) if flatten else (n, 1, rows, cols))
     np.divide(x, np.float32(255), out=x)  # exact at 0 and 255: x stays in [0, 1]
     return Dataset(x, labels, spec.classes, name=spec.name, split=split, source=source)

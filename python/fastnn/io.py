@@ -64,37 +64,55 @@ def architecture(model) -> list[dict] | dict:
     return _describe(model)
 
 
-def build(arch: list[dict] | dict):
+def build(arch: list[dict] | dict, shapes: dict | None = None):
     """A fresh model from ``architecture()``'s description (weights not yet loaded): a
     Sequential for a list, a single layer for a dict.
+
+    Parameters
+    ----------
+    arch : list of dict or dict
+    shapes : dict of name -> shape, optional
+        The shapes of the stored weights; each Dense layer's sizes are checked against them
+        before any memory is allocated.
 
     Raises
     ------
     ValueError
-        For an unknown layer type.
+        For anything but a well-formed description (unknown layer types or activations,
+        sizes that are not non-negative ints, dtypes other than float32 / float64, sizes
+        that disagree with ``shapes``).
     """
-    if isinstance(arch, dict):
-        return build([arch])[0]
+    single = isinstance(arch, dict)
+    specs = [arch] if single else arch
+    if not isinstance(specs, list) or not all(isinstance(spec, dict) for spec in specs):
+        raise ValueError(f"the architecture must be a list of layer dicts, got {arch!r:.80}")
     layers = []
-    for spec in arch:
+    for i, spec in enumerate(specs):
+        prefix = "" if single else f"{i}."
         kind = spec.get("type")
         if kind == "Dense":
-            layers.append(
-                nn.Dense(
-                    spec["in_features"],
-                    spec["out_features"],
-                    spec["activation"],
-                    rng=0,
-                    dtype=np.dtype(spec.get("dtype", "float32")),
+            n_in, n_out = spec.get("in_features"), spec.get("out_features")
+            act, dtype = spec.get("activation"), spec.get("dtype", "float32")
+            if not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (n_in, n_out)
+            ):
+                raise ValueError(f"layer {i}: bad Dense sizes {n_in!r} => {n_out!r}")
+            if act not in (None, "relu") or dtype not in ("float32", "float64"):
+                raise ValueError(f"layer {i}: unsupported activation {act!r} or dtype {dtype!r}")
+            stored = (shapes or {}).get(prefix + "weight")
+            if shapes is not None and tuple(stored or ()) != (n_out, n_in):
+                raise ValueError(
+                    f"layer {i}: the architecture says Dense({n_in} => {n_out}) but the stored "
+                    f"{prefix}weight has shape {stored}"
                 )
-            )
+            layers.append(nn.Dense(n_in, n_out, act, rng=0, dtype=np.dtype(dtype)))
         elif kind == "function" and spec.get("name") in _FUNCTIONS:
             layers.append(_FUNCTIONS[spec["name"]])
-        elif kind in _LAYERS:
+        elif kind in _LAYERS and kind != "Dense":
             layers.append(_LAYERS[kind]())
         else:
-            raise ValueError(f"unknown layer in the architecture metadata: {spec}")
-    return nn.Sequential(*layers)
+            raise ValueError(f"layer {i}: unknown layer {spec!r:.80}")
+    return layers[0] if single else nn.Sequential(*layers)
 
 
 def save(model, path, *, metadata: dict | None = None, store_architecture: bool = True) -> Path:
@@ -151,7 +169,16 @@ def _read(path) -> tuple[dict, dict]:
 
 
 def load_metadata(path) -> dict:
-    """The string metadata stored in a model file (architecture JSON included)."""
+    """The string metadata stored in a model file, as a dict of str to str.
+
+    Keys written by ``save``: ``format``, ``fastnn.version``, ``fastnn.architecture``
+    (JSON), ``fastnn.epoch`` (from ``fit`` checkpoints) and the caller's own.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        As ``load``.
+    """
     return _read(path)[1]
 
 
@@ -173,10 +200,10 @@ def load(path, model=None):
     FileNotFoundError
         No such file.
     ValueError
-        Not a safetensors file, no architecture stored (and no ``model`` given), or a weight
-        whose shape does not fit (the message names the parameter and both shapes).
-    KeyError
-        Missing or unexpected weights.
+        Each naming the file: not a safetensors file, no architecture stored (and no
+        ``model`` given), damaged architecture metadata, missing / unexpected / non-float
+        weights, or a weight whose shape does not fit (naming the parameter and both
+        shapes).
     """
     tensors, meta = _read(path)
     if model is None:
@@ -184,6 +211,13 @@ def load(path, model=None):
             raise ValueError(
                 f"{path}: no architecture stored; pass the model to load the weights into"
             )
-        model = build(json.loads(meta["fastnn.architecture"]))
-    model.load_state_dict(tensors)
+        try:
+            arch = json.loads(meta["fastnn.architecture"])
+            model = build(arch, shapes={name: t.shape for name, t in tensors.items()})
+        except ValueError as err:  # json.JSONDecodeError is a ValueError
+            raise ValueError(f"{path}: bad architecture metadata: {err}") from None
+    try:
+        model.load_state_dict(tensors)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: {err.args[0] if err.args else err}") from None
     return model

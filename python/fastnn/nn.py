@@ -7,6 +7,7 @@ Sequential), so ``state_dict()`` moves between fastnn and PyTorch unchanged.
 
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
@@ -46,12 +47,23 @@ class Module:
                 yield name, value
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-        """(dotted name, parameter) pairs, own parameters first, in declaration order."""
+        """(dotted name, parameter) pairs, own parameters first, in declaration order.
+
+        A parameter reached twice (a layer used twice, tied weights) is listed once, under
+        its first name, as PyTorch does, so an optimizer steps it once.
+        """
+        seen: set[int] = set()
+        for name, p in self._all_parameters(prefix):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield name, p
+
+    def _all_parameters(self, prefix: str) -> Iterator[tuple[str, Tensor]]:
         for name, value in vars(self).items():
             if isinstance(value, Tensor) and value.requires_grad:
                 yield prefix + name, value
         for name, child in self.named_children():
-            yield from child.named_parameters(prefix + name + ".")
+            yield from child._all_parameters(prefix + name + ".")
 
     def parameters(self) -> Iterator[Tensor]:
         """The parameters in declaration order (what optimizers take)."""
@@ -129,7 +141,10 @@ class Module:
         KeyError
             With ``strict``, missing or unexpected keys (all of them listed).
         ValueError
-            A shape that does not fit, naming the parameter and both shapes.
+            A shape that does not fit, naming the parameter and both shapes (nothing is
+            copied then).
+        TypeError
+            A weight that is not floating point (an integer array is not silently cast).
         """
         params = dict(self.named_parameters())
         if strict:
@@ -140,6 +155,11 @@ class Module:
                     f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
                 )
         values = {name: np.asarray(state_dict[name]) for name in params if name in state_dict}
+        not_float = [f"{n} ({v.dtype})" for n, v in values.items() if v.dtype.kind != "f"]
+        if not_float:
+            raise TypeError(
+                "load_state_dict: weights must be floating point: " + ", ".join(not_float)
+            )
         wrong = [
             f"{name} has shape {params[name].shape} in the model but {v.shape} in the state dict"
             for name, v in values.items()
@@ -175,8 +195,10 @@ class Dense(Module):
     Parameters
     ----------
     in_features, out_features : int
-    activation : None, ``fastnn.relu`` (or ``"relu"``), or any callable on Tensors
-        relu is fused into the layer's kernel; other callables are applied after it.
+    activation : None, ``fastnn.relu`` (or the string ``"relu"``), or any callable on Tensors
+        relu is fused into the layer's kernel; other callables (``fastnn.tanh``,
+        ``fastnn.sigmoid``, your own function) are applied after it. Other strings raise
+        ValueError.
     rng : None, int or numpy.random.Generator
         For the weight initialisation.
     dtype : float32 (default) or float64
@@ -198,9 +220,11 @@ class Dense(Module):
     ------
     ValueError
         When ``x.shape[-1] != in_features`` (for example ``Dense(784 => 128) expected
-        x.shape[-1] == 784, got (32, 785)``).
+        x.shape[-1] == 784, got (32, 785)``; images of shape (N, 1, 28, 28) need a
+        ``Flatten`` first), negative sizes or an unknown activation.
     TypeError
-        A Tensor input of another float dtype than the layer's.
+        Sizes that are not ints, a dtype other than float32 / float64, or a Tensor input of
+        another float dtype than the layer's.
 
     Examples
     --------
@@ -221,8 +245,16 @@ class Dense(Module):
         rng=None,
         dtype=np.float32,
     ):
+        for name, n in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+                raise TypeError(f"Dense: {name} must be an int, got {n!r}")
         if in_features < 0 or out_features < 0:
             raise ValueError(f"Dense needs non-negative sizes, got {in_features} => {out_features}")
+        if not (activation is None or activation == "relu" or callable(activation)):
+            raise ValueError(
+                "Dense: activation must be None, 'relu' or a callable on Tensors "
+                f"(e.g. fastnn.tanh), got {activation!r}"
+            )
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"Dense: dtype must be float32 or float64, got {dtype}")
@@ -266,7 +298,8 @@ class Dense(Module):
 
 
 class ReLU(Module):
-    """relu as a layer: ``max(0, x)``, NaN kept, gradient 0 at 0 (Nair & Hinton 2010)."""
+    """relu as a layer: ``max(0, x)`` elementwise, any shape, float32 or float64; NaN kept,
+    gradient 0 at 0 (Nair & Hinton 2010). See ``fastnn.relu``."""
 
     def forward(self, x) -> Tensor:
         return autograd.relu(x)
@@ -283,7 +316,10 @@ class Softmax(Module):
 
 
 class Flatten(Module):
-    """Reshape (B, d1, d2, ...) to (B, d1·d2·...): images (B, 1, 28, 28) → (B, 784)."""
+    """Reshape (B, d1, d2, ...) to (B, d1·d2·...): images (B, 1, 28, 28) → (B, 784).
+
+    Input: a Tensor or array with at least one dimension; the gradient is reshaped back.
+    """
 
     def forward(self, x) -> Tensor:
         x = x if isinstance(x, Tensor) else Tensor(x)

@@ -21,6 +21,7 @@ Conventions shared by every op:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,6 +43,18 @@ __all__ = [
     "softmax_backward",
     "softmax_cross_entropy",
 ]
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def _scalar(value, name: str) -> float:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    return float(value)
 
 
 def _shape2(x, name: str) -> tuple[int, int]:
@@ -106,7 +119,15 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
             raise ValueError("gemm: beta != 0 needs out= (the matrix that beta scales)")
         (a0, a1), (b0, b1) = _shape2(a, "a"), _shape2(b, "b")
         out = np.empty((a1 if trans_a else a0, b0 if trans_b else b1), dtype=a.dtype)
-    native.gemm(a, b, out, bool(trans_a), bool(trans_b), float(alpha), float(beta))
+    native.gemm(
+        a,
+        b,
+        out,
+        _flag(trans_a, "trans_a"),
+        _flag(trans_b, "trans_b"),
+        _scalar(alpha, "alpha"),
+        _scalar(beta, "beta"),
+    )
     return out
 
 
@@ -148,6 +169,8 @@ def dense_forward(x, weight, bias=None, *, activation=None, out=None):
     array([[0., 0.]], dtype=float32)
     """
     native = native_for(x=x, weight=weight, bias=bias, out=out)
+    if activation not in (None, "relu"):
+        raise ValueError(f"dense_forward: activation must be None or 'relu', got {activation!r}")
     if out is None:
         out = np.empty((_shape2(x, "x")[0], _shape2(weight, "weight")[0]), dtype=x.dtype)
     native.dense_forward(x, weight, bias, out, "none" if activation is None else activation)
@@ -284,6 +307,8 @@ def relu_backward(dy, x, *, out=None):
     Notes
     -----
     The subgradient at exactly 0 is 0 (as PyTorch); positive subnormals count as positive.
+    Where ``x <= 0`` (or is NaN) the result is 0 even if ``dy`` is NaN or inf there: the
+    mask selects, it does not multiply (as PyTorch's threshold_backward).
     """
     native = native_for(dy=dy, x=x, out=out)
     if out is None:
@@ -308,8 +333,11 @@ def bias_add(x, bias, *, out=None):
 
     Raises
     ------
+    TypeError
+        Wrong or mixed dtypes.
     ValueError
-        ``bias.shape != (F,)`` (the message names both sizes).
+        ``bias.shape != (F,)`` (the message names both sizes), ``x`` not 2-D, or a bad
+        ``out``.
     """
     native = native_for(x=x, bias=bias, out=out)
     if out is None:
@@ -392,6 +420,13 @@ def softmax_backward(dy, y, *, out=None):
     Returns
     -------
     ndarray, shape (B, C)
+
+    Raises
+    ------
+    TypeError
+        Wrong or mixed dtypes.
+    ValueError
+        ``dy`` and ``y`` of different shapes, not 2-D, or an ``out`` that overlaps them.
     """
     native = native_for(dy=dy, y=y, out=out)
     if out is None:
@@ -476,7 +511,9 @@ def sgd_update(params: Sequence, grads: Sequence, *, lr: float, weight_decay: fl
     Raises
     ------
     TypeError, ValueError
-        Lists of different lengths, mismatched shapes or dtypes, non-contiguous buffers.
+        Lists of different lengths, mismatched shapes or dtypes, non-contiguous or read-only
+        buffers, or buffers that overlap in memory (the same array twice, a gradient inside
+        its parameter).
     """
     params, grads = list(params), list(grads)
     _native(params).sgd_update(params, grads, float(lr), float(weight_decay))
@@ -499,6 +536,11 @@ def momentum_update(
     lr, momentum, weight_decay : float
     nesterov : bool
         Nesterov momentum.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As ``sgd_update``; also a velocity list that does not match the parameters.
     """
     params, grads, velocity = list(params), list(grads), list(velocity)
     _native(params).momentum_update(
@@ -544,8 +586,12 @@ def adam_update(
     Raises
     ------
     ValueError
-        ``step < 1``, or buffer lists that do not match.
+        ``step < 1``, buffer lists that do not match, or buffers that overlap.
+    TypeError
+        A ``step`` that is not an int, or buffers of different dtypes.
     """
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise TypeError(f"adam_update: step must be an int, got {step!r}")
     params, grads = list(params), list(grads)
     exp_avg, exp_avg_sq = list(exp_avg), list(exp_avg_sq)
     beta1, beta2 = betas

@@ -9,6 +9,7 @@ the loss stops being finite.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import time
 
@@ -61,10 +62,11 @@ def evaluate(model, data, *, loss=losses.softmax_cross_entropy, batch_size: int 
     ----------
     model : callable Module returning (B, C) scores
     data : Dataset or (x, y)
-        ``y`` holds integer class labels.
+        ``y`` holds integer class labels (N,) or one-hot / soft targets (N, C), whose argmax
+        is the class.
     loss : callable, default softmax_cross_entropy
-    batch_size : int
-        Rows per forward pass (memory only; the result does not depend on it).
+    batch_size : int or "full"
+        Rows per forward pass (memory only; it changes the loss only by float rounding).
 
     Returns
     -------
@@ -72,6 +74,7 @@ def evaluate(model, data, *, loss=losses.softmax_cross_entropy, batch_size: int 
     """
     x, y = _xy(data, "data")
     n = len(y)
+    batch_size = _batch_size(batch_size, n)
     if n == 0:
         return {"loss": float("nan"), "accuracy": float("nan")}
     total, correct = 0.0, 0
@@ -79,8 +82,19 @@ def evaluate(model, data, *, loss=losses.softmax_cross_entropy, batch_size: int 
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         out = model(xb)
         total += loss(out, yb).item() * len(yb)
-        correct += int((out.argmax(axis=1) == yb).sum())
+        classes = yb.argmax(axis=1) if yb.ndim == 2 else yb  # one-hot / soft targets
+        correct += int((out.argmax(axis=1) == classes).sum())
     return {"loss": total / n, "accuracy": correct / n}
+
+
+def _batch_size(batch_size, n: int) -> int:
+    if batch_size is None or (isinstance(batch_size, str) and batch_size == "full"):
+        return max(n, 1)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(f"batch_size must be a positive int or 'full', got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int or 'full', got {batch_size}")
+    return int(batch_size)
 
 
 class History(dict):
@@ -131,7 +145,8 @@ def fit(
     verbose : int
         0: silent. 1: one line per epoch, and a progress bar when stderr is a terminal.
     checkpoint : str or Path, optional
-        Saved (atomically, with ``metadata``) after every epoch whose losses were finite.
+        Saved (atomically, with ``metadata`` and ``fastnn.epoch``) after every epoch whose
+        losses were finite.
     metadata : dict of str, optional
         Stored in the checkpoint (for example the dataset's name).
 
@@ -142,69 +157,106 @@ def fit(
     Raises
     ------
     FloatingPointError
-        When a minibatch loss is NaN or infinite; the message names the epoch and step and
-        the last good checkpoint, which is left as it was.
+        When a minibatch loss is NaN or infinite; the message names the epoch and step, the
+        last good checkpoint (left as it was) and whether the input itself was not finite.
+    KeyboardInterrupt
+        On Ctrl-C, with a message naming the epoch and what the checkpoint holds.
     ValueError
-        For epochs < 0, a bad batch size, or no optimizer.
+        For epochs < 0, a batch size < 1, empty training data, or no optimizer.
+    TypeError
+        For a batch size that is not an int or "full".
     """
-    from tqdm.auto import tqdm
-
     if optimizer is None:
         raise ValueError(
             "fit needs an optimizer, e.g. fastnn.optim.SGD(model.parameters(), lr=0.1)"
         )
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     x, y = _xy(train, "train")
-    generator = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
     n = len(y)
-    size = n if batch_size in ("full", None) else int(batch_size)
-    steps_per_epoch = math.ceil(n / size) if size > 0 else 0
+    if n == 0:
+        raise ValueError("fit: the training data has no samples")
+    size = _batch_size(batch_size, n)
+    generator = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    steps = math.ceil(n / size)
     history = History()
     last_good = None
     show_bar = verbose >= 1 and sys.stderr.isatty()
     for epoch in range(1, epochs + 1):
-        total, seen = 0.0, 0
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch}/{epochs}",
-            leave=False,
-            disable=not show_bar,
-            unit="step",
-        )
-        t0 = time.perf_counter()
-        for step, (xb, yb) in enumerate(batches(x, y, size, shuffle=True, rng=generator), 1):
-            value = train_step(model, xb, yb, loss, optimizer)
-            if not math.isfinite(value):
-                bar.close()
-                kept = f"; the last good checkpoint is {last_good}" if last_good else ""
-                raise FloatingPointError(
-                    f"the training loss became {value} at epoch {epoch}, step {step}{kept}. "
-                    "Try a smaller learning rate."
-                )
-            total += value * len(yb)
-            seen += len(yb)
-            bar.update()
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
-        seconds = time.perf_counter() - t0
-        bar.close()
-        record = {
-            "epoch": epoch,
-            "loss": total / max(seen, 1),
-            "seconds": seconds,
-            "samples_per_second": seen / seconds if seconds > 0 else float("inf"),
-        }
+        try:
+            record = _epoch(
+                model,
+                x,
+                y,
+                loss,
+                optimizer,
+                size,
+                generator,
+                epoch,
+                epochs,
+                steps,
+                show_bar,
+                last_good,
+            )
+        except KeyboardInterrupt:
+            kept = (
+                f"{last_good} holds the model after epoch {epoch - 1}"
+                if last_good
+                else "no checkpoint was written"
+            )
+            raise KeyboardInterrupt(f"training interrupted during epoch {epoch}; {kept}") from None
         record["accuracy"] = evaluate(model, (x, y), loss=loss)["accuracy"]
         if validation is not None:
             val = evaluate(model, validation, loss=loss)
             record["val_loss"], record["val_accuracy"] = val["loss"], val["accuracy"]
         history.append(record)
         if checkpoint is not None:
-            last_good = io.save(model, checkpoint, metadata=metadata)
+            meta = {**(metadata or {}), "fastnn.epoch": str(epoch)}
+            last_good = io.save(model, checkpoint, metadata=meta)
         if verbose >= 1:
             print(_epoch_line(record, epochs), flush=True)
     return history
+
+
+def _epoch(
+    model, x, y, loss, optimizer, size, generator, epoch, epochs, steps, show_bar, last_good
+) -> dict:
+    """One pass over the shuffled data; returns the epoch's loss and timing record."""
+    from tqdm.auto import tqdm
+
+    total, seen = 0.0, 0
+    bar = tqdm(
+        total=steps, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not show_bar, unit="step"
+    )
+    t0 = time.perf_counter()
+    try:
+        for step, (xb, yb) in enumerate(batches(x, y, size, shuffle=True, rng=generator), 1):
+            value = train_step(model, xb, yb, loss, optimizer)
+            if not math.isfinite(value):
+                raise FloatingPointError(_blow_up_message(value, epoch, step, xb, last_good))
+            total += value * len(yb)
+            seen += len(yb)
+            bar.update()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    return {
+        "epoch": epoch,
+        "loss": total / max(seen, 1),
+        "seconds": seconds,
+        "samples_per_second": seen / seconds if seconds > 0 else float("inf"),
+    }
+
+
+def _blow_up_message(value, epoch, step, xb, last_good) -> str:
+    kept = f"; the last good checkpoint is {last_good}" if last_good else ""
+    if not np.all(np.isfinite(np.asarray(xb))):
+        cause = "The input batch itself holds NaN or inf values: clean the data."
+    else:
+        cause = "Try a smaller learning rate."
+    return f"the training loss became {value} at epoch {epoch}, step {step}{kept}. {cause}"
 
 
 def _epoch_line(r: dict, epochs: int) -> str:

@@ -8,12 +8,26 @@ from __future__ import annotations
 
 import io as _io
 import math
+from pathlib import Path
 
 import numpy as np
 
 from fastnn._files import atomic_write_bytes
 
 __all__ = ["chain_gif", "plot_history", "prediction_grid", "save_image"]
+
+
+def _pillow_format(path, *, animated: bool = False) -> str:
+    """Pillow's format name for the file's extension (".png" → "PNG")."""
+    from PIL import Image
+
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    ok = fmt is not None and (not animated or fmt in ("GIF", "PNG", "WEBP"))
+    if not ok:
+        kinds = ".gif, .png (APNG) or .webp" if animated else ".png, .jpg, .gif, ..."
+        raise ValueError(f"{path}: unknown or unsuitable image extension {suffix!r}; use {kinds}")
+    return fmt
 
 
 def _to_uint8(img) -> np.ndarray:
@@ -35,21 +49,31 @@ def save_image(path, img, *, scale: int = 4) -> None:
     """Save a grayscale image (values in [0, 1] or [0, 255]; (28, 28) or flat (784,)) as PNG.
 
     ``scale`` enlarges each pixel to scale × scale (nearest neighbour) so a 28×28 digit is
-    visible. The article's ``test(n)`` saves the test image this way.
+    visible. The article's ``test(n)`` saves the test image this way. The file format follows
+    the extension (.png, .jpg, ...).
+
+    Raises
+    ------
+    ValueError
+        An image that is not 2-D (or flat and square), or an unknown extension.
     """
     from PIL import Image
 
+    fmt = _pillow_format(path)
     image = Image.fromarray(_to_uint8(img), mode="L")
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     buf = _io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format=fmt)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def _save_figure(fig, path) -> None:
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in fig.canvas.get_supported_filetypes():
+        raise ValueError(f"{path}: matplotlib cannot write {fmt!r} files; use .png, .pdf or .svg")
     buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format=fmt, dpi=100, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -106,10 +130,19 @@ def prediction_grid(path, images, predicted, true, classes, *, columns: int = 8)
 def chain_gif(path, chains, start, target, *, size: int = 320, frame_ms: int = 40) -> int:
     """Animate the chain of links: one frame per row of ``chains`` (angles in radians).
 
-    Returns the number of frames written.
+    The format follows the extension (.gif; .png writes an animated PNG). Returns the number
+    of frames drawn (a GIF writer may merge identical consecutive frames).
+
+    Raises
+    ------
+    ValueError
+        For an extension that cannot hold an animation, or angles that are not finite.
     """
     from PIL import Image, ImageDraw
 
+    fmt = _pillow_format(path, animated=True)
+    if not np.all(np.isfinite(chains)):
+        raise ValueError("chain_gif: the angles are not all finite")
     start, target = np.asarray(start, float), np.asarray(target, float)
     reach = 4.5
     lo = np.minimum(start, target) - reach
@@ -136,7 +169,7 @@ def chain_gif(path, chains, start, target, *, size: int = 320, frame_ms: int = 4
         frames.append(img)
     buf = _io.BytesIO()
     frames[0].save(
-        buf, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0
+        buf, format=fmt, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0
     )
     atomic_write_bytes(path, buf.getvalue())
     return len(frames)
