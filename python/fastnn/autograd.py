@@ -121,7 +121,15 @@ class Tensor:
     -----
     ``ndarray ⊕ Tensor`` gives a Tensor: ``__array_ufunc__ = None`` makes NumPy hand binary
     operators to the Tensor. Iterating a Tensor yields Tensors (rows), so gradients flow
-    through ``for angle in chain``.
+    through ``for angle in chain``. Arithmetic follows NumPy's type promotion (float32 with
+    float64 gives float64; a Python number keeps the Tensor's dtype); the kernel ops
+    (matmul, dense, softmax_cross_entropy) refuse mixed dtypes instead.
+
+    ``Tensor(t)`` of another Tensor shares its data but starts a new graph (no gradient flows
+    back to ``t``); so do ``float(t)``, ``t.item()`` and ``t.numpy()``. ``<``, ``<=``, ``>``,
+    ``>=`` compare elementwise and return arrays; ``==`` is identity, as for any Python
+    object (Tensors are hashable). Changing ``.data`` in place after an op used it changes
+    what ``backward`` computes (no version counter, unlike PyTorch).
 
     Examples
     --------
@@ -305,10 +313,15 @@ class Tensor:
 
     __hash__ = object.__hash__
 
-    def sum(self, axis=None, keepdims=False):
+    def sum(self, axis=None, keepdims=False, dtype=None, out=None):
+        """As ``fastnn.sum``; ``dtype`` and ``out`` exist for ``numpy.sum(tensor)`` and must be
+        None."""
+        _no_numpy_extras(dtype, out)
         return sum(self, axis=axis, keepdims=keepdims)
 
-    def mean(self, axis=None, keepdims=False):
+    def mean(self, axis=None, keepdims=False, dtype=None, out=None):
+        """As ``fastnn.mean``; ``dtype`` and ``out`` must be None."""
+        _no_numpy_extras(dtype, out)
         return mean(self, axis=axis, keepdims=keepdims)
 
     def reshape(self, *shape):
@@ -319,6 +332,11 @@ class Tensor:
 
 
 # --------------------------------------------------------------- the graph
+def _no_numpy_extras(dtype, out) -> None:
+    if dtype is not None or out is not None:
+        raise TypeError("Tensor reductions take no dtype= or out= (the result is a new Tensor)")
+
+
 def _data(x):
     return x.data if isinstance(x, Tensor) else x
 
@@ -520,13 +538,23 @@ sigmoid = _unary(
     lambda x: 0.5 * (np.tanh(0.5 * x) + 1),  # overflow-free logistic function
     lambda x, y: y * (1 - y),
 )
-exp.__doc__ = "exp(x), elementwise."
-log.__doc__ = "Natural logarithm, elementwise (log 0 = -inf, as NumPy)."
-sin.__doc__ = "sin(x), elementwise (radians)."
-cos.__doc__ = "cos(x), elementwise (radians)."
-tanh.__doc__ = "tanh(x), elementwise."
-sigmoid.__doc__ = (
-    "Logistic sigmoid 1 / (1 + exp(-x)), elementwise, computed via tanh (no overflow)."
+_UNARY_DOC = """{what}, elementwise.
+
+    Parameters
+    ----------
+    x : Tensor, ndarray or number; any shape; float32 or float64 (integers follow NumPy)
+
+    Returns
+    -------
+    Tensor of the same shape and dtype; its derivative is {grad}.
+    """
+exp.__doc__ = _UNARY_DOC.format(what="exp(x)", grad="exp(x)")
+log.__doc__ = _UNARY_DOC.format(what="Natural logarithm (log 0 = -inf, as NumPy)", grad="1/x")
+sin.__doc__ = _UNARY_DOC.format(what="sin(x), x in radians", grad="cos(x)")
+cos.__doc__ = _UNARY_DOC.format(what="cos(x), x in radians", grad="-sin(x)")
+tanh.__doc__ = _UNARY_DOC.format(what="tanh(x)", grad="1 - tanh(x)²")
+sigmoid.__doc__ = _UNARY_DOC.format(
+    what="Logistic sigmoid 1 / (1 + exp(-x)), computed via tanh (no overflow)", grad="σ(1 − σ)"
 )
 
 
@@ -571,7 +599,10 @@ def sum(x, axis=None, keepdims=False) -> Tensor:
 
 
 def mean(x, axis=None, keepdims=False) -> Tensor:
-    """Mean over ``axis`` (all axes by default), as ``numpy.mean``."""
+    """Mean over ``axis`` (an int, a tuple, or None for all axes), as ``numpy.mean``.
+
+    The mean of zero elements is NaN, as NumPy's.
+    """
     x = _tensor(x)
     axes = _normalize_axes(axis, x.ndim)
     count = int(np.prod([x.shape[a] for a in axes])) if axes else 1
@@ -580,7 +611,10 @@ def mean(x, axis=None, keepdims=False) -> Tensor:
 
 # ------------------------------------------------------------ shape ops
 def reshape(x, shape) -> Tensor:
-    """The same values in a new shape (as ``numpy.reshape``)."""
+    """The same values in a new shape (as ``numpy.reshape``; one dimension may be -1).
+
+    Raises ValueError when the sizes do not match.
+    """
     x = _tensor(x)
     return _record(x.data.reshape(shape), (x,), lambda g: (g.reshape(x.shape),), "reshape")
 
@@ -609,7 +643,10 @@ def getitem(x, index) -> Tensor:
 
 
 def stack(tensors: Sequence, axis: int = 0) -> Tensor:
-    """Join Tensors of one shape along a new axis, as ``numpy.stack``."""
+    """Join Tensors (or arrays, numbers) of one shape along a new axis, as ``numpy.stack``.
+
+    n inputs of shape S give shape S with n inserted at ``axis``; the gradient is split back.
+    """
     ts = [_tensor(t) for t in tensors]
     out = np.stack([t.data for t in ts], axis=axis)
     ax = axis % out.ndim
@@ -621,7 +658,10 @@ def stack(tensors: Sequence, axis: int = 0) -> Tensor:
 
 
 def concatenate(tensors: Sequence, axis: int = 0) -> Tensor:
-    """Join Tensors along an existing axis, as ``numpy.concatenate``."""
+    """Join Tensors along an existing axis, as ``numpy.concatenate``.
+
+    The shapes must agree except along ``axis``; the gradient is split back.
+    """
     ts = [_tensor(t) for t in tensors]
     out = np.concatenate([t.data for t in ts], axis=axis)
     ax = axis % out.ndim
@@ -795,6 +835,12 @@ def gradient(f: Callable, *args) -> tuple:
     ------
     RuntimeError
         If ``f`` returns more than one element.
+
+    Notes
+    -----
+    Only fastnn ops are recorded. Leaving them (``math.sin(x)``, ``float(x)``,
+    ``x.item()``, ``np.exp(x.data)``) makes a constant: its gradient is silently zero, as
+    in PyTorch. A 0-d array argument gets a 0-d array (a NumPy scalar) back.
 
     Examples
     --------
