@@ -69,7 +69,12 @@ def clock_ghz() -> float | None:
 
 
 def time_call(fn, min_time: float) -> float:
-    """Seconds per call: the median over repeats of a batch of calls lasting >= min_time."""
+    """Seconds per call of a batch of calls lasting >= min_time.
+
+    A pause first lets the other library's worker threads, which spin for up to ~0.1 s after
+    each call, go idle: otherwise each side starts on cores the other still holds.
+    """
+    time.sleep(0.2)
     fn()
     n, t = 1, 0.0
     while t < min_time:

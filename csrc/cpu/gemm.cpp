@@ -74,6 +74,7 @@ template <class T>
 struct Tile {
   const T* a;
   int64_t ars, acs;
+  bool packed;  // a is a packed MR×kc panel (ars = 1, acs = MR)
   const T* b;  // KC×NR packed panel, row k at b + k*NR
   int64_t kc;
   T* c;  // C(i0, j0)
@@ -186,18 +187,31 @@ FASTNN_TARGET inline __m256d vrelu(__m256d v) {
 
 // The AVX2+FMA micro-kernel: 6 rows × 2 vectors of accumulators, one FMA per (row, vector)
 // per k, B's two vectors loaded once per k and each A element broadcast once.
-template <class T>
+// kPacked: A is a packed panel, so the row offsets (0..MR) and the k stride (MR) are
+// compile-time constants; otherwise they are read from the tile.
+template <class T, bool kPacked>
 FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR;
   constexpr int64_t W = NR / 2;
   using V = decltype(vzero(T{}));
   int64_t off[MR];
-  row_offsets(t, off);
+  if constexpr (kPacked) {
+    for (int64_t r = 0; r < MR; ++r) off[r] = r;
+  } else {
+    row_offsets(t, off);
+  }
   V c00 = vzero(T{}), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   V c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  // Ask for the C tile now, with intent to write: its rows usually come from far away (C is
+  // revisited once per K block) and the k loop below hides the wait.
+  for (int64_t r = 0; r < t.mr; ++r) {
+    const T* c = t.c + r * t.rs_c;
+    __builtin_prefetch(c, 1, 3);
+    __builtin_prefetch(c + (t.nr - 1) * t.cs_c, 1, 3);
+  }
   const T* a = t.a;
   const T* b = t.b;
-  const int64_t acs = t.acs;
+  const int64_t acs = kPacked ? MR : t.acs;
 #pragma GCC unroll 4
   for (int64_t k = 0; k < t.kc; ++k) {
     const V b0 = vload(b), b1 = vload(b + W);
@@ -265,7 +279,7 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
 template <class T>
 inline void run_tile(const Tile<T>& t, bool avx2) {
 #ifdef FASTNN_X86
-  if (avx2) return microkernel_avx2<T>(t);
+  if (avx2) return t.packed ? microkernel_avx2<T, true>(t) : microkernel_avx2<T, false>(t);
 #endif
   microkernel_portable<T>(t);
 }
@@ -383,6 +397,7 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
         auto tiles = [&](int64_t ic, int64_t ip, int64_t jp) {
           const int64_t i = ic + ip * MR, j = jc + jp * NR;
           Tile<T> t;
+          t.packed = packed_a;
           if (packed_a) {
             t.a = ap + ip * MR * kc;
             t.ars = 1;
