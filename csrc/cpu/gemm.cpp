@@ -187,6 +187,26 @@ FASTNN_TARGET inline __m256d vrelu(__m256d v) {
 
 // The AVX2+FMA micro-kernel: 6 rows × 2 vectors of accumulators, one FMA per (row, vector)
 // per k, B's two vectors loaded once per k and each A element broadcast once.
+// C[0..n) = relu?(alpha·v + beta·C + bias) for one vector of a tile row (n == W: plain loads
+// and stores; else masked to the first n lanes).
+template <class T>
+struct Update {
+  using V = decltype(vzero(T{}));
+  static constexpr int64_t W = 32 / sizeof(T);
+  V alpha, beta;
+  bool use_beta, has_bias, relu;
+  FASTNN_TARGET void operator()(T* c, V v, const V& bias, int64_t n, __m256i mask) const {
+    v = vmul(alpha, v);
+    if (use_beta) v = vadd(v, vmul(beta, n == W ? vload(c) : vmaskload(c, mask)));
+    if (has_bias) v = vadd(v, bias);
+    if (relu) v = vrelu(v);
+    if (n == W)
+      vstore(c, v);
+    else
+      vmaskstore(c, mask, v);
+  }
+};
+
 // kPacked: A is a packed panel, so the row offsets (0..MR) and the k stride (MR) are
 // compile-time constants; otherwise they are read from the tile.
 template <class T, bool kPacked>
@@ -253,21 +273,12 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   const auto m0 = vmask<T>(n0), m1 = vmask<T>(n1);
   const V alpha = vset1(t.alpha), beta = vset1(t.beta);
   const bool has_bias = t.ep && t.ep->bias, relu = t.ep && t.ep->relu;
-  auto update = [&](T* c, V v, const V& bias, int64_t n, __m256i mask) {
-    v = vmul(alpha, v);
-    if (t.beta != T(0)) v = vadd(v, vmul(beta, n == W ? vload(c) : vmaskload(c, mask)));
-    if (has_bias) v = vadd(v, bias);
-    if (relu) v = vrelu(v);
-    if (n == W)
-      vstore(c, v);
-    else
-      vmaskstore(c, mask, v);
-  };
   V bias0 = vzero(T{}), bias1 = bias0;
   if (has_bias) {
     bias0 = vmaskload(t.ep->bias + t.j0, m0);
     if (n1 > 0) bias1 = vmaskload(t.ep->bias + t.j0 + W, m1);
   }
+  const Update<T> update{alpha, beta, t.beta != T(0), has_bias, relu};
   for (int64_t r = 0; r < t.mr; ++r) {
     T* c = t.c + r * t.rs_c;
     update(c, acc[r][0], bias0, n0, m0);
@@ -377,8 +388,9 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   T* bp = thread_scratch<T>(0, kc_max * nc_max);
   T* shared_ap = packed_a && !ic_parallel ? thread_scratch<T>(1, kc_max * mc_size) : nullptr;
 
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  // The work of every thread of the team; worksharing loops inside it that run outside a
+  // parallel region (one thread) simply run all their iterations.
+  auto team_body = [&] {
     T* ap = ic_parallel && packed_a ? thread_scratch<T>(1, kc_max * mc_size) : shared_ap;
     for (int64_t jc = 0; jc < N; jc += NC) {
       const int64_t nc = std::min(NC, N - jc);
@@ -452,6 +464,12 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
         }
       }
     }
+  };
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+    team_body();
+  } else {
+    team_body();  // small products skip the cost of starting a team
   }
 }
 

@@ -19,18 +19,22 @@ constexpr int64_t kGrain = 1 << 14;  // elements per chunk
 template <class F>
 void for_each_chunk(int64_t count, const int64_t* size, F&& body) {
   std::vector<int64_t> first_chunk(static_cast<size_t>(count) + 1, 0);  // prefix sum of chunks
-  for (int64_t b = 0; b < count; ++b) first_chunk[b + 1] = first_chunk[b] + ceil_div(size[b], kGrain);
+  for (int64_t b = 0; b < count; ++b)
+    first_chunk[b + 1] = first_chunk[b] + ceil_div(size[b], kGrain);
   const int64_t chunks = first_chunk[count];
-  int64_t total = 0;
-  for (int64_t b = 0; b < count; ++b) total += size[b];
-  const int nt = static_cast<int>(std::min<int64_t>(threads_for(4.0 * double(total)), chunks));
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    // Buffer b holds chunk c when first_chunk[b] <= c < first_chunk[b + 1].
-    int64_t b = std::upper_bound(first_chunk.begin(), first_chunk.end(), c) - first_chunk.begin() - 1;
-    const int64_t lo = (c - first_chunk[b]) * kGrain;
-    body(b, lo, std::min(size[b], lo + kGrain));
-  }
+  double total = 0;
+  for (int64_t b = 0; b < count; ++b) total += double(size[b]);
+  // ~4 flops per element, spread over the chunks: the same threshold as the other kernels.
+  const double cost_per_chunk = chunks ? 4.0 * total / double(chunks) : 0.0;
+  parallel_for(chunks, 1, cost_per_chunk, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      // Buffer b holds chunk c when first_chunk[b] <= c < first_chunk[b + 1].
+      const int64_t b =
+          std::upper_bound(first_chunk.begin(), first_chunk.end(), c) - first_chunk.begin() - 1;
+      const int64_t begin = (c - first_chunk[b]) * kGrain;
+      body(b, begin, std::min(size[b], begin + kGrain));
+    }
+  });
 }
 
 }  // namespace

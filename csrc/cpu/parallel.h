@@ -30,7 +30,11 @@ void parallel_for(int64_t n, int64_t grain, double cost_per_item, F&& body) {
   if (n <= 0) return;
   const int64_t chunks = ceil_div(n, grain);
   const int nt = static_cast<int>(std::min<int64_t>(threads_for(n * cost_per_item), chunks));
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  if (nt <= 1) {  // no team at all: starting one costs about a microsecond even for one thread
+    for (int64_t c = 0; c < chunks; ++c) body(c * grain, std::min(n, (c + 1) * grain));
+    return;
+  }
+#pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t c = 0; c < chunks; ++c) body(c * grain, std::min(n, (c + 1) * grain));
 }
 
