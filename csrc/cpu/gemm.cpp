@@ -333,6 +333,25 @@ void pack_b_panel(T* __restrict dst, const T* b, int64_t brs, int64_t bcs, int64
   }
 }
 
+// Packs rows [k0, k1) of a KC×nc block of op(B) whose rows are contiguous (b points at row
+// k0; row k at b + (k - k0)*brs) into all its NR-wide panels (panel p at dst + p*NR*kc),
+// zero-padding the last panel.
+template <class T>
+void pack_b_rows(T* __restrict dst, const T* b, int64_t brs, int64_t nc, int64_t kc, int64_t k0,
+                 int64_t k1) {
+  constexpr int64_t NR = Blocking<T>::NR;
+  const int64_t full = nc / NR, rest = nc - full * NR;
+  for (int64_t k = k0; k < k1; ++k) {
+    const T* row = b + (k - k0) * brs;
+    for (int64_t p = 0; p < full; ++p)
+      for (int64_t j = 0; j < NR; ++j) dst[p * NR * kc + k * NR + j] = row[p * NR + j];
+    if (rest) {
+      T* out = dst + full * NR * kc + k * NR;
+      for (int64_t j = 0; j < NR; ++j) out[j] = j < rest ? row[full * NR + j] : T(0);
+    }
+  }
+}
+
 // C = beta·C (+ epilogue): the whole product when K == 0 or alpha == 0.
 template <class T>
 void scale_only(const Matrix<T>& C, T beta, const Epilogue<T>* ep) {
@@ -383,7 +402,11 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   const bool ic_parallel = nt > 1 && m_blocks >= 2 * nt;
   // A is read in place when few B panels would reuse a packed copy.
   const bool packed_a = ceil_div(std::min(N, NC), NR) > 2;
-  const int64_t kc_max = std::min(KC, K);
+  // Skinny products whose whole op(B) fits in L2 (the MLP's X·W1ᵀ, H·W2ᵀ, dY·W2) take K in
+  // one block: B is packed once and each C tile is written once, not once per K block.
+  const bool whole_k = !packed_a && K * ceil_div(N, NR) * NR * int64_t(sizeof(T)) <= (256 << 10);
+  const int64_t kc_block = whole_k ? K : KC;
+  const int64_t kc_max = std::min(kc_block, K);
   const int64_t nc_max = std::min(NC, ceil_div(N, NR) * NR);
   T* bp = thread_scratch<T>(0, kc_max * nc_max);
   T* shared_ap = packed_a && !ic_parallel ? thread_scratch<T>(1, kc_max * mc_size) : nullptr;
@@ -395,15 +418,22 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
     for (int64_t jc = 0; jc < N; jc += NC) {
       const int64_t nc = std::min(NC, N - jc);
       const int64_t npanels = ceil_div(nc, NR);
-      for (int64_t pc = 0; pc < K; pc += KC) {
-        const int64_t kc = std::min(KC, K - pc);
+      for (int64_t pc = 0; pc < K; pc += kc_block) {
+        const int64_t kc = std::min(kc_block, K - pc);
         const T beta_k = pc == 0 ? beta : T(1);
         const Epilogue<T>* ep_k = pc + kc == K ? ep : nullptr;
+        if (bcs == 1) {
+          // Rows of B are contiguous: read each row once, left to right, into every panel.
 #pragma omp for schedule(static)
-        for (int64_t p = 0; p < npanels; ++p) {
-          const int64_t j = jc + p * NR;
-          pack_b_panel(bp + p * NR * kc, B.data + pc * brs + j * bcs, brs, bcs,
-                       std::min(NR, N - j), kc);
+          for (int64_t k0 = 0; k0 < kc; k0 += 16)
+            pack_b_rows(bp, B.data + (pc + k0) * brs + jc, brs, nc, kc, k0, std::min(kc, k0 + 16));
+        } else {
+#pragma omp for schedule(static)
+          for (int64_t p = 0; p < npanels; ++p) {
+            const int64_t j = jc + p * NR;
+            pack_b_panel(bp + p * NR * kc, B.data + pc * brs + j * bcs, brs, bcs,
+                         std::min(NR, N - j), kc);
+          }
         }
         // Runs tile (ip, jp) of the M block that starts at row ic.
         auto tiles = [&](int64_t ic, int64_t ip, int64_t jp) {

@@ -554,13 +554,16 @@ def _not_found_message(spec: _Spec, looked: list[str], explicit: bool) -> str:
     how = []
     if spec.debian is not None:
         how.append(f"apt-get install dataset-{spec.name}   (Debian/Ubuntu; installs {spec.debian})")
+    fn = "fashion_mnist" if spec is _FASHION else "mnist"
+    option = "" if spec is _FASHION else "--dataset mnist "
     how.append(
         "put the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
         "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a folder DIR and pass it: "
-        "`fastnn train --data DIR`, path=DIR, or FASTNN_DATA=DIR"
+        f"`fastnn train {option}--data DIR`, fastnn.data.{fn}(DIR), or FASTNN_DATA=DIR"
     )
-    fn = "fashion_mnist" if spec is _FASHION else "mnist"
-    how.append(f"{fn}(download=True) fetches them from {spec.mirrors[0]} (SHA-256 verified)")
+    how.append(
+        f"fastnn.data.{fn}(download=True) fetches them from {spec.mirrors[0]} (SHA-256 verified)"
+    )
     where = " in the folder given" if explicit else ""
     return (
         f"{spec.title} not found{where}. Looked in:\n  - "
