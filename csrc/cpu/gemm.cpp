@@ -75,7 +75,8 @@ struct Tile {
   const T* a;
   int64_t ars, acs;
   bool packed;  // a is a packed MR×kc panel (ars = 1, acs = MR)
-  const T* b;  // KC×NR packed panel, row k at b + k*NR
+  const T* b;  // KC×NR panel of op(B), row k at b + k*brs (packed: brs = NR)
+  int64_t brs;
   int64_t kc;
   T* c;  // C(i0, j0)
   int64_t rs_c, cs_c;
@@ -126,7 +127,7 @@ void microkernel_portable(const Tile<T>& t) {
       for (int64_t j = 0; j < NR; ++j) c[r][j] += ar * b[j];
     }
     a += t.acs;
-    b += NR;
+    b += t.brs;
   }
   store_tile(t, &c[0][0]);
 }
@@ -254,7 +255,7 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
     c50 = vfma(ar, b0, c50);
     c51 = vfma(ar, b1, c51);
     a += acs;
-    b += NR;
+    b += t.brs;
   }
   V acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
   if (t.cs_c != 1 || (t.ep && t.ep->bias && t.ep->bias_inc != 1)) {
@@ -408,7 +409,11 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   const int64_t kc_block = whole_k ? K : KC;
   const int64_t kc_max = std::min(kc_block, K);
   const int64_t nc_max = std::min(NC, ceil_div(N, NR) * NR);
-  T* bp = thread_scratch<T>(0, kc_max * nc_max);
+  // A short, wide product (one M block, one K block: dW = dYᵀ·X at a small batch) reads B's
+  // rows in place when they are contiguous and hold whole panels: packing B would copy every
+  // element for at most MC/MR uses.
+  const bool direct_b = bcs == 1 && m_blocks == 1 && K <= KC && N % NR == 0;
+  T* bp = direct_b ? nullptr : thread_scratch<T>(0, kc_max * nc_max);
   T* shared_ap = packed_a && !ic_parallel ? thread_scratch<T>(1, kc_max * mc_size) : nullptr;
 
   // The work of every thread of the team; worksharing loops inside it that run outside a
@@ -422,7 +427,9 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
         const int64_t kc = std::min(kc_block, K - pc);
         const T beta_k = pc == 0 ? beta : T(1);
         const Epilogue<T>* ep_k = pc + kc == K ? ep : nullptr;
-        if (bcs == 1) {
+        if (direct_b) {
+          // nothing to pack
+        } else if (bcs == 1) {
           // Rows of B are contiguous: read each row once, left to right, into every panel.
 #pragma omp for schedule(static)
           for (int64_t k0 = 0; k0 < kc; k0 += 16)
@@ -449,7 +456,8 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
             t.ars = ars;
             t.acs = acs;
           }
-          t.b = bp + jp * NR * kc;
+          t.b = direct_b ? B.data + pc * brs + j : bp + jp * NR * kc;
+          t.brs = direct_b ? brs : NR;
           t.kc = kc;
           t.c = C.data + i * C.rs + j * C.cs;
           t.rs_c = C.rs;
