@@ -51,18 +51,26 @@ template <class T, class Target>
 double xent_row(const Matrix<const T>& x, const Matrix<T>& dlogits, int64_t i, double scale,
                 Target target) {
   const T m = row_max(x, i);
-  const double s = row_expsum<T>(x, i, m);
+  // exp(x − max) once per element, in T (float exp for float logits: ~1 ulp), summed in
+  // double; kept in dlogits until the sum is known.
+  double s = 0.0;
+  for (int64_t j = 0; j < x.cols; ++j) {
+    const T e = std::exp(x(i, j) - m);
+    if (dlogits.data) dlogits(i, j) = e;
+    s += e;
+  }
   const double log_s = std::log(s);
   // ∂/∂x_j of Σ_k t_k (lse − x_k) is p_j Σ_k t_k − t_j: the total target mass scales the
   // softmax term (1 for labels and one-hot rows).
   double mass = 0.0;
   for (int64_t j = 0; j < x.cols; ++j) mass += target(j);
+  const double p_scale = mass / s;
   double loss = 0.0;
   for (int64_t j = 0; j < x.cols; ++j) {
     const double t = target(j);
     const double z = double(x(i, j)) - double(m);  // x − max, exact in double
     if (t != 0.0) loss += t * (log_s - z);
-    if (dlogits.data) dlogits(i, j) = static_cast<T>((std::exp(z) / s * mass - t) * scale);
+    if (dlogits.data) dlogits(i, j) = static_cast<T>((double(dlogits(i, j)) * p_scale - t) * scale);
   }
   return loss;
 }
