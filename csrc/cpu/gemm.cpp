@@ -209,8 +209,9 @@ struct Update {
 };
 
 // kPacked: A is a packed panel, so the row offsets (0..MR) and the k stride (MR) are
-// compile-time constants; otherwise they are read from the tile.
-template <class T, bool kPacked>
+// compile-time constants; otherwise they are read from the tile. kPackedB: likewise B's k
+// stride is NR.
+template <class T, bool kPacked, bool kPackedB>
 FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR;
   constexpr int64_t W = NR / 2;
@@ -233,6 +234,7 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   const T* a = t.a;
   const T* b = t.b;
   const int64_t acs = kPacked ? MR : t.acs;
+  const int64_t brs = kPackedB ? NR : t.brs;
 #pragma GCC unroll 4
   for (int64_t k = 0; k < t.kc; ++k) {
     const V b0 = vload(b), b1 = vload(b + W);
@@ -255,7 +257,7 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
     c50 = vfma(ar, b0, c50);
     c51 = vfma(ar, b1, c51);
     a += acs;
-    b += t.brs;
+    b += brs;
   }
   V acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
   if (t.cs_c != 1 || (t.ep && t.ep->bias && t.ep->bias_inc != 1)) {
@@ -291,7 +293,12 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
 template <class T>
 inline void run_tile(const Tile<T>& t, bool avx2) {
 #ifdef FASTNN_X86
-  if (avx2) return t.packed ? microkernel_avx2<T, true>(t) : microkernel_avx2<T, false>(t);
+  if (avx2) {
+    const bool packed_b = t.brs == Blocking<T>::NR;
+    if (t.packed)
+      return packed_b ? microkernel_avx2<T, true, true>(t) : microkernel_avx2<T, true, false>(t);
+    return packed_b ? microkernel_avx2<T, false, true>(t) : microkernel_avx2<T, false, false>(t);
+  }
 #endif
   microkernel_portable<T>(t);
 }
