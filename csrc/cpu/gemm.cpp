@@ -226,10 +226,12 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   V c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
   // Ask for the C tile now, with intent to write: its rows usually come from far away (C is
   // revisited once per K block) and the k loop below hides the wait.
-  for (int64_t r = 0; r < t.mr; ++r) {
-    const T* c = t.c + r * t.rs_c;
-    __builtin_prefetch(c, 1, 3);
-    __builtin_prefetch(c + (t.nr - 1) * t.cs_c, 1, 3);
+  if (t.kc >= 64) {  // a short loop could not hide the wait anyway
+    for (int64_t r = 0; r < t.mr; ++r) {
+      const T* c = t.c + r * t.rs_c;
+      __builtin_prefetch(c, 1, 3);
+      __builtin_prefetch(c + (t.nr - 1) * t.cs_c, 1, 3);
+    }
   }
   const T* a = t.a;
   const T* b = t.b;
@@ -273,7 +275,9 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   // stores; only a partial vector at the right edge is masked (masked stores are slow on
   // some CPUs), and a vector wholly past the edge is skipped.
   const int64_t n0 = std::min(t.nr, W), n1 = t.nr - W;
-  const auto m0 = vmask<T>(n0), m1 = vmask<T>(n1);
+  const bool partial = t.nr != NR;
+  const __m256i ones = _mm256_set1_epi32(-1);
+  const auto m0 = partial ? vmask<T>(n0) : ones, m1 = partial ? vmask<T>(n1) : ones;
   const V alpha = vset1(t.alpha), beta = vset1(t.beta);
   const bool has_bias = t.ep && t.ep->bias, relu = t.ep && t.ep->relu;
   V bias0 = vzero(T{}), bias1 = bias0;

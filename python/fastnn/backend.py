@@ -48,6 +48,11 @@ def native_for(**arrays):
     RuntimeError
         For CUDA arrays: the CUDA kernels are not built into this release yet.
     """
+    for x in arrays.values():  # the common case, checked first: plain NumPy arrays
+        if type(x) is not np.ndarray and x is not None:
+            break
+    else:
+        return _cpu
     device = None
     for name, x in arrays.items():
         if x is None:

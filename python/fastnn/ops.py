@@ -46,12 +46,16 @@ __all__ = [
 
 
 def _flag(value, name: str) -> bool:
-    if not isinstance(value, bool | np.bool_):
+    if value is True or value is False:
+        return value
+    if not isinstance(value, np.bool_):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return bool(value)
 
 
 def _scalar(value, name: str) -> float:
+    if type(value) is float:
+        return value
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     return float(value)
