@@ -239,6 +239,9 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   const int64_t brs = kPackedB ? NR : t.brs;
 #pragma GCC unroll 4
   for (int64_t k = 0; k < t.kc; ++k) {
+    // B read in place: its rows lie far apart; ask for the row 16 steps ahead (the first
+    // tile of a panel meets it in memory, the others in L1).
+    if constexpr (!kPackedB) __builtin_prefetch(b + 16 * brs, 0, 3);
     const V b0 = vload(b), b1 = vload(b + W);
     V ar = vbroadcast(a + off[0]);
     c00 = vfma(ar, b0, c00);
@@ -420,17 +423,19 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   const int64_t kc_block = whole_k ? K : KC;
   const int64_t kc_max = std::min(kc_block, K);
   const int64_t nc_max = std::min(NC, ceil_div(N, NR) * NR);
-  // A short, wide product (one M block, one K block: dW = dYᵀ·X at a small batch) reads B's
-  // rows in place when they are contiguous and hold whole panels: packing B would copy every
-  // element for at most MC/MR uses.
-  const bool direct_b = bcs == 1 && m_blocks == 1 && K <= KC && N % NR == 0;
+  // A short, wide product (one M block: dW = dYᵀ·X) reads B's rows in place when they are
+  // contiguous and hold whole panels: packing B would copy every element for at most MC/MR
+  // uses. Each thread then packs its own copy of the small A block and keeps the same tiles
+  // in every K block, so the K blocks need no barrier at all.
+  const bool direct_b = bcs == 1 && m_blocks == 1 && N % NR == 0;
   T* bp = direct_b ? nullptr : thread_scratch<T>(0, kc_max * nc_max);
-  T* shared_ap = packed_a && !ic_parallel ? thread_scratch<T>(1, kc_max * mc_size) : nullptr;
+  const bool own_ap = ic_parallel || direct_b;
+  T* shared_ap = packed_a && !own_ap ? thread_scratch<T>(1, kc_max * mc_size) : nullptr;
 
   // The work of every thread of the team; worksharing loops inside it that run outside a
   // parallel region (one thread) simply run all their iterations.
   auto team_body = [&] {
-    T* ap = ic_parallel && packed_a ? thread_scratch<T>(1, kc_max * mc_size) : shared_ap;
+    T* ap = own_ap && packed_a ? thread_scratch<T>(1, kc_max * mc_size) : shared_ap;
     for (int64_t jc = 0; jc < N; jc += NC) {
       const int64_t nc = std::min(NC, N - jc);
       const int64_t npanels = ceil_div(nc, NR);
@@ -502,6 +507,16 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           for (int64_t ic = 0; ic < M; ic += mc_size) {
             const int64_t mc = std::min(mc_size, M - ic);
             const int64_t mpanels = ceil_div(mc, MR);
+            if (direct_b) {
+              if (packed_a)
+                for (int64_t p = 0; p < mpanels; ++p) pack_a(ic, p);
+              // nowait: a static schedule gives each thread the same tiles in every K block
+              // (OpenMP guarantees it for equal loops), and B is not shared scratch.
+#pragma omp for collapse(2) schedule(static) nowait
+              for (int64_t jp = 0; jp < npanels; ++jp)
+                for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jp);
+              continue;
+            }
             if (packed_a) {
 #pragma omp for schedule(static)
               for (int64_t p = 0; p < mpanels; ++p) pack_a(ic, p);
