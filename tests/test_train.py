@@ -166,3 +166,59 @@ def test_non_finite_input_is_named_as_the_cause(rng):
             batch_size="full",
             verbose=0,
         )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: fnn.optim.SGD(ps, lr=0.1),
+        lambda ps: fnn.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        lambda ps: fnn.optim.Adam(ps, lr=1e-3),
+    ],
+)
+def test_dense_step_gives_the_same_weights_as_the_autodiff_step(rng, dtype, make_opt):
+    """fit's fused DenseStep and the general train_step: bit-identical weights after N steps."""
+    x = rng.standard_normal((90, 6)).astype(dtype)
+    y = rng.integers(0, 4, 90).astype(np.uint8)
+    models = [
+        fnn.Sequential(
+            fnn.Dense(6, 9, fnn.relu, rng=4, dtype=dtype),
+            fnn.Dense(9, 7, "relu", rng=5, dtype=dtype),
+            fnn.Dense(7, 4, rng=6, dtype=dtype),
+        )
+        for _ in range(2)
+    ]
+    assert fnn.train.DenseStep.supports(models[0], fnn.losses.softmax_cross_entropy)
+    histories = []
+    for model, fused in zip(models, (True, False), strict=True):
+        opt = make_opt(list(model.parameters()))
+        histories.append(
+            fnn.fit(
+                model,
+                (x, y),
+                optimizer=opt,
+                epochs=3,
+                batch_size=16,
+                rng=11,
+                verbose=0,
+                fused=fused,
+            )
+        )
+    assert histories[0]["loss"] == histories[1]["loss"]
+    for (name, a), (_, b) in zip(
+        models[0].named_parameters(), models[1].named_parameters(), strict=True
+    ):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+
+
+def test_dense_step_is_used_only_where_it_applies():
+    supports = fnn.train.DenseStep.supports
+    sce = fnn.losses.softmax_cross_entropy
+    dense = fnn.Dense(3, 3)
+    assert supports(fnn.Sequential(fnn.Dense(3, 4, fnn.relu), fnn.Dense(4, 2)), sce)
+    assert not supports(fnn.Sequential(fnn.Dense(3, 4, fnn.tanh), fnn.Dense(4, 2)), sce)
+    assert not supports(fnn.Sequential(fnn.Dense(3, 4), fnn.softmax), sce)
+    assert not supports(fnn.Sequential(dense, dense), sce)  # shared layer
+    assert not supports(fnn.Sequential(fnn.Dense(3, 4), fnn.Dense(4, 2)), fnn.losses.mse)
+    assert not supports(fnn.Dense(3, 4), sce)

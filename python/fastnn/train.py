@@ -8,6 +8,7 @@ the loss stops being finite.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import sys
@@ -15,10 +16,10 @@ import time
 
 import numpy as np
 
-from fastnn import autograd, io, losses
+from fastnn import autograd, io, losses, nn, ops
 from fastnn.data import batches
 
-__all__ = ["History", "evaluate", "fit", "train_step"]
+__all__ = ["DenseStep", "History", "evaluate", "fit", "train_step"]
 
 
 def _xy(data, name: str):
@@ -52,6 +53,82 @@ def train_step(model, x, y, loss, optimizer) -> float:
     value.backward()
     optimizer.step()
     return value.item()
+
+
+class DenseStep:
+    """The training step of a ``Sequential`` of ``Dense`` layers under softmax cross-entropy,
+    without the autodiff graph: the same kernels as ``train_step`` called directly on buffers
+    allocated once per batch size (activations, their gradients, the parameter gradients).
+
+    ``fit`` uses it automatically when ``DenseStep.supports(model, loss)``; the weights it
+    produces are identical to ``train_step``'s (a test checks them bit for bit). It computes
+    exactly what ``train_step`` computes: forward through ``dense_forward`` (bias and relu
+    fused), ``softmax_cross_entropy`` with its gradient, then per layer ``relu_backward`` and
+    ``dense_backward`` (no dX for the first layer), then ``optimizer.step()`` on ``.grad``.
+    """
+
+    def __init__(self, model):
+        self.layers = list(model)
+        self.dtype = self.layers[0].weight.dtype
+        self.relu = [nn._activation_name(layer.activation) == "relu" for layer in self.layers]
+        self._buffers: dict[int, tuple[list, list]] = {}
+        self._grads = [
+            (np.empty_like(layer.weight.data), np.empty_like(layer.bias.data))
+            for layer in self.layers
+        ]
+
+    @staticmethod
+    def supports(model, loss) -> bool:
+        """True for a Sequential of distinct Dense layers (activation None or relu) of one
+        dtype, trained with ``losses.softmax_cross_entropy``."""
+        if loss is not losses.softmax_cross_entropy or not isinstance(model, nn.Sequential):
+            return False
+        layers = list(model)
+        return (
+            len(layers) > 0
+            and all(type(layer) is nn.Dense for layer in layers)
+            and all(nn._activation_name(layer.activation) in (None, "relu") for layer in layers)
+            and len({id(layer) for layer in layers}) == len(layers)
+            and len({layer.weight.dtype for layer in layers}) == 1
+            and all(a.out_features == b.in_features for a, b in itertools.pairwise(layers))
+        )
+
+    def __call__(self, x, y, optimizer) -> float:
+        """One step on the minibatch (x, y); returns its loss before the update."""
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)  # the layer's edge cast, as Dense.forward does
+        batch = len(x)
+        if batch not in self._buffers:
+            shapes = [(batch, layer.out_features) for layer in self.layers]
+            self._buffers[batch] = (
+                [np.empty(s, self.dtype) for s in shapes],
+                [np.empty(s, self.dtype) for s in shapes],
+            )
+        acts, grads = self._buffers[batch]
+        h = x
+        for layer, relu, out in zip(self.layers, self.relu, acts, strict=True):
+            ops.dense_forward(
+                h, layer.weight.data, layer.bias.data, activation="relu" if relu else None, out=out
+            )
+            h = out
+        loss, _ = ops.softmax_cross_entropy(h, y, dlogits=grads[-1])
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer, dy = self.layers[i], grads[i]
+            if self.relu[i]:
+                ops.relu_backward(dy, acts[i], out=dy)
+            dweight, dbias = self._grads[i]
+            ops.dense_backward(
+                dy,
+                acts[i - 1] if i else x,
+                layer.weight.data,
+                need_dx=i > 0,
+                dx=grads[i - 1] if i else None,
+                dweight=dweight,
+                dbias=dbias,
+            )
+            layer.weight.grad, layer.bias.grad = dweight, dbias
+        optimizer.step()
+        return float(loss)
 
 
 @autograd.no_grad()
@@ -124,6 +201,7 @@ def fit(
     verbose: int = 1,
     checkpoint=None,
     metadata: dict | None = None,
+    fused: bool = True,
 ) -> History:
     """Train ``model`` on ``train`` for a number of epochs of shuffled minibatches.
 
@@ -149,6 +227,9 @@ def fit(
         losses were finite.
     metadata : dict of str, optional
         Stored in the checkpoint (for example the dataset's name).
+    fused : bool
+        Use ``DenseStep`` (no autodiff graph, reused buffers; the same weights) when the model
+        and loss allow it; False always runs ``train_step``.
 
     Returns
     -------
@@ -182,21 +263,21 @@ def fit(
     history = History()
     last_good = None
     show_bar = verbose >= 1 and sys.stderr.isatty()
+    dense_step = DenseStep(model) if fused and DenseStep.supports(model, loss) else None
+    if dense_step is not None:  # the step's buffers become the parameters' gradients
+        optimizer.zero_grad()
+
+        def step_fn(xb, yb):
+            return dense_step(xb, yb, optimizer)
+    else:
+
+        def step_fn(xb, yb):
+            return train_step(model, xb, yb, loss, optimizer)
+
     for epoch in range(1, epochs + 1):
         try:
             record = _epoch(
-                model,
-                x,
-                y,
-                loss,
-                optimizer,
-                size,
-                generator,
-                epoch,
-                epochs,
-                steps,
-                show_bar,
-                last_good,
+                step_fn, x, y, size, generator, epoch, epochs, steps, show_bar, last_good
             )
         except KeyboardInterrupt:
             kept = (
@@ -218,9 +299,7 @@ def fit(
     return history
 
 
-def _epoch(
-    model, x, y, loss, optimizer, size, generator, epoch, epochs, steps, show_bar, last_good
-) -> dict:
+def _epoch(step_fn, x, y, size, generator, epoch, epochs, steps, show_bar, last_good) -> dict:
     """One pass over the shuffled data; returns the epoch's loss and timing record."""
     from tqdm.auto import tqdm
 
@@ -234,7 +313,7 @@ def _epoch(
         # and no 190 MB gather.
         order = batches(x, y, size, shuffle=size < len(y), rng=generator)
         for step, (xb, yb) in enumerate(order, 1):
-            value = train_step(model, xb, yb, loss, optimizer)
+            value = step_fn(xb, yb)
             if not math.isfinite(value):
                 raise FloatingPointError(_blow_up_message(value, epoch, step, xb, last_good))
             total += value * len(yb)
