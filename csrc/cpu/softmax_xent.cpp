@@ -35,16 +35,6 @@ void for_rows(int64_t rows, int64_t cols, F&& body) {
   });
 }
 
-// Σ_j exp(x_ij − m), computed and summed in double.
-template <class T>
-double row_expsum(const Matrix<const T>& x, int64_t i, T m) {
-  double s = 0.0;
-  for (int64_t j = 0; j < x.cols; ++j) {
-    s += std::exp(double(x(i, j)) - double(m));
-  }
-  return s;
-}
-
 // The shared body of both cross-entropy forms: row loss and dlogits for row i, where
 // target(j) gives the row's target weight (one-hot or soft, not necessarily summing to 1).
 template <class T, class Target>
@@ -89,9 +79,16 @@ template <class T>
 void softmax(Matrix<T> y, Matrix<const T> x) {
   for_rows(x.rows, x.cols, [&](int64_t i) {
     const T m = row_max(x, i);
-    const double inv = 1.0 / row_expsum<T>(x, i, m);
-    for (int64_t j = 0; j < x.cols; ++j)
-      y(i, j) = static_cast<T>(std::exp(double(x(i, j)) - double(m)) * inv);
+    // One exp per element in T, kept in y (which may be x itself: each element is read
+    // before it is written), summed in double, then scaled.
+    double s = 0.0;
+    for (int64_t j = 0; j < x.cols; ++j) {
+      const T e = std::exp(x(i, j) - m);
+      y(i, j) = e;
+      s += e;
+    }
+    const double inv = 1.0 / s;
+    for (int64_t j = 0; j < x.cols; ++j) y(i, j) = static_cast<T>(double(y(i, j)) * inv);
   });
 }
 
