@@ -74,7 +74,7 @@ def time_call(fn, min_time: float) -> float:
     A pause first lets the other library's worker threads, which spin for up to ~0.1 s after
     each call, go idle: otherwise each side starts on cores the other still holds.
     """
-    time.sleep(0.2)
+    time.sleep(0.5)
     fn()
     n, t = 1, 0.0
     while t < min_time:

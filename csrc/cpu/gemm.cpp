@@ -412,9 +412,11 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   // M blocks of balanced height (a multiple of MR). With at least two per thread, each
   // thread takes whole blocks and packs its own A ("ic" parallel); otherwise the threads
   // share one packed A block and split its tiles.
-  const int64_t m_blocks = ceil_div(M, MC);
+  const bool ic_parallel = nt > 1 && ceil_div(M, MC) >= 2 * nt;
+  // A whole number of blocks per thread: the threads meet at a barrier after every K block,
+  // so 8 blocks against 7 would leave one idle for a block's time.
+  const int64_t m_blocks = ic_parallel ? ceil_div(ceil_div(M, MC), nt) * nt : ceil_div(M, MC);
   const int64_t mc_size = ceil_div(ceil_div(M, m_blocks), MR) * MR;
-  const bool ic_parallel = nt > 1 && m_blocks >= 2 * nt;
   // A is read in place when few B panels would reuse a packed copy.
   const bool packed_a = ceil_div(std::min(N, NC), NR) > 2;
   // Skinny products whose whole op(B) fits in L2 (the MLP's X·W1ᵀ, H·W2ᵀ, dY·W2) take K in
