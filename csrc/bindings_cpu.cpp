@@ -264,9 +264,27 @@ void check_separate(const py::array& out, const char* out_name,
       value_error(std::string(out_name) + " overlaps " + name + "; pass a separate array");
 }
 
+// Row numbers of a minibatch inside x: an int64, 1-D, contiguous array of values in
+// [0, rows). Returns null for None; the batch size goes to *batch.
+const int64_t* row_index(const py::object& obj, int64_t rows, int64_t* batch) {
+  if (obj.is_none()) return nullptr;
+  py::array idx = as_ndarray(obj, "x_rows");
+  if (!idx.dtype().is(py::dtype::of<int64_t>()))
+    type_error("x_rows must be an int64 array of row numbers, got " + dtype_str(idx));
+  if (idx.ndim() != 1 || !(idx.flags() & py::array::c_style))
+    value_error("x_rows must be a contiguous 1-D array, got shape " + shape_str(idx));
+  const int64_t* p = static_cast<const int64_t*>(idx.data());
+  for (py::ssize_t i = 0; i < idx.shape(0); ++i)
+    if (p[i] < 0 || p[i] >= rows)
+      value_error("x_rows must lie in [0, " + std::to_string(rows) + ") (the rows of x), got " +
+                  std::to_string(p[i]) + " at index " + std::to_string(i));
+  *batch = idx.shape(0);
+  return p;
+}
+
 // ------------------------------------------------------------------ dense
 void dense_forward(const py::object& x_obj, const py::object& w_obj, const py::object& b_obj,
-                   py::object y_obj, const std::string& activation) {
+                   py::object y_obj, const std::string& activation, const py::object& rows_obj) {
   py::array x = as_ndarray(x_obj, "x"), w = as_ndarray(w_obj, "weight"),
             y = as_ndarray(y_obj, "out");
   py::array b = b_obj.is_none() ? py::array() : as_ndarray(b_obj, "bias");
@@ -283,15 +301,18 @@ void dense_forward(const py::object& x_obj, const py::object& w_obj, const py::o
                   " (weight is (out_features, in_features))");
     Vector<const T> bias{nullptr, W.rows, 1};
     if (!b_obj.is_none()) bias = in_vector<T>(b, "bias", W.rows);
-    Matrix<T> Y = out_matrix<T>(y, "out", X.rows, W.rows);
+    int64_t batch = X.rows;
+    const int64_t* rows = row_index(rows_obj, X.rows, &batch);
+    Matrix<T> Y = out_matrix<T>(y, "out", batch, W.rows);
     check_separate(y, "out", {{&x, "x"}, {&w, "weight"}, {b_obj.is_none() ? nullptr : &b, "bias"}});
     py::gil_scoped_release release;
-    cpu::dense_forward<T>(Y, X, W, bias, activation == "relu");
+    cpu::dense_forward<T>(Y, X, W, bias, activation == "relu", rows);
   });
 }
 
 void dense_backward(const py::object& dy_obj, const py::object& x_obj, const py::object& w_obj,
-                    py::object dx_obj, py::object dw_obj, py::object db_obj, bool accumulate) {
+                    py::object dx_obj, py::object dw_obj, py::object db_obj, bool accumulate,
+                    const py::object& rows_obj) {
   py::array dy = as_ndarray(dy_obj, "dy"), x = as_ndarray(x_obj, "x"),
             w = as_ndarray(w_obj, "weight"), dw = as_ndarray(dw_obj, "dweight");
   py::array dx = dx_obj.is_none() ? py::array() : as_ndarray(dx_obj, "dx");
@@ -303,17 +324,21 @@ void dense_backward(const py::object& dy_obj, const py::object& x_obj, const py:
     using T = decltype(zero);
     const Matrix<const T> dY = in_matrix<T>(dy, "dy"), X = in_matrix<T>(x, "x"),
                           W = in_matrix<T>(w, "weight");
-    if (X.cols != W.cols || dY.rows != X.rows || dY.cols != W.rows)
-      value_error("dense_backward: expected dy (B, out), x (B, in), weight (out, in); got dy " +
-                  shape_str(dy) + ", x " + shape_str(x) + ", weight " + shape_str(w));
+    int64_t batch = X.rows;
+    const int64_t* rows = row_index(rows_obj, X.rows, &batch);
+    if (X.cols != W.cols || dY.rows != batch || dY.cols != W.rows)
+      value_error("dense_backward: expected dy (B, out), x (B, in) (or x_rows of length B), "
+                  "weight (out, in); got dy " + shape_str(dy) + ", x " + shape_str(x) +
+                  (rows ? " with " + std::to_string(batch) + " x_rows" : std::string()) +
+                  ", weight " + shape_str(w));
     Matrix<T> dW = out_matrix<T>(dw, "dweight", W.rows, W.cols);
-    Matrix<T> dX{nullptr, X.rows, X.cols, X.cols, 1};
+    Matrix<T> dX{nullptr, batch, X.cols, X.cols, 1};
     Vector<T> dB{nullptr, W.rows, 1};
     const std::initializer_list<std::pair<const py::array*, const char*>> inputs = {
         {&dy, "dy"}, {&x, "x"}, {&w, "weight"}};
     check_separate(dw, "dweight", inputs);
     if (!dx_obj.is_none()) {
-      dX = out_matrix<T>(dx, "dx", X.rows, X.cols);
+      dX = out_matrix<T>(dx, "dx", batch, X.cols);
       check_separate(dx, "dx", inputs);
       check_separate(dx, "dx", {{&dw, "dweight"}});
     }
@@ -323,7 +348,7 @@ void dense_backward(const py::object& dy_obj, const py::object& x_obj, const py:
       check_separate(db, "dbias", {{&dw, "dweight"}, {dx_obj.is_none() ? nullptr : &dx, "dx"}});
     }
     py::gil_scoped_release release;
-    cpu::dense_backward<T>(dX, dW, dB, dY, X, W, accumulate);
+    cpu::dense_backward<T>(dX, dW, dB, dY, X, W, accumulate, rows);
   });
 }
 
@@ -647,10 +672,12 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("alpha"), py::arg("beta"),
         "out = alpha·op(a)·op(b) + beta·out (sgemm for float32, dgemm for float64).");
   m.def("dense_forward", &dense_forward, py::arg("x"), py::arg("weight"), py::arg("bias"), out,
-        py::arg("activation"), "out = act(x·weightᵀ + bias), act 'relu' or 'none'.");
+        py::arg("activation"), py::arg("x_rows") = py::none(),
+        "out = act(x[x_rows]·weightᵀ + bias), act 'relu' or 'none'.");
   m.def("dense_backward", &dense_backward, py::arg("dy"), py::arg("x"), py::arg("weight"),
         py::arg("dx"), py::arg("dweight"), py::arg("dbias"), py::arg("accumulate"),
-        "dx = dy·weight, dweight (+)= dyᵀ·x, dbias (+)= Σ_rows dy.");
+        py::arg("x_rows") = py::none(),
+        "dx = dy·weight, dweight (+)= dyᵀ·x[x_rows], dbias (+)= Σ_rows dy.");
   m.def("relu", &relu, py::arg("x"), out, "out = max(0, x), NaN kept.");
   m.def("relu_backward", &relu_backward, py::arg("dy"), py::arg("x"), out,
         "out = dy·[x > 0].");

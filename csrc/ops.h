@@ -29,16 +29,20 @@ void dgemm(bool trans_a, bool trans_b, double alpha, Matrix<const double> A,
 
 // Y[B,out] = act(X[B,in] · W[out,in]ᵀ + b[out]); act = relu or identity; b.data may be null.
 // One GEMM whose epilogue adds the bias and applies relu while the output tile is in cache.
+// x_rows (null, or B row numbers into X, checked by the binding): the minibatch X[x_rows] is
+// read in place, never gathered into a copy.
 template <class T>
 void dense_forward(Matrix<T> Y, Matrix<const T> X, Matrix<const T> W, Vector<const T> b,
-                   bool relu);
+                   bool relu, const int64_t* x_rows = nullptr);
 
 // dX[B,in] = dY·W, dW[out,in] = dYᵀ·X, db[out] = Σ_rows dY; dY has already been multiplied
 // by the activation's derivative. dX.data / db.data null: not computed. accumulate: dW and db
 // are added into (dX is always overwritten).
+// x_rows as in dense_forward: the layer's input was X[x_rows].
 template <class T>
 void dense_backward(Matrix<T> dX, Matrix<T> dW, Vector<T> db, Matrix<const T> dY,
-                    Matrix<const T> X, Matrix<const T> W, bool accumulate);
+                    Matrix<const T> X, Matrix<const T> W, bool accumulate,
+                    const int64_t* x_rows = nullptr);
 
 // "avx2+fma" where the CPU has AVX2 + FMA, else "portable"; force_portable is for testing.
 const char* gemm_isa();

@@ -265,3 +265,31 @@ def test_dense_backward_strided(rng, dtype, dy_view, x_view, w_view):
     ref.assert_within(dw, ref_dw, bdw, what="dweight")
     ref.assert_within(db, ref_db, bdb, what="dbias")
     assert np.isnan(db_storage[::2]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("n", "batch", "out"), [(50, 7, 5), (300, 128, 32), (40, 1, 784 // 8)])
+def test_minibatch_rows_read_in_place_equal_the_gathered_batch(rng, dtype, n, batch, out):
+    x = rng.standard_normal((n, 33)).astype(dtype)
+    w, b = rng.standard_normal((out, 33)).astype(dtype), rng.standard_normal(out).astype(dtype)
+    rows = rng.integers(0, n, batch).astype(np.int64)  # repeats allowed
+    dy = rng.standard_normal((batch, out)).astype(dtype)
+    for act in (None, "relu"):
+        np.testing.assert_array_equal(
+            ops.dense_forward(x, w, b, activation=act, rows=rows),
+            ops.dense_forward(x[rows], w, b, activation=act),
+        )
+    got = ops.dense_backward(dy, x, w, rows=rows)
+    want = ops.dense_backward(dy, x[rows], w)
+    for g, e in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_minibatch_rows_are_checked():
+    x, w = np.ones((5, 3), np.float32), np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"x_rows must lie in \[0, 5\).*got 5 at index 1"):
+        ops.dense_forward(x, w, rows=np.array([0, 5]))
+    with pytest.raises(TypeError, match="int64"):
+        ops.dense_forward(x, w, rows=np.array([0, 1], np.int32))
+    with pytest.raises(ValueError, match="x_rows of length B"):
+        ops.dense_backward(np.ones((3, 2), np.float32), x, w, rows=np.array([0, 1]))

@@ -72,7 +72,8 @@ bool use_avx2() { return cpu_has_avx2_fma() && !g_force_portable.load(std::memor
 // a packed panel being ars = 1, acs = MR), the packed B panel, and where it goes in C.
 template <class T>
 struct Tile {
-  const T* a;
+  const T* a;  // op(A)(row 0 of the tile, k 0); with rows: op(A)(0, k 0), rows from `rows`
+  const int64_t* rows;  // null, or the tile's physical row numbers in op(A) (a gathered batch)
   int64_t ars, acs;
   bool packed;  // a is a packed MR×kc panel (ars = 1, acs = MR)
   const T* b;  // KC×NR panel of op(B), row k at b + k*brs (packed: brs = NR)
@@ -110,7 +111,10 @@ void store_tile(const Tile<T>& t, const T* acc) {
 template <class T>
 void row_offsets(const Tile<T>& t, int64_t* off) {
   constexpr int64_t MR = Blocking<T>::MR;
-  for (int64_t r = 0; r < MR; ++r) off[r] = std::min(r, t.mr - 1) * t.ars;
+  for (int64_t r = 0; r < MR; ++r) {
+    const int64_t row = std::min(r, t.mr - 1);
+    off[r] = (t.rows ? t.rows[row] : row) * t.ars;
+  }
 }
 
 template <class T>
@@ -310,31 +314,37 @@ inline void run_tile(const Tile<T>& t, bool avx2) {
   microkernel_portable<T>(t);
 }
 
-// Packs rows [0, mr) × cols [0, kc) of op(A) (element (i, k) at a[i*ars + k*acs]) into one
-// MR-row panel, k-major inside (dst[k*MR + r]); rows past mr are zero. The loop runs along
-// the contiguous direction of the source.
+// Packs rows [0, mr) × cols [0, kc) of op(A) (element (r, k) at a[row(r)*ars + k*acs], row(r)
+// = rows[r] for a gathered batch, else r) into one MR-row panel, k-major inside
+// (dst[k*MR + r]); rows past mr are zero. The loop runs along the contiguous direction.
 template <class T>
-void pack_a_panel(T* __restrict dst, const T* a, int64_t ars, int64_t acs, int64_t mr,
-                  int64_t kc) {
+void pack_a_panel(T* __restrict dst, const T* a, const int64_t* rows, int64_t ars, int64_t acs,
+                  int64_t mr, int64_t kc) {
   constexpr int64_t MR = Blocking<T>::MR;
   if (mr < MR) std::fill(dst, dst + kc * MR, T(0));
+  int64_t off[MR];
+  for (int64_t r = 0; r < mr; ++r) off[r] = (rows ? rows[r] : r) * ars;
   if (ars == 1 || std::abs(ars) < std::abs(acs)) {
     for (int64_t k = 0; k < kc; ++k)
-      for (int64_t r = 0; r < mr; ++r) dst[k * MR + r] = a[r * ars + k * acs];
+      for (int64_t r = 0; r < mr; ++r) dst[k * MR + r] = a[off[r] + k * acs];
   } else {
     for (int64_t r = 0; r < mr; ++r)
-      for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = a[r * ars + k * acs];
+      for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = a[off[r] + k * acs];
   }
 }
 
 // Packs op(B) rows [0, kc) × cols [0, nr) (element (k, j) at b[k*brs + j*bcs]) into one
-// NR-wide panel, row by row (dst[k*NR + j]); columns past nr are zero.
+// NR-wide panel, row by row (dst[k*NR + j]); columns past nr are zero. With rows (a gathered
+// batch), row k is at b + rows[k]*brs instead.
 template <class T>
-void pack_b_panel(T* __restrict dst, const T* b, int64_t brs, int64_t bcs, int64_t nr,
-                  int64_t kc) {
+void pack_b_panel(T* __restrict dst, const T* b, const int64_t* rows, int64_t brs, int64_t bcs,
+                  int64_t nr, int64_t kc) {
   constexpr int64_t NR = Blocking<T>::NR;
   if (nr < NR) std::fill(dst, dst + kc * NR, T(0));
-  if (bcs == 1 && nr == NR) {
+  if (rows) {
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t j = 0; j < nr; ++j) dst[k * NR + j] = b[rows[k] * brs + j * bcs];
+  } else if (bcs == 1 && nr == NR) {
     for (int64_t k = 0; k < kc; ++k)  // a fixed-length loop the compiler turns into vector moves
       for (int64_t j = 0; j < NR; ++j) dst[k * NR + j] = b[k * brs + j];
   } else if (bcs == 1) {
@@ -348,16 +358,16 @@ void pack_b_panel(T* __restrict dst, const T* b, int64_t brs, int64_t bcs, int64
   }
 }
 
-// Packs rows [k0, k1) of a KC×nc block of op(B) whose rows are contiguous (b points at row
-// k0; row k at b + (k - k0)*brs) into all its NR-wide panels (panel p at dst + p*NR*kc),
-// zero-padding the last panel.
+// Packs rows [k0, k1) of a KC×nc block of op(B) whose rows are contiguous into all its
+// NR-wide panels (panel p at dst + p*NR*kc), zero-padding the last panel. b points at the
+// block's row 0; row k is at b + k*brs, or at b + rows[k]*brs for a gathered batch.
 template <class T>
-void pack_b_rows(T* __restrict dst, const T* b, int64_t brs, int64_t nc, int64_t kc, int64_t k0,
-                 int64_t k1) {
+void pack_b_rows(T* __restrict dst, const T* b, const int64_t* rows, int64_t brs, int64_t nc,
+                 int64_t kc, int64_t k0, int64_t k1) {
   constexpr int64_t NR = Blocking<T>::NR;
   const int64_t full = nc / NR, rest = nc - full * NR;
   for (int64_t k = k0; k < k1; ++k) {
-    const T* row = b + (k - k0) * brs;
+    const T* row = b + (rows ? rows[k] : k) * brs;
     for (int64_t p = 0; p < full; ++p)
       for (int64_t j = 0; j < NR; ++j) dst[p * NR * kc + k * NR + j] = row[p * NR + j];
     if (rest) {
@@ -396,7 +406,8 @@ T* thread_scratch(int slot, int64_t n) {
 
 template <class T>
 void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T> B, T beta,
-          Matrix<T> C, const Epilogue<T>* ep) {
+          Matrix<T> C, const Epilogue<T>* ep, const int64_t* a_rows = nullptr,
+          const int64_t* b_rows = nullptr) {
   using Blk = Blocking<T>;
   constexpr int64_t MR = Blk::MR, NR = Blk::NR, KC = Blk::KC, MC = Blk::MC, NC = Blk::NC;
   const int64_t M = C.rows, N = C.cols, K = trans_a ? A.rows : A.cols;
@@ -429,7 +440,7 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   // contiguous and hold whole panels: packing B would copy every element for at most MC/MR
   // uses. Each thread then packs its own copy of the small A block and keeps the same tiles
   // in every K block, so the K blocks need no barrier at all.
-  const bool direct_b = bcs == 1 && m_blocks == 1 && N % NR == 0;
+  const bool direct_b = bcs == 1 && m_blocks == 1 && N % NR == 0 && !b_rows;
   T* bp = direct_b ? nullptr : thread_scratch<T>(0, kc_max * nc_max);
   const bool own_ap = ic_parallel || direct_b;
   T* shared_ap = packed_a && !own_ap ? thread_scratch<T>(1, kc_max * mc_size) : nullptr;
@@ -451,13 +462,15 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           // Rows of B are contiguous: read each row once, left to right, into every panel.
 #pragma omp for schedule(static)
           for (int64_t k0 = 0; k0 < kc; k0 += 16)
-            pack_b_rows(bp, B.data + (pc + k0) * brs + jc, brs, nc, kc, k0, std::min(kc, k0 + 16));
+            pack_b_rows(bp, b_rows ? B.data + jc : B.data + pc * brs + jc,
+                        b_rows ? b_rows + pc : nullptr, brs, nc, kc, k0, std::min(kc, k0 + 16));
         } else {
 #pragma omp for schedule(static)
           for (int64_t p = 0; p < npanels; ++p) {
             const int64_t j = jc + p * NR;
-            pack_b_panel(bp + p * NR * kc, B.data + pc * brs + j * bcs, brs, bcs,
-                         std::min(NR, N - j), kc);
+            pack_b_panel(bp + p * NR * kc,
+                         b_rows ? B.data + j * bcs : B.data + pc * brs + j * bcs,
+                         b_rows ? b_rows + pc : nullptr, brs, bcs, std::min(NR, N - j), kc);
           }
         }
         // Runs tile (ip, jp) of the M block that starts at row ic.
@@ -465,12 +478,14 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           const int64_t i = ic + ip * MR, j = jc + jp * NR;
           Tile<T> t;
           t.packed = packed_a;
+          t.rows = nullptr;
           if (packed_a) {
             t.a = ap + ip * MR * kc;
             t.ars = 1;
             t.acs = MR;
           } else {
-            t.a = A.data + i * ars + pc * acs;
+            t.rows = a_rows ? a_rows + i : nullptr;
+            t.a = A.data + (a_rows ? 0 : i * ars) + pc * acs;
             t.ars = ars;
             t.acs = acs;
           }
@@ -490,8 +505,8 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
         };
         auto pack_a = [&](int64_t ic, int64_t p) {  // panel p of the M block at row ic
           const int64_t i = ic + p * MR;
-          pack_a_panel(ap + p * MR * kc, A.data + i * ars + pc * acs, ars, acs,
-                       std::min(MR, M - i), kc);
+          pack_a_panel(ap + p * MR * kc, A.data + (a_rows ? 0 : i * ars) + pc * acs,
+                       a_rows ? a_rows + i : nullptr, ars, acs, std::min(MR, M - i), kc);
         };
         if (ic_parallel) {
 #pragma omp for schedule(static)
@@ -553,17 +568,18 @@ void dgemm(bool trans_a, bool trans_b, double alpha, Matrix<const double> A,
 
 template <class T>
 void dense_forward(Matrix<T> Y, Matrix<const T> X, Matrix<const T> W, Vector<const T> b,
-                   bool relu) {
+                   bool relu, const int64_t* x_rows) {
   Epilogue<T> ep{b.data, b.inc, relu};
-  gemm<T>(false, true, T(1), X, W, T(0), Y, (b.data || relu) ? &ep : nullptr);
+  gemm<T>(false, true, T(1), X, W, T(0), Y, (b.data || relu) ? &ep : nullptr, x_rows);
 }
 
 template <class T>
 void dense_backward(Matrix<T> dX, Matrix<T> dW, Vector<T> db, Matrix<const T> dY,
-                    Matrix<const T> X, Matrix<const T> W, bool accumulate) {
+                    Matrix<const T> X, Matrix<const T> W, bool accumulate,
+                    const int64_t* x_rows) {
   const T beta = accumulate ? T(1) : T(0);
   if (dX.data) gemm<T>(false, false, T(1), dY, W, T(0), dX, nullptr);
-  gemm<T>(true, false, T(1), dY, X, beta, dW, nullptr);
+  gemm<T>(true, false, T(1), dY, X, beta, dW, nullptr, nullptr, x_rows);
   if (db.data) bias_grad<T>(db, dY, accumulate);
 }
 
@@ -620,14 +636,14 @@ double fma_loop(int64_t iterations) {
 }
 
 template void dense_forward<float>(Matrix<float>, Matrix<const float>, Matrix<const float>,
-                                   Vector<const float>, bool);
+                                   Vector<const float>, bool, const int64_t*);
 template void dense_forward<double>(Matrix<double>, Matrix<const double>, Matrix<const double>,
-                                    Vector<const double>, bool);
+                                    Vector<const double>, bool, const int64_t*);
 template void dense_backward<float>(Matrix<float>, Matrix<float>, Vector<float>,
                                     Matrix<const float>, Matrix<const float>, Matrix<const float>,
-                                    bool);
+                                    bool, const int64_t*);
 template void dense_backward<double>(Matrix<double>, Matrix<double>, Vector<double>,
                                      Matrix<const double>, Matrix<const double>,
-                                     Matrix<const double>, bool);
+                                     Matrix<const double>, bool, const int64_t*);
 
 }  // namespace fastnn::cpu

@@ -135,7 +135,7 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
     return out
 
 
-def dense_forward(x, weight, bias=None, *, activation=None, out=None):
+def dense_forward(x, weight, bias=None, *, activation=None, out=None, rows=None):
     """Fully connected layer ``y = act(x · weightᵀ + bias)`` in one pass.
 
     One GEMM whose epilogue adds the bias and applies the activation while each output tile
@@ -151,6 +151,9 @@ def dense_forward(x, weight, bias=None, *, activation=None, out=None):
         ``"relu"`` keeps NaN (NaN in, NaN out).
     out : ndarray, shape (B, out_features), optional
         Must not overlap the inputs.
+    rows : ndarray of int64, shape (B,), optional
+        Row numbers of a minibatch inside ``x`` (then of shape (N, in_features)): computes
+        the layer on ``x[rows]`` reading those rows in place, without gathering a copy.
 
     Returns
     -------
@@ -172,12 +175,13 @@ def dense_forward(x, weight, bias=None, *, activation=None, out=None):
     >>> fnn.ops.dense_forward(x, w, np.array([0.5, 0.0], np.float32), activation="relu")
     array([[0., 0.]], dtype=float32)
     """
-    native = native_for(x=x, weight=weight, bias=bias, out=out)
+    native = native_for(x=x, weight=weight, bias=bias, out=out, rows=rows)
     if activation not in (None, "relu"):
         raise ValueError(f"dense_forward: activation must be None or 'relu', got {activation!r}")
     if out is None:
-        out = np.empty((_shape2(x, "x")[0], _shape2(weight, "weight")[0]), dtype=x.dtype)
-    native.dense_forward(x, weight, bias, out, "none" if activation is None else activation)
+        batch = _shape2(x, "x")[0] if rows is None else len(rows)
+        out = np.empty((batch, _shape2(weight, "weight")[0]), dtype=x.dtype)
+    native.dense_forward(x, weight, bias, out, "none" if activation is None else activation, rows)
     return out
 
 
@@ -192,6 +196,7 @@ def dense_backward(
     dweight=None,
     dbias=None,
     accumulate=False,
+    rows=None,
 ):
     """Gradients of a fully connected layer ``y = x · weightᵀ + bias``.
 
@@ -213,6 +218,8 @@ def dense_backward(
     accumulate : bool
         Add into ``dweight`` and ``dbias`` (which must then be given) instead of overwriting
         them, as ``.grad`` accumulates in autodiff. ``dx`` is always overwritten.
+    rows : ndarray of int64, shape (B,), optional
+        As in ``dense_forward``: the layer's input was ``x[rows]``.
 
     Returns
     -------
@@ -227,16 +234,16 @@ def dense_backward(
     -----
     ``dbias`` sums in float64 over fixed chunks of rows combined in order.
     """
-    native = native_for(dy=dy, x=x, weight=weight, dx=dx, dweight=dweight, dbias=dbias)
+    native = native_for(dy=dy, x=x, weight=weight, dx=dx, dweight=dweight, dbias=dbias, rows=rows)
     if accumulate and (dweight is None or (need_dbias and dbias is None)):
         raise ValueError("dense_backward: accumulate=True needs dweight= (and dbias=) to add into")
-    rows, cols = _shape2(weight, "weight")
+    out_features, in_features = _shape2(weight, "weight")
     if dweight is None:
-        dweight = np.empty((rows, cols), dtype=weight.dtype)
+        dweight = np.empty((out_features, in_features), dtype=weight.dtype)
     if need_dx and dx is None:
-        dx = np.empty((_shape2(dy, "dy")[0], cols), dtype=weight.dtype)
+        dx = np.empty((_shape2(dy, "dy")[0], in_features), dtype=weight.dtype)
     if need_dbias and dbias is None:
-        dbias = np.empty((rows,), dtype=weight.dtype)
+        dbias = np.empty((out_features,), dtype=weight.dtype)
     native.dense_backward(
         dy,
         x,
@@ -245,6 +252,7 @@ def dense_backward(
         dweight,
         dbias if need_dbias else None,
         bool(accumulate),
+        rows,
     )
     return (dx if need_dx else None), dweight, (dbias if need_dbias else None)
 

@@ -93,11 +93,13 @@ class DenseStep:
             and all(a.out_features == b.in_features for a, b in itertools.pairwise(layers))
         )
 
-    def __call__(self, x, y, optimizer) -> float:
-        """One step on the minibatch (x, y); returns its loss before the update."""
+    def __call__(self, x, y, optimizer, rows=None) -> float:
+        """One step on the minibatch (x, y), or on (x[rows], y) when ``rows`` (int64 row
+        numbers) is given: the first layer then reads those rows of x in place, no gathered
+        copy. Returns the minibatch loss before the update."""
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)  # the layer's edge cast, as Dense.forward does
-        batch = len(x)
+        batch = len(x) if rows is None else len(rows)
         if batch not in self._buffers:
             shapes = [(batch, layer.out_features) for layer in self.layers]
             self._buffers[batch] = (
@@ -105,12 +107,17 @@ class DenseStep:
                 [np.empty(s, self.dtype) for s in shapes],
             )
         acts, grads = self._buffers[batch]
-        h = x
+        h, h_rows = x, rows
         for layer, relu, out in zip(self.layers, self.relu, acts, strict=True):
             ops.dense_forward(
-                h, layer.weight.data, layer.bias.data, activation="relu" if relu else None, out=out
+                h,
+                layer.weight.data,
+                layer.bias.data,
+                activation="relu" if relu else None,
+                out=out,
+                rows=h_rows,
             )
-            h = out
+            h, h_rows = out, None
         loss, _ = ops.softmax_cross_entropy(h, y, dlogits=grads[-1])
         for i in range(len(self.layers) - 1, -1, -1):
             layer, dy = self.layers[i], grads[i]
@@ -125,6 +132,7 @@ class DenseStep:
                 dx=grads[i - 1] if i else None,
                 dweight=dweight,
                 dbias=dbias,
+                rows=None if i else rows,
             )
             layer.weight.grad, layer.bias.grad = dweight, dbias
         optimizer.step()
@@ -264,20 +272,41 @@ def fit(
     last_good = None
     show_bar = verbose >= 1 and sys.stderr.isatty()
     dense_step = DenseStep(model) if fused and DenseStep.supports(model, loss) else None
-    if dense_step is not None:  # the step's buffers become the parameters' gradients
+    if dense_step is not None:
+        # Minibatches are row numbers: the first layer reads those rows of x in place, so no
+        # batch is ever gathered; the step's buffers become the parameters' gradients.
         optimizer.zero_grad()
+        data = x if x.dtype == dense_step.dtype else x.astype(dense_step.dtype)  # once
+        source = np.arange(n, dtype=np.int64)
 
-        def step_fn(xb, yb):
-            return dense_step(xb, yb, optimizer)
+        def step_fn(rows, yb):
+            return dense_step(data, yb, optimizer, rows=rows)
+
+        def inputs_of(rows):
+            return data[rows]
     else:
+        source = x
 
         def step_fn(xb, yb):
             return train_step(model, xb, yb, loss, optimizer)
 
+        def inputs_of(xb):
+            return xb
+
     for epoch in range(1, epochs + 1):
         try:
             record = _epoch(
-                step_fn, x, y, size, generator, epoch, epochs, steps, show_bar, last_good
+                step_fn,
+                inputs_of,
+                source,
+                y,
+                size,
+                generator,
+                epoch,
+                epochs,
+                steps,
+                show_bar,
+                last_good,
             )
         except KeyboardInterrupt:
             kept = (
@@ -299,8 +328,11 @@ def fit(
     return history
 
 
-def _epoch(step_fn, x, y, size, generator, epoch, epochs, steps, show_bar, last_good) -> dict:
-    """One pass over the shuffled data; returns the epoch's loss and timing record."""
+def _epoch(
+    step_fn, inputs_of, source, y, size, generator, epoch, epochs, steps, show_bar, last_good
+) -> dict:
+    """One pass over the shuffled data (``source``: the inputs, or their row numbers);
+    returns the epoch's loss and timing record."""
     from tqdm.auto import tqdm
 
     total, seen = 0.0, 0
@@ -311,11 +343,12 @@ def _epoch(step_fn, x, y, size, generator, epoch, epochs, steps, show_bar, last_
     try:
         # One batch of everything needs no shuffling (the mean over it does not depend on order)
         # and no 190 MB gather.
-        order = batches(x, y, size, shuffle=size < len(y), rng=generator)
+        order = batches(source, y, size, shuffle=size < len(y), rng=generator)
         for step, (xb, yb) in enumerate(order, 1):
             value = step_fn(xb, yb)
             if not math.isfinite(value):
-                raise FloatingPointError(_blow_up_message(value, epoch, step, xb, last_good))
+                message = _blow_up_message(value, epoch, step, inputs_of(xb), last_good)
+                raise FloatingPointError(message)
             total += value * len(yb)
             seen += len(yb)
             bar.update()
