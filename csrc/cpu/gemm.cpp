@@ -429,10 +429,13 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   const int64_t m_blocks = ic_parallel ? ceil_div(ceil_div(M, MC), nt) * nt : ceil_div(M, MC);
   const int64_t mc_size = ceil_div(ceil_div(M, m_blocks), MR) * MR;
   // A is read in place when few B panels would reuse a packed copy.
-  const bool packed_a = ceil_div(std::min(N, NC), NR) > 2;
+  // A gathered minibatch (a_rows) is always packed: its rows lie at random places, and
+  // packing reads each row front to back once, which the hardware prefetcher follows.
+  const bool packed_a = ceil_div(std::min(N, NC), NR) > 2 || a_rows != nullptr;
   // Skinny products whose whole op(B) fits in L2 (the MLP's X·W1ᵀ, H·W2ᵀ, dY·W2) take K in
   // one block: B is packed once and each C tile is written once, not once per K block.
-  const bool whole_k = !packed_a && K * ceil_div(N, NR) * NR * int64_t(sizeof(T)) <= (256 << 10);
+  const bool whole_k = (!packed_a || a_rows) &&
+                       K * ceil_div(N, NR) * NR * int64_t(sizeof(T)) <= (256 << 10);
   const int64_t kc_block = whole_k ? K : KC;
   const int64_t kc_max = std::min(kc_block, K);
   const int64_t nc_max = std::min(NC, ceil_div(N, NR) * NR);
