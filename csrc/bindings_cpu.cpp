@@ -729,6 +729,7 @@ PYBIND11_MODULE(_cpu, m) {
     d["gemm_isa"] = cpu::gemm_isa();
     d["openmp"] = cpu::openmp_enabled();
     d["num_threads"] = cpu::num_threads();
+    d["straggler_trips"] = cpu::straggler_trips();
     return d;
   });
 }

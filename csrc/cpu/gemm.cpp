@@ -549,12 +549,7 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
       }
     }
   };
-  if (nt > 1) {
-#pragma omp parallel num_threads(nt)
-    team_body();
-  } else {
-    team_body();  // small products skip the cost of starting a team
-  }
+  run_team(nt, 2.0 * M * N * K / 50e9, team_body);
 }
 
 }  // namespace

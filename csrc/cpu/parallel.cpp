@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// The process-wide kernel thread count (like torch.set_num_threads) and fork safety:
+// The process-wide kernel thread count (like torch.set_num_threads), the straggler guard
+// (parallel.h) and fork safety:
 // libgomp's thread pool does not survive fork(), so a child process runs the kernels
 // serially instead of hanging on a team that no longer exists.
 #include "cpu/parallel.h"
@@ -35,13 +36,49 @@ void run_serially_in_child() {
   return pthread_atfork(nullptr, nullptr, run_serially_in_child) == 0;
 }();
 
+// Kernel calls left to run on one thread after a straggling team. The count backs off:
+// it doubles (to 4096 calls, about a second of training) while teams keep straggling, a
+// sustained load, and halves (to 64) with each team that does not: a lone hiccup of a
+// shared machine costs little.
+std::atomic<int64_t> g_solo_calls{0};
+std::atomic<int64_t> g_solo_backoff{64};
+constexpr int64_t kMinSolo = 64, kMaxSolo = 4096;
+std::atomic<int64_t> g_straggler_trips{0};  // how often the guard has tripped (show_config)
+// A region is straggling when it took over 1 ms and over 20× what its work needs.
+constexpr double kStraggleSeconds = 1e-3, kStraggleFactor = 20.0;
 }  // namespace
 
 int num_threads() { return g_threads.load(std::memory_order_relaxed); }
 
 // A forked child stays serial: a team started there would wait for the parent's pool threads,
 // which fork() did not copy.
-void set_num_threads(int n) { g_threads.store(g_forked_child.load() ? 1 : std::max(1, n)); }
+void set_num_threads(int n) {
+  g_threads.store(g_forked_child.load() ? 1 : std::max(1, n));
+  g_solo_calls.store(0);  // an explicit request starts with a clean slate
+}
+
+bool team_allowed() {
+  if (g_solo_calls.load(std::memory_order_relaxed) <= 0) return true;
+  g_solo_calls.fetch_sub(1, std::memory_order_relaxed);
+  return false;
+}
+
+void team_finished(double seconds, double solo_seconds, int threads) {
+  // The first regions start the pool's threads and fault in scratch memory: not stragglers.
+  static std::atomic<int> g_regions{0};
+  if (g_regions.fetch_add(1, std::memory_order_relaxed) < 2) return;
+  const double needed = solo_seconds / threads;
+  const int64_t backoff = g_solo_backoff.load(std::memory_order_relaxed);
+  if (seconds > kStraggleSeconds && seconds > kStraggleFactor * needed) {
+    g_solo_calls.store(backoff, std::memory_order_relaxed);
+    g_solo_backoff.store(std::min(kMaxSolo, 2 * backoff), std::memory_order_relaxed);
+    g_straggler_trips.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    g_solo_backoff.store(std::max(kMinSolo, backoff / 2), std::memory_order_relaxed);
+  }
+}
+
+int64_t straggler_trips() { return g_straggler_trips.load(); }
 
 bool openmp_enabled() {
 #ifdef FASTNN_OPENMP

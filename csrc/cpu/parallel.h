@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 
 #include "common.h"
@@ -15,12 +16,39 @@ int num_threads();                 // threads a large kernel uses (>= 1)
 void set_num_threads(int n);       // n >= 1 (the bindings check it); 1 in a forked child
 bool openmp_enabled();             // built with OpenMP?
 
+// Straggler guard. On a busy machine the OS parks one of a team's threads for a scheduler
+// slice (milliseconds), and every barrier waits for it: a 50 µs product takes 2 ms. A team
+// whose region took far longer than its work explains (team_finished) makes the following
+// kernels run on one thread for a while (team_allowed() false), after which a team is tried
+// again. Results do not change: the work is cut the same way for any thread count.
+// solo_seconds: what the region's work takes one thread at a modest rate.
+bool team_allowed();
+void team_finished(double seconds, double solo_seconds, int threads);
+int64_t straggler_trips();  // times the guard has tripped in this process
+
 // Threads worth starting for `work` units (roughly flops or bytes): 1 below ~64k units per
-// thread, where waking a team costs more than it saves.
+// thread, where waking a team costs more than it saves, and 1 while the guard holds.
 inline int threads_for(double work) {
   constexpr double kMinWorkPerThread = 65536.0;
   int by_work = static_cast<int>(work / kMinWorkPerThread);
-  return std::max(1, std::min(num_threads(), by_work));
+  const int nt = std::max(1, std::min(num_threads(), by_work));
+  return nt > 1 && !team_allowed() ? 1 : nt;
+}
+
+// Runs team_body on `threads` threads (or directly when 1) and reports the region's duration
+// to the straggler guard; solo_seconds is the work's time on one thread at a modest rate
+// (gemm: flops / 50e9; elementwise: units / 2e9). team_body holds the worksharing loops.
+template <class F>
+void run_team(int threads, double solo_seconds, F&& team_body) {
+  if (threads <= 1) {
+    team_body();  // no team at all: starting one costs about a microsecond even for one thread
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads)
+  team_body();
+  const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+  team_finished(dt.count(), solo_seconds, threads);
 }
 
 // body(begin, end) over [0, n) in chunks of `grain` items; chunks run in parallel when the
@@ -30,12 +58,10 @@ void parallel_for(int64_t n, int64_t grain, double cost_per_item, F&& body) {
   if (n <= 0) return;
   const int64_t chunks = ceil_div(n, grain);
   const int nt = static_cast<int>(std::min<int64_t>(threads_for(n * cost_per_item), chunks));
-  if (nt <= 1) {  // no team at all: starting one costs about a microsecond even for one thread
+  run_team(nt, n * cost_per_item / 2e9, [&] {
+#pragma omp for schedule(static)
     for (int64_t c = 0; c < chunks; ++c) body(c * grain, std::min(n, (c + 1) * grain));
-    return;
-  }
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) body(c * grain, std::min(n, (c + 1) * grain));
+  });
 }
 
 }  // namespace fastnn::cpu
