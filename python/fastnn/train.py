@@ -277,13 +277,22 @@ def fit(
         # batch is ever gathered; the step's buffers become the parameters' gradients.
         optimizer.zero_grad()
         data = x if x.dtype == dense_step.dtype else x.astype(dense_step.dtype)  # once
-        source = np.arange(n, dtype=np.int64)
+        if size < n:  # shuffled minibatches: pass row numbers
+            source = np.arange(n, dtype=np.int64)
 
-        def step_fn(rows, yb):
-            return dense_step(data, yb, optimizer, rows=rows)
+            def step_fn(rows, yb):
+                return dense_step(data, yb, optimizer, rows=rows)
 
-        def inputs_of(rows):
-            return data[rows]
+            def inputs_of(rows):
+                return data[rows]
+        else:  # one batch of everything, in order: the data itself
+            source = data
+
+            def step_fn(xb, yb):
+                return dense_step(xb, yb, optimizer)
+
+            def inputs_of(xb):
+                return xb
     else:
         source = x
 
