@@ -12,33 +12,8 @@ import os
 import platform
 import sys
 
-from fastnn import cuda, data, init, io, losses, ops, optim
-from fastnn.autograd import (
-    Tensor,
-    clamp,
-    concatenate,
-    cos,
-    dense,
-    detach,
-    enable_grad,
-    exp,
-    gradcheck,
-    gradient,
-    is_grad_enabled,
-    log,
-    matmul,
-    mean,
-    no_grad,
-    relu,
-    reshape,
-    sigmoid,
-    sin,
-    softmax,
-    stack,
-    sum,
-    tanh,
-    transpose,
-)
+from fastnn import autograd, cuda, data, init, io, losses, ops, optim
+from fastnn.autograd import *  # noqa: F403  (the public ops; autograd.__all__ lists them)
 from fastnn.backend import _cpu, get_num_threads, set_num_threads
 from fastnn.nn import Dense, Flatten, Module, ReLU, Sequential, Softmax, forward
 from fastnn.train import evaluate, fit, train_step
@@ -46,51 +21,28 @@ from fastnn.train import evaluate, fit, train_step
 __version__ = _cpu.config()["version"]
 
 __all__ = [
+    *autograd.__all__,
     "Dense",
     "Flatten",
     "Module",
     "ReLU",
     "Sequential",
     "Softmax",
-    "Tensor",
     "__version__",
-    "clamp",
-    "concatenate",
-    "cos",
     "cuda",
     "data",
-    "dense",
-    "detach",
-    "enable_grad",
     "evaluate",
-    "exp",
     "fit",
     "forward",
     "get_num_threads",
-    "gradcheck",
-    "gradient",
     "init",
     "io",
-    "is_grad_enabled",
-    "log",
     "losses",
-    "matmul",
-    "mean",
-    "no_grad",
     "ops",
     "optim",
-    "relu",
-    "reshape",
     "set_num_threads",
     "show_config",
-    "sigmoid",
-    "sin",
-    "softmax",
-    "stack",
-    "sum",
-    "tanh",
     "train_step",
-    "transpose",
 ]
 
 
