@@ -15,6 +15,7 @@
 //   sgd_update<T>, momentum_update<T>, adam_update<T>      as csrc/ops.h
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -439,20 +440,20 @@ class Options {
   explicit Options(const py::kwargs& kw) : kw_(kw) {}
   template <class V>
   V get(const char* key, V fallback) {
-    if (!kw_.contains(key)) return fallback;
-    ++used_;
-    return kw_[key].template cast<V>();
+    known_.push_back(key);
+    return kw_.contains(key) ? kw_[key].template cast<V>() : fallback;
   }
   void done() const {
-    if (used_ == kw_.size()) return;
-    std::string keys;
-    for (const auto& item : kw_) keys += (keys.empty() ? "" : ", ") + py::str(item.first).cast<std::string>();
-    type_error("unexpected keyword arguments among: " + keys);
+    for (const auto& item : kw_) {
+      const std::string key = py::str(item.first).cast<std::string>();
+      if (std::find(known_.begin(), known_.end(), key) == known_.end())
+        type_error("unexpected keyword argument '" + key + "'");
+    }
   }
 
  private:
   const py::kwargs& kw_;
-  size_t used_ = 0;
+  std::vector<std::string> known_;
 };
 
 }  // namespace fastnn::bind
