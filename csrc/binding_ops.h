@@ -15,7 +15,6 @@
 //   sgd_update<T>, momentum_update<T>, adam_update<T>      as csrc/ops.h
 #pragma once
 
-#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -254,7 +253,7 @@ void with_label_type(const py::array& labels, F&& f) {
 template <class Dev>
 void softmax_cross_entropy(const Dev& dev, const py::object& logits_obj,
                            const py::object& target_obj, py::object loss_obj,
-                           py::object dlogits_obj) {
+                           py::object dlogits_obj, bool check_labels) {
   py::array logits = dev.array(logits_obj, "logits"), target = dev.array(target_obj, "labels"),
             loss = dev.array(loss_obj, "loss");
   py::array dlogits = dlogits_obj.is_none() ? py::array() : dev.array(dlogits_obj, "dlogits");
@@ -282,7 +281,7 @@ void softmax_cross_entropy(const Dev& dev, const py::object& logits_obj,
       if (target.ndim() != 1 || target.shape(0) != X.rows)
         value_error("labels must have shape (" + std::to_string(X.rows) +
                     ",) to match logits " + shape_str(logits) + ", got " + shape_str(target));
-      dev.template xent_labels<T>(L, D, X, target);
+      dev.template xent_labels<T>(L, D, X, target, check_labels);
     } else if (tk == 'f') {
       if (target.ndim() != 2)  // float class indices: never truncated to integers
         type_error("labels must have an integer dtype for class indices, got " +
@@ -352,7 +351,7 @@ void adam_update(const Dev& dev, const py::list& params, const py::list& grads,
 
 // Registers every kernel binding of one Dev on module m, with the argument names ops.py uses.
 // Each call ends with **options, turned into the Dev by Dev::from(options): the CUDA module
-// reads `stream` (and `check_labels`) there; unknown options are a TypeError.
+// reads `stream` there; unknown options are a TypeError.
 template <class Dev>
 void def_ops(py::module_& m) {
   using Obj = const py::object&;
@@ -402,12 +401,14 @@ void def_ops(py::module_& m) {
       py::arg("dy"), py::arg("y"), out, "out = y ⊙ (dy − Σ_row dy ⊙ y).");
   m.def(
       "softmax_cross_entropy",
-      [](Obj logits, Obj labels, Obj loss, Obj d, Kw kw) {
-        softmax_cross_entropy(Dev::from(kw), logits, labels, loss, d);
+      [](Obj logits, Obj labels, Obj loss, Obj d, bool check_labels, Kw kw) {
+        softmax_cross_entropy(Dev::from(kw), logits, labels, loss, d, check_labels);
       },
       py::arg("logits"), py::arg("labels"), py::arg("loss"), py::arg("dlogits"),
-      "loss[()] = mean cross-entropy; dlogits = (softmax − onehot)/B when not None. Option "
-      "check_labels=False skips the range check where it costs a device sync (CUDA).");
+      py::arg("check_labels") = true,
+      "loss[()] = mean cross-entropy; dlogits = (softmax − onehot)/B when not None. "
+      "check_labels=False skips the label range check where it costs a device sync (CUDA; "
+      "the CPU always checks).");
   m.def(
       "sgd_update",
       [](const py::list& p, const py::list& g, double lr, double wd, Kw kw) {
@@ -435,25 +436,30 @@ void def_ops(py::module_& m) {
 }
 
 // Reads the options a Dev understands out of **kwargs; any other key is a TypeError.
+// Costs next to nothing when no options are given (the CPU's hot path).
 class Options {
  public:
   explicit Options(const py::kwargs& kw) : kw_(kw) {}
   template <class V>
   V get(const char* key, V fallback) {
-    known_.push_back(key);
-    return kw_.contains(key) ? kw_[key].template cast<V>() : fallback;
+    if (kw_.empty() || !kw_.contains(key)) return fallback;
+    ++found_;
+    return kw_[key].template cast<V>();
   }
-  void done() const {
+  // Call after the get()s, with the keys they asked for.
+  void done(std::initializer_list<const char*> known) const {
+    if (size_t(found_) == kw_.size()) return;
     for (const auto& item : kw_) {
       const std::string key = py::str(item.first).cast<std::string>();
-      if (std::find(known_.begin(), known_.end(), key) == known_.end())
-        type_error("unexpected keyword argument '" + key + "'");
+      bool ok = false;
+      for (const char* k : known) ok = ok || key == k;
+      if (!ok) type_error("unexpected keyword argument '" + key + "'");
     }
   }
 
  private:
   const py::kwargs& kw_;
-  std::vector<std::string> known_;
+  int found_ = 0;
 };
 
 }  // namespace fastnn::bind

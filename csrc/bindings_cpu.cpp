@@ -49,12 +49,9 @@ void read_labels(const py::array& labels, int64_t classes, std::vector<int64_t>&
 
 // The CPU device of binding_ops.h: NumPy arrays, host memory, the GIL released per kernel.
 struct CpuDev {
-  // Options: check_labels is accepted for symmetry with CUDA and ignored (the CPU always
-  // checks labels: it costs no device sync here).
+  // No options (the CUDA module's `stream` has no meaning here).
   static CpuDev from(const py::kwargs& kw) {
-    Options o(kw);
-    o.get<bool>("check_labels", true);
-    o.done();
+    Options(kw).done({});
     return {};
   }
   py::array array(const py::handle& obj, const char* name) const { return as_ndarray(obj, name); }
@@ -132,7 +129,9 @@ struct CpuDev {
     cpu::softmax_backward<T>(dx, dy, y);
   }
   template <class T>
-  void xent_labels(T* loss, Matrix<T> d, Matrix<const T> x, const py::array& target) const {
+  // check_labels is ignored: the CPU always checks (it costs no device sync here).
+  void xent_labels(T* loss, Matrix<T> d, Matrix<const T> x, const py::array& target,
+                   bool /*check_labels*/) const {
     std::vector<int64_t> labels(static_cast<size_t>(x.rows));
     with_label_type(target, [&](auto type) {
       read_labels<decltype(type)>(target, x.cols, labels);

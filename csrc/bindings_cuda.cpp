@@ -58,14 +58,12 @@ cudaStream_t stream_of(uintptr_t s) {
 // The CUDA device of binding_ops.h.
 class CudaDev {
  public:
-  // Options: stream (a cudaStream_t as an int; 0, the default, is the legacy default stream)
-  // and check_labels (default True).
+  // Option: stream (a cudaStream_t as an int; 0, the default, is the legacy default stream).
   static CudaDev from(const py::kwargs& kw) {
     Options o(kw);
     CudaDev d;
     d.stream_ = reinterpret_cast<cudaStream_t>(o.get<uintptr_t>("stream", 0));
-    d.check_labels_ = o.get<bool>("check_labels", true);
-    o.done();
+    o.done({"stream"});
     return d;
   }
 
@@ -189,7 +187,8 @@ class CudaDev {
     launch([&] { cu::softmax_backward<T>(dx, dy, y, stream_); });
   }
   template <class T>
-  void xent_labels(T* loss, Matrix<T> d, Matrix<const T> x, const py::array& target) const {
+  void xent_labels(T* loss, Matrix<T> d, Matrix<const T> x, const py::array& target,
+                   bool check_labels) const {
     // The kernel reads labels[i] at a byte stride: it must be a whole number of items.
     const int64_t stride = elem_stride(target, 0, "labels") * target.itemsize();
     check_aligned(target, "labels");
@@ -197,7 +196,7 @@ class CudaDev {
     with_label_type(target, [&](auto type) {
       using I = decltype(type);
       const I* labels = static_cast<const I*>(target.data());
-      if (check_labels_) {
+      if (check_labels) {
         int64_t bad;
         {
           py::gil_scoped_release release;
@@ -299,7 +298,6 @@ class CudaDev {
   }
 
   cudaStream_t stream_ = nullptr;
-  bool check_labels_ = true;
   mutable std::vector<Seen> seen_;
   mutable bool ready_ = false;
 };

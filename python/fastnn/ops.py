@@ -511,7 +511,7 @@ def softmax_cross_entropy(logits, labels, *, compute_grad=True, dlogits=None, ch
     if compute_grad and dlogits is None:
         dlogits = empty(shape, like=logits)
     native.softmax_cross_entropy(
-        logits, labels, loss, dlogits if compute_grad else None, check_labels=bool(check_labels)
+        logits, labels, loss, dlogits if compute_grad else None, bool(check_labels)
     )
     return loss, (dlogits if compute_grad else None)
 
