@@ -68,15 +68,16 @@ __device__ __forceinline__ void store(const Problem<T>& p, int64_t m, int64_t n,
   at(p.c_out, m, n) = v;
 }
 
-template <class T_, int BM_, int BN_, int BK_, int TM_, int TN_>
+template <class T_, int BM_, int BN_, int BK_, int TM_, int TN_, int MIN_BLOCKS_ = 1>
 struct Config {
   using T = T_;
   static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_;
+  static constexpr int MIN_BLOCKS = MIN_BLOCKS_;  // per SM: caps registers at 65536 / (NT·MIN_BLOCKS)
   static constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
   static constexpr int PAD = kVec<T>;  // keeps rows 16-byte aligned, shifts banks
   static_assert(TM % 2 == 0 && TN % 2 == 0, "register tiles are split in two halves");
 };
-using BigF = Config<float, 128, 128, 8, 8, 8>;   // 256 threads, 64 accumulators each
+using BigF = Config<float, 128, 128, 8, 8, 8, 2>;  // 256 threads, 64 accumulators each
 using SmallF = Config<float, 64, 64, 16, 4, 4>;  // 256 threads, for outputs with few tiles
 using BigD = Config<double, 64, 64, 16, 4, 4>;
 
@@ -163,7 +164,7 @@ __device__ __forceinline__ int frag_pos(int t, int i) {
 }
 
 template <class C, bool A_KMAJOR, bool B_KMAJOR, bool VEC>
-__global__ void __launch_bounds__(C::NT) gemm_kernel(const Problem<typename C::T> p) {
+__global__ void __launch_bounds__(C::NT, C::MIN_BLOCKS) gemm_kernel(const Problem<typename C::T> p) {
   using T = typename C::T;
   constexpr int BM = C::BM, BN = C::BN, BK = C::BK, TM = C::TM, TN = C::TN;
   __shared__ __align__(16) T As[2][BK][BM + C::PAD];
