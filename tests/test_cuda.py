@@ -723,6 +723,14 @@ def test_ops_on_cuda_arrays_without_a_gpu_raise_runtime_error():
         ops.relu(Fake(o(3)), out=Fake(o(3)))
 
 
+@needs_cuda_build
+def test_cuda_outputs_need_cupy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` now raises ImportError
+    with pytest.raises(RuntimeError, match="CuPy") as info:
+        ops.relu(Fake(o(3)))
+    assert "cupy-cuda13x" in str(info.value) and "cupy-cuda12x" in str(info.value)
+
+
 def test_numpy_and_cuda_arrays_do_not_mix():
     with pytest.raises(ValueError, match="same device"):
         ops.gemm(Fake(o(2, 3)), o(3, 2))
