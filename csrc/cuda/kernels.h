@@ -64,8 +64,9 @@ template <class T>
 void copy(Matrix<T> dst, Matrix<const T> src, cudaStream_t stream);
 
 // ----------------------------------------------------------- softmax_xent.cu
-// One warp per row; row max (NaN kept), exp in T, sums in double, warp shuffles in a fixed
-// pattern; the batch loss is a fixed-order sum of row losses. y may be x itself in softmax.
+// A thread per row up to 32 columns, a warp per row beyond; row max (NaN kept), exp in T,
+// sums in double, warp shuffles in a fixed pattern; the batch loss is a fixed-order sum of row
+// losses. y may be x itself in softmax.
 template <class T>
 void softmax(Matrix<T> y, Matrix<const T> x, cudaStream_t stream);
 template <class T>

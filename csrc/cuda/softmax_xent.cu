@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: MIT
 // CUDA twins of cpu/softmax_xent.cpp: row-wise softmax, its backward, and the fused softmax +
-// cross-entropy with its gradient (Bridle 1990; Goodfellow et al. 2016, §6.2.2.3). One warp
-// per row: lanes stride over the row's columns, then combine with a butterfly of shuffles
-// (every lane ends with the same value, and the pattern is fixed, so results are bitwise
-// repeatable). Each row subtracts its maximum before exp, which runs in the input's
-// precision; sums run in double. The batch loss is a fixed-order sum of row losses in one
-// block: no atomics on floats anywhere.
+// cross-entropy with its gradient (Bridle 1990; Goodfellow et al. 2016, §6.2.2.3). L lanes
+// per row: rows of more than 32 columns get a warp (L = 32), whose lanes stride over the
+// columns and then combine with a butterfly of shuffles (every lane ends with the same value,
+// and the pattern is fixed, so results are bitwise repeatable); narrower rows (the MLP's 10
+// classes) get one thread each (L = 1), which walks its row in order as the CPU does, so that
+// a warp has 32 rows' loads in flight instead of one. Each row subtracts its maximum before
+// exp, which runs in the input's precision; sums run in double. The batch loss is a
+// fixed-order sum of row losses in one block: no atomics on floats anywhere.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -18,8 +20,8 @@ namespace fastnn::cuda {
 namespace {
 
 constexpr int kWarp = 32;
-constexpr int kRowsPerBlock = 8;  // warps per block
-constexpr int kThreads = kWarp * kRowsPerBlock;
+constexpr int kThreads = 256;
+constexpr int64_t kThreadPerRowUpTo = 32;  // columns; wider rows get a warp each
 
 // max that propagates NaN: NaN anywhere makes the row's max NaN (as NumPy and the CPU).
 template <class T>
@@ -27,59 +29,62 @@ __device__ __forceinline__ T nan_max(T a, T b) {
   return (b > a || b != b) ? b : a;
 }
 
-template <class T>
-__device__ T warp_max(T v) {
+// Combines the L lanes of a row (L = 1: nothing to do; L = 32: the whole warp, which runs
+// the loops below in step, so that every lane reaches every shuffle).
+template <int L, class T>
+__device__ T group_max(T v) {
 #pragma unroll
-  for (int off = kWarp / 2; off > 0; off /= 2) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, off));
+  for (int off = L / 2; off > 0; off /= 2) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, off));
   return v;
 }
 
-__device__ double warp_sum(double v) {
+template <int L>
+__device__ double group_sum(double v) {
 #pragma unroll
-  for (int off = kWarp / 2; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  for (int off = L / 2; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
   return v;
 }
 
-template <class T>
+template <int L, class T>
 __device__ T row_max(const Matrix<const T>& x, int64_t i, int lane) {
   T m = -std::numeric_limits<T>::infinity();
-  for (int64_t j = lane; j < x.cols; j += kWarp) m = nan_max(m, at(x, i, j));
-  return warp_max(m);
+  for (int64_t j = lane; j < x.cols; j += L) m = nan_max(m, at(x, i, j));
+  return group_max<L>(m);
 }
 
 __device__ __forceinline__ float exp_t(float v) { return expf(v); }
 __device__ __forceinline__ double exp_t(double v) { return exp(v); }
 
-// The rows handled by this warp: i = warp id, then grid-stride.
-#define FOR_EACH_ROW(i, rows)                                                                 \
-  for (int64_t i = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp; i < (rows);   \
-       i += int64_t(gridDim.x) * kRowsPerBlock)
+// The rows of this thread's group of L lanes: i = group number, then grid-stride. For
+// L = 32 the group is a warp and the loop is the same for all its lanes.
+#define FOR_EACH_ROW(i, rows)                                                                  \
+  const int lane = int(threadIdx.x) % L;                                                      \
+  for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / L; i < (rows);          \
+       i += int64_t(gridDim.x) * blockDim.x / L)
 
-template <class T>
+template <int L, class T>
 __global__ void softmax_kernel(Matrix<T> y, Matrix<const T> x) {  // y may be x: no restrict
-  const int lane = threadIdx.x % kWarp;
   FOR_EACH_ROW(i, x.rows) {
-    const T m = row_max(x, i, lane);
+    const T m = row_max<L>(x, i, lane);
     double s = 0.0;
-    for (int64_t j = lane; j < x.cols; j += kWarp) {  // each lane reads, then writes, its own j
+    for (int64_t j = lane; j < x.cols; j += L) {  // each lane reads, then writes, its own j
       const T e = exp_t(at(x, i, j) - m);
       at(y, i, j) = e;
       s += e;
     }
-    const double inv = 1.0 / warp_sum(s);
-    for (int64_t j = lane; j < x.cols; j += kWarp)
+    const double inv = 1.0 / group_sum<L>(s);
+    for (int64_t j = lane; j < x.cols; j += L)
       at(y, i, j) = static_cast<T>(double(at(y, i, j)) * inv);
   }
 }
 
-template <class T>
+template <int L, class T>
 __global__ void softmax_backward_kernel(Matrix<T> dx, Matrix<const T> dy, Matrix<const T> y) {
-  const int lane = threadIdx.x % kWarp;
   FOR_EACH_ROW(i, y.rows) {
     double dot = 0.0;
-    for (int64_t j = lane; j < y.cols; j += kWarp) dot += double(at(dy, i, j)) * double(at(y, i, j));
-    dot = warp_sum(dot);
-    for (int64_t j = lane; j < y.cols; j += kWarp)
+    for (int64_t j = lane; j < y.cols; j += L) dot += double(at(dy, i, j)) * double(at(y, i, j));
+    dot = group_sum<L>(dot);
+    for (int64_t j = lane; j < y.cols; j += L)
       at(dx, i, j) = static_cast<T>(double(at(y, i, j)) * (double(at(dy, i, j)) - dot));
   }
 }
@@ -112,59 +117,57 @@ struct SoftTarget {
 // Row i's loss Σ_j t_j (logsumexp − x_j) and, when d.data, d = (softmax · Σ_j t_j − t) · scale,
 // as cpu/softmax_xent.cpp's xent_row; target(j) gives t_j (0 or 1 for a label). Returns the
 // row loss in every lane.
-template <class T, class Target>
+template <int L, class T, class Target>
 __device__ double xent_row(const Matrix<const T>& x, const Matrix<T>& d, int64_t i, int lane,
                            double scale, Target target) {
-  const T m = row_max(x, i, lane);
+  const T m = row_max<L>(x, i, lane);
   double s = 0.0, mass = 0.0;
-  for (int64_t j = lane; j < x.cols; j += kWarp) {
+  for (int64_t j = lane; j < x.cols; j += L) {
     const T e = exp_t(at(x, i, j) - m);
     if (d.data) at(d, i, j) = e;  // kept until the sum is known
     s += e;
     mass += target(j);
   }
-  s = warp_sum(s);
-  mass = warp_sum(mass);
+  s = group_sum<L>(s);
+  mass = group_sum<L>(mass);
   const double log_s = log(s);
   const double p_scale = mass / s;
   double loss = 0.0;
-  for (int64_t j = lane; j < x.cols; j += kWarp) {
+  for (int64_t j = lane; j < x.cols; j += L) {
     const double t = target(j);
     const double z = double(at(x, i, j)) - double(m);  // x − max, exact in double
     if (t != 0.0) loss += t * (log_s - z);
     if (d.data) at(d, i, j) = static_cast<T>((double(at(d, i, j)) * p_scale - t) * scale);
   }
-  return warp_sum(loss);
+  return group_sum<L>(loss);
 }
 
-template <class T, class I>
+template <int L, class T, class I>
 __global__ void xent_labels_kernel(double* __restrict__ row_loss, Matrix<T> d, Matrix<const T> x,
                                    LabelTarget<I> labels, double scale) {
-  const int lane = threadIdx.x % kWarp;
   FOR_EACH_ROW(i, x.rows) {
     const int64_t label = labels.label(i, x.cols);
     double loss;
     if (label < 0) {  // unchecked call with a bad label: the row says so with NaN
       const T nan = std::numeric_limits<T>::quiet_NaN();
       if (d.data)
-        for (int64_t j = lane; j < x.cols; j += kWarp) at(d, i, j) = nan;
+        for (int64_t j = lane; j < x.cols; j += L) at(d, i, j) = nan;
       loss = std::numeric_limits<double>::quiet_NaN();
     } else {
-      loss = xent_row(x, d, i, lane, scale,
-                      [label](int64_t j) { return j == label ? 1.0 : 0.0; });
+      loss = xent_row<L>(x, d, i, lane, scale,
+                         [label](int64_t j) { return j == label ? 1.0 : 0.0; });
     }
     if (lane == 0) row_loss[i] = loss;
   }
 }
 
-template <class T>
+template <int L, class T>
 __global__ void xent_soft_kernel(double* __restrict__ row_loss, Matrix<T> d, Matrix<const T> x,
                                  SoftTarget<T> targets, double scale) {
-  const int lane = threadIdx.x % kWarp;
   FOR_EACH_ROW(i, x.rows) {
     const Matrix<const T>& t = targets.t;
     const double loss =
-        xent_row(x, d, i, lane, scale, [&t, i](int64_t j) { return double(at(t, i, j)); });
+        xent_row<L>(x, d, i, lane, scale, [&t, i](int64_t j) { return double(at(t, i, j)); });
     if (lane == 0) row_loss[i] = loss;
   }
 }
@@ -199,8 +202,14 @@ __global__ void out_of_range_kernel(unsigned long long* __restrict__ first, cons
   }
 }
 
-unsigned row_blocks(int64_t rows) {
-  return blocks_for(rows, kRowsPerBlock);
+// Launches kernel<L> over `rows` rows of `cols` columns: a thread per row up to
+// kThreadPerRowUpTo columns, else a warp per row. launch(grid, threads, L-constant).
+template <class Launch>
+void by_row_width(int64_t rows, int64_t cols, Launch launch) {
+  if (cols <= kThreadPerRowUpTo)
+    launch(blocks_for(rows, kThreads), std::integral_constant<int, 1>{});
+  else
+    launch(blocks_for(rows, kThreads / kWarp), std::integral_constant<int, kWarp>{});
 }
 
 // The row losses of one call, reduced into *loss after `rows_kernel` filled them.
@@ -220,14 +229,18 @@ void xent(T* loss, int64_t rows, cudaStream_t stream, const char* name, Launch l
 template <class T>
 void softmax(Matrix<T> y, Matrix<const T> x, cudaStream_t stream) {
   if (x.rows == 0) return;
-  softmax_kernel<<<row_blocks(x.rows), kThreads, 0, stream>>>(y, x);
+  by_row_width(x.rows, x.cols, [&](unsigned blocks, auto lanes) {
+    softmax_kernel<decltype(lanes)::value><<<blocks, kThreads, 0, stream>>>(y, x);
+  });
   check_launch("softmax");
 }
 
 template <class T>
 void softmax_backward(Matrix<T> dx, Matrix<const T> dy, Matrix<const T> y, cudaStream_t stream) {
   if (y.rows == 0) return;
-  softmax_backward_kernel<<<row_blocks(y.rows), kThreads, 0, stream>>>(dx, dy, y);
+  by_row_width(y.rows, y.cols, [&](unsigned blocks, auto lanes) {
+    softmax_backward_kernel<decltype(lanes)::value><<<blocks, kThreads, 0, stream>>>(dx, dy, y);
+  });
   check_launch("softmax_backward");
 }
 
@@ -238,8 +251,10 @@ void softmax_cross_entropy(T* loss, Matrix<T> dlogits, Matrix<const T> logits, c
   const double scale = B > 0 ? 1.0 / double(B) : 0.0;
   const LabelTarget<I> target{reinterpret_cast<const char*>(labels), label_stride};
   xent(loss, B, stream, "softmax_cross_entropy", [&](double* row_loss) {
-    xent_labels_kernel<<<row_blocks(B), kThreads, 0, stream>>>(row_loss, dlogits, logits, target,
-                                                                scale);
+    by_row_width(B, logits.cols, [&](unsigned blocks, auto lanes) {
+      xent_labels_kernel<decltype(lanes)::value>
+          <<<blocks, kThreads, 0, stream>>>(row_loss, dlogits, logits, target, scale);
+    });
   });
 }
 
@@ -249,8 +264,10 @@ void softmax_cross_entropy(T* loss, Matrix<T> dlogits, Matrix<const T> logits,
   const int64_t B = logits.rows;
   const double scale = B > 0 ? 1.0 / double(B) : 0.0;
   xent(loss, B, stream, "softmax_cross_entropy (soft targets)", [&](double* row_loss) {
-    xent_soft_kernel<<<row_blocks(B), kThreads, 0, stream>>>(row_loss, dlogits, logits,
-                                                              SoftTarget<T>{targets}, scale);
+    by_row_width(B, logits.cols, [&](unsigned blocks, auto lanes) {
+      xent_soft_kernel<decltype(lanes)::value><<<blocks, kThreads, 0, stream>>>(
+          row_loss, dlogits, logits, SoftTarget<T>{targets}, scale);
+    });
   });
 }
 

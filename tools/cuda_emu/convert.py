@@ -32,6 +32,9 @@ while True:
         break
     # kernel name: back from j over identifiers, ::, and a balanced <...>
     k = j
+    while k > 0 and src[k - 1].isspace():  # `name<...>\n    <<<...`
+        k -= 1
+    j_name_end = k
     depth = 0
     while k > 0:
         c = src[k - 1]
@@ -42,7 +45,7 @@ while True:
         elif depth == 0 and not (c.isalnum() or c in "_:"):
             break
         k -= 1
-    name = src[k:j]
+    name = src[k:j_name_end]
     e = src.find(">>>", j)
     cfg = split_top(src[j + 3 : e])
     # args: balanced parens after >>>
