@@ -731,6 +731,13 @@ def test_cuda_outputs_need_cupy(monkeypatch):
     assert "cupy-cuda13x" in str(info.value) and "cupy-cuda12x" in str(info.value)
 
 
+def test_cuda_arrays_without_the_cuda_module(monkeypatch):
+    monkeypatch.setattr(fastnn.backend, "_cuda", None)  # as a build without a CUDA toolkit
+    with pytest.raises(RuntimeError, match="built without CUDA"):
+        ops.relu(Fake(o(3)))
+    np.testing.assert_array_equal(ops.relu(np.array([-1.0, 2.0])), [0.0, 2.0])  # NumPy unaffected
+
+
 def test_numpy_and_cuda_arrays_do_not_mix():
     with pytest.raises(ValueError, match="same device"):
         ops.gemm(Fake(o(2, 3)), o(3, 2))
