@@ -350,8 +350,18 @@ void pack_b_panel(T* __restrict dst, const T* b, const int64_t* rows, int64_t br
   } else if (bcs == 1) {
     for (int64_t k = 0; k < kc; ++k) std::copy_n(b + k * brs, nr, dst + k * NR);
   } else if (std::abs(brs) < std::abs(bcs)) {
+    // op(B) is a transposed weight (k runs along its rows): a transpose in blocks of 8 k,
+    // reading 8 consecutive elements from each of the nr rows and writing 8 whole rows of
+    // the panel, so that reads and writes both stay within a few cache lines at a time.
+    constexpr int64_t KB = 8;
+    int64_t k0 = 0;
+    for (; k0 + KB <= kc; k0 += KB)
+      for (int64_t j = 0; j < nr; ++j) {
+        const T* src = b + k0 * brs + j * bcs;
+        for (int64_t kk = 0; kk < KB; ++kk) dst[(k0 + kk) * NR + j] = src[kk * brs];
+      }
     for (int64_t j = 0; j < nr; ++j)
-      for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = b[k * brs + j * bcs];
+      for (int64_t k = k0; k < kc; ++k) dst[k * NR + j] = b[k * brs + j * bcs];
   } else {
     for (int64_t k = 0; k < kc; ++k)
       for (int64_t j = 0; j < nr; ++j) dst[k * NR + j] = b[k * brs + j * bcs];
@@ -404,10 +414,17 @@ T* thread_scratch(int slot, int64_t n) {
   return static_cast<T*>(std::align(64, n * sizeof(T), p, space));
 }
 
+// Skinny products whose whole packed op(B) fits in L2 can take K in one block.
+template <class T>
+bool fits_whole_k(int64_t K, int64_t N) {
+  constexpr int64_t NR = Blocking<T>::NR;
+  return K * ceil_div(N, NR) * NR * int64_t(sizeof(T)) <= (256 << 10);
+}
+
 template <class T>
 void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T> B, T beta,
           Matrix<T> C, const Epilogue<T>* ep, const int64_t* a_rows = nullptr,
-          const int64_t* b_rows = nullptr) {
+          const int64_t* b_rows = nullptr, const T* prepacked_b = nullptr) {
   using Blk = Blocking<T>;
   constexpr int64_t MR = Blk::MR, NR = Blk::NR, KC = Blk::KC, MC = Blk::MC, NC = Blk::NC;
   const int64_t M = C.rows, N = C.cols, K = trans_a ? A.rows : A.cols;
@@ -434,8 +451,9 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   const bool packed_a = ceil_div(std::min(N, NC), NR) > 2 || a_rows != nullptr;
   // Skinny products whose whole op(B) fits in L2 (the MLP's X·W1ᵀ, H·W2ᵀ, dY·W2) take K in
   // one block: B is packed once and each C tile is written once, not once per K block.
-  const bool whole_k = (!packed_a || a_rows) &&
-                       K * ceil_div(N, NR) * NR * int64_t(sizeof(T)) <= (256 << 10);
+  // A prepacked op(B) holds whole-K panels; its K blocks are slices of them (KC rows each:
+  // a panel slice that stays in L1 while the tiles of a block stream past it).
+  const bool whole_k = !prepacked_b && (!packed_a || a_rows) && fits_whole_k<T>(K, N);
   const int64_t kc_block = whole_k ? K : KC;
   const int64_t kc_max = std::min(kc_block, K);
   const int64_t nc_max = std::min(NC, ceil_div(N, NR) * NR);
@@ -443,8 +461,9 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   // contiguous and hold whole panels: packing B would copy every element for at most MC/MR
   // uses. Each thread then packs its own copy of the small A block and keeps the same tiles
   // in every K block, so the K blocks need no barrier at all.
-  const bool direct_b = bcs == 1 && m_blocks == 1 && N % NR == 0 && !b_rows;
-  T* bp = direct_b ? nullptr : thread_scratch<T>(0, kc_max * nc_max);
+  const bool direct_b = bcs == 1 && m_blocks == 1 && N % NR == 0 && !b_rows && !prepacked_b;
+  T* bp = direct_b || prepacked_b ? const_cast<T*>(prepacked_b)
+                                  : thread_scratch<T>(0, kc_max * nc_max);
   const bool own_ap = ic_parallel || direct_b;
   T* shared_ap = packed_a && !own_ap ? thread_scratch<T>(1, kc_max * mc_size) : nullptr;
 
@@ -459,7 +478,7 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
         const int64_t kc = std::min(kc_block, K - pc);
         const T beta_k = pc == 0 ? beta : T(1);
         const Epilogue<T>* ep_k = pc + kc == K ? ep : nullptr;
-        if (direct_b) {
+        if (direct_b || prepacked_b) {
           // nothing to pack
         } else if (bcs == 1) {
           // Rows of B are contiguous: read each row once, left to right, into every panel.
@@ -492,7 +511,13 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
             t.ars = ars;
             t.acs = acs;
           }
-          t.b = direct_b ? B.data + pc * brs + j : bp + jp * NR * kc;
+          if (direct_b) {
+            t.b = B.data + pc * brs + j;
+          } else if (prepacked_b) {
+            t.b = prepacked_b + (jc / NR + jp) * NR * K + pc * NR;
+          } else {
+            t.b = bp + jp * NR * kc;
+          }
           t.brs = direct_b ? brs : NR;
           t.kc = kc;
           t.c = C.data + i * C.rs + j * C.cs;
@@ -581,6 +606,29 @@ void dense_backward(Matrix<T> dX, Matrix<T> dW, Vector<T> db, Matrix<const T> dY
   if (db.data) bias_grad<T>(db, dY, accumulate);
 }
 
+template <class T>
+void gemm_ex(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T> B, T beta,
+             Matrix<T> C, const T* bias, int64_t bias_inc, bool relu, const int64_t* a_rows,
+             const int64_t* b_rows, const T* prepacked_b) {
+  Epilogue<T> ep{bias, bias_inc, relu};
+  gemm<T>(trans_a, trans_b, alpha, A, B, beta, C, (bias || relu) ? &ep : nullptr, a_rows,
+          b_rows, prepacked_b);
+}
+
+template <class T>
+int64_t prepacked_b_panels(int64_t K, int64_t N) {
+  return K > 0 && N <= Blocking<T>::NC && fits_whole_k<T>(K, N) ? ceil_div(N, Blocking<T>::NR)
+                                                                  : 0;
+}
+
+template <class T>
+void prepack_b_panel(T* dst, Matrix<const T> B, bool trans_b, int64_t panel) {
+  constexpr int64_t NR = Blocking<T>::NR;
+  const int64_t K = trans_b ? B.cols : B.rows, N = trans_b ? B.rows : B.cols;
+  const int64_t brs = trans_b ? B.cs : B.rs, bcs = trans_b ? B.rs : B.cs, j = panel * NR;
+  pack_b_panel(dst + panel * NR * K, B.data + j * bcs, nullptr, brs, bcs, std::min(NR, N - j), K);
+}
+
 const char* gemm_isa() { return use_avx2() ? "avx2+fma" : "portable"; }
 
 void set_gemm_force_portable(bool force) { g_force_portable.store(force); }
@@ -633,6 +681,14 @@ double fma_loop(int64_t iterations) {
   return flops;
 }
 
+#define FASTNN_INSTANTIATE(T)                                                                   \
+  template void gemm_ex<T>(bool, bool, T, Matrix<const T>, Matrix<const T>, T, Matrix<T>,      \
+                           const T*, int64_t, bool, const int64_t*, const int64_t*, const T*); \
+  template int64_t prepacked_b_panels<T>(int64_t, int64_t);                                    \
+  template void prepack_b_panel<T>(T*, Matrix<const T>, bool, int64_t);
+FASTNN_INSTANTIATE(float)
+FASTNN_INSTANTIATE(double)
+#undef FASTNN_INSTANTIATE
 template void dense_forward<float>(Matrix<float>, Matrix<const float>, Matrix<const float>,
                                    Vector<const float>, bool, const int64_t*);
 template void dense_forward<double>(Matrix<double>, Matrix<const double>, Matrix<const double>,
