@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/parallel.h"
@@ -301,6 +302,39 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
 }
 #endif
 
+#ifdef FASTNN_X86
+// A 16-wide panel of a transposed float weight: rows j of W (= columns of op(B)) are
+// contiguous in k. Eight k at a time, two 8×8 transposes in registers turn 16 row pieces into
+// 8 panel rows of 16 (dst[k*16 + j] = b[k + j*bcs]); the k past a multiple of 8 are copied.
+FASTNN_TARGET void pack_b_panel_transposed_avx2(float* __restrict dst, const float* b,
+                                                int64_t bcs, int64_t kc) {
+  int64_t k0 = 0;
+  for (; k0 + 8 <= kc; k0 += 8) {
+    for (int half = 0; half < 2; ++half) {
+      __m256 r[8], t[8], s[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(b + (half * 8 + i) * bcs + k0);
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        s[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        s[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        s[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        s[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+      }
+      for (int i = 0; i < 4; ++i) {  // panel row k0+i, then k0+4+i
+        _mm256_storeu_ps(dst + (k0 + i) * 16 + half * 8, _mm256_permute2f128_ps(s[i], s[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (k0 + 4 + i) * 16 + half * 8,
+                         _mm256_permute2f128_ps(s[i], s[i + 4], 0x31));
+      }
+    }
+  }
+  for (int64_t j = 0; j < 16; ++j)
+    for (int64_t k = k0; k < kc; ++k) dst[k * 16 + j] = b[k + j * bcs];
+}
+#endif
+
 template <class T>
 inline void run_tile(const Tile<T>& t, bool avx2) {
 #ifdef FASTNN_X86
@@ -340,6 +374,12 @@ template <class T>
 void pack_b_panel(T* __restrict dst, const T* b, const int64_t* rows, int64_t brs, int64_t bcs,
                   int64_t nr, int64_t kc) {
   constexpr int64_t NR = Blocking<T>::NR;
+#ifdef FASTNN_X86
+  if constexpr (std::is_same_v<T, float>) {
+    if (brs == 1 && nr == NR && !rows && use_avx2())
+      return pack_b_panel_transposed_avx2(dst, b, bcs, kc);
+  }
+#endif
   if (nr < NR) std::fill(dst, dst + kc * NR, T(0));
   if (rows) {
     for (int64_t k = 0; k < kc; ++k)
