@@ -303,6 +303,74 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
 #endif
 
 #ifdef FASTNN_X86
+// Small products (K ≤ 16, N ≤ 8 vectors, C with unit column stride, one thread): each row of
+// C from its row of op(A) and op(B)'s K rows (read in place when op(B) has unit column stride,
+// else packed once into `bp`), all in L1 — no panels and no tiles, whose set-up costs more
+// than such a product's arithmetic. The same FMAs in the same k order and the same update as
+// the micro-kernel, so the result does not depend on which path ran.
+// kMaskB: op(B)'s rows end inside the last vector (read in place, N not a multiple of W), so
+// that vector is loaded masked; a packed op(B) is zero-padded instead.
+template <class T, int NV, bool kMaskB>
+FASTNN_TARGET void small_gemm_rows(int64_t M, int64_t N, int64_t K, T alpha, const T* a,
+                                   const int64_t* a_rows, int64_t ars, int64_t acs, const T* b,
+                                   int64_t brs, T beta, T* c, int64_t rs_c, const T* bias,
+                                   bool relu) {
+  using V = decltype(vzero(T{}));
+  constexpr int64_t W = 32 / sizeof(T);
+  const int64_t tail = N - (NV - 1) * W;
+  const __m256i ones = _mm256_set1_epi32(-1), mtail = tail == W ? ones : vmask<T>(tail);
+  auto load = [&](const T* p, int v) {
+    return kMaskB && v == NV - 1 ? vmaskload(p, mtail) : vload(p);
+  };
+  V bias_v[NV];
+  for (int v = 0; v < NV; ++v)
+    bias_v[v] = !bias ? vzero(T{}) : v == NV - 1 ? vmaskload(bias + v * W, mtail) : vload(bias + v * W);
+  const Update<T> update{vset1(alpha), vset1(beta), beta != T(0), bias != nullptr, relu};
+  for (int64_t i = 0; i < M; ++i) {
+    const T* ar = a + (a_rows ? a_rows[i] : i) * ars;
+    V acc[NV];
+    for (int v = 0; v < NV; ++v) acc[v] = vzero(T{});
+    for (int64_t k = 0; k < K; ++k) {
+      const V x = vbroadcast(ar + k * acs);
+      const T* br = b + k * brs;
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[v] = vfma(x, load(br + v * W, v), acc[v]);
+    }
+    T* cr = c + i * rs_c;
+    for (int v = 0; v < NV; ++v)
+      update(cr + v * W, acc[v], bias_v[v], v == NV - 1 ? tail : W, v == NV - 1 ? mtail : ones);
+  }
+}
+
+template <class T>
+FASTNN_TARGET void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* a,
+                              const int64_t* a_rows, int64_t ars, int64_t acs, const T* b,
+                              int64_t brs, int64_t bcs, T beta, T* c, int64_t rs_c,
+                              const T* bias, bool relu) {
+  constexpr int64_t W = 32 / sizeof(T);
+  const int nv = static_cast<int>(ceil_div(N, W));
+  T packed[16 * 8 * W];  // op(B), K ≤ 16 rows of nv·W ≤ 8 vectors, zero-padded
+  if (bcs != 1) {
+    std::fill(packed, packed + K * nv * W, T(0));
+    for (int64_t j = 0; j < N; ++j)  // along op(B)'s columns: here its contiguous direction
+      for (int64_t k = 0; k < K; ++k) packed[k * nv * W + j] = b[k * brs + j * bcs];
+    b = packed;
+    brs = nv * W;
+  }
+  const bool mask = bcs == 1 && N % W != 0;
+  switch (nv) {
+#define FASTNN_SMALL(NV)                                                                      \
+  case NV:                                                                                    \
+    return mask ? small_gemm_rows<T, NV, true>(M, N, K, alpha, a, a_rows, ars, acs, b, brs,   \
+                                               beta, c, rs_c, bias, relu)                     \
+                : small_gemm_rows<T, NV, false>(M, N, K, alpha, a, a_rows, ars, acs, b, brs,  \
+                                                beta, c, rs_c, bias, relu);
+    FASTNN_SMALL(1) FASTNN_SMALL(2) FASTNN_SMALL(3) FASTNN_SMALL(4)
+    FASTNN_SMALL(5) FASTNN_SMALL(6) FASTNN_SMALL(7) FASTNN_SMALL(8)
+#undef FASTNN_SMALL
+  }
+}
+
 // A 16-wide panel of a transposed float weight: rows j of W (= columns of op(B)) are
 // contiguous in k. Eight k at a time, two 8×8 transposes in registers turn 16 row pieces into
 // 8 panel rows of 16 (dst[k*16 + j] = b[k + j*bcs]); the k past a multiple of 8 are copied.
@@ -476,6 +544,12 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   const int64_t brs = trans_b ? B.cs : B.rs, bcs = trans_b ? B.rs : B.cs;
   const bool avx2 = use_avx2();
   const int nt = threads_for(2.0 * M * N * K);
+#ifdef FASTNN_X86
+  if (avx2 && nt == 1 && K <= 16 && N <= 256 / int64_t(sizeof(T)) && C.cs == 1 && !b_rows &&
+      !prepacked_b && (!ep || !ep->bias || ep->bias_inc == 1))
+    return small_gemm<T>(M, N, K, alpha, A.data, a_rows, ars, acs, B.data, brs, bcs, beta,
+                         C.data, C.rs, ep ? ep->bias : nullptr, ep && ep->relu);
+#endif
 
   // M blocks of balanced height (a multiple of MR). With at least two per thread, each
   // thread takes whole blocks and packs its own A ("ic" parallel); otherwise the threads
