@@ -24,6 +24,7 @@ import numpy as np
 
 import fastnn as fnn
 from fastnn import _cpu, ops
+from fastnn.bench import fma_peak
 
 SHAPES = [  # name, M, N, K, trans_a, trans_b
     ("square 256", 256, 256, 256, False, False),
@@ -39,19 +40,6 @@ SHAPES = [  # name, M, N, K, trans_a, trans_b
     ("dW1=dHᵀ·X B=60000", 32, 784, 60000, True, False),
     ("dH=dY·W2 B=60000", 60000, 32, 10, False, False),
 ]
-
-
-def fma_peak(threads: int, seconds: float = 0.3) -> float:
-    """GFLOP/s of a tight loop of independent FMAs on `threads` threads."""
-    fnn.set_num_threads(threads)
-    iters = 1 << 20
-    while True:
-        t0 = time.perf_counter()
-        flops = _cpu.fma_loop(iters)
-        dt = time.perf_counter() - t0
-        if dt > seconds:
-            return flops / dt / 1e9
-        iters *= 2
 
 
 def clock_ghz() -> float | None:

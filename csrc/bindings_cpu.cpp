@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -166,11 +167,143 @@ struct CpuDev {
   }
 };
 
+// Integer class labels of shape (batch,), any integer dtype in the machine's byte order, in
+// [0, classes), widened to int64. `context` ends the shape message ("to match logits (4, 3)").
+std::vector<int64_t> class_labels(const py::array& target, int64_t batch, int64_t classes,
+                                  const std::string& context) {
+  const char tk = target.dtype().kind();
+  if (tk != 'i' && tk != 'u')
+    type_error("labels must be integer class indices, got dtype " + dtype_str(target));
+  if (!target.dtype().attr("isnative").cast<bool>())  // e.g. '>u2' from a big-endian file
+    type_error("labels must be in the machine's byte order, got dtype " + dtype_str(target) +
+               " (use labels.astype(labels.dtype.newbyteorder('=')))");
+  if (target.ndim() != 1 || target.shape(0) != batch)
+    value_error("labels must have shape (" + std::to_string(batch) + ",) " + context + ", got " +
+                shape_str(target));
+  std::vector<int64_t> labels(static_cast<size_t>(batch));
+  with_label_type(target, [&](auto type) { read_labels<decltype(type)>(target, classes, labels); });
+  return labels;
+}
+
+// ------------------------------------------------------------- dense step
+// Loss and gradients of a stack of dense layers under softmax cross-entropy (cpu::dense_step).
+double dense_step(const py::object& x_obj, const py::object& labels_obj, const py::list& weights,
+                  const py::list& biases, const py::list& relu, const py::list& dweights,
+                  const py::list& dbiases, const py::object& rows_obj, const py::object& lr_obj,
+                  double weight_decay) {
+  const bool sgd = !lr_obj.is_none();
+  const double lr = sgd ? lr_obj.cast<double>() : 0.0;
+  if (sgd && !(std::isfinite(lr) && std::isfinite(weight_decay)))
+    value_error("lr and weight_decay must be finite");
+  py::array x = as_ndarray(x_obj, "x"), target = as_ndarray(labels_obj, "labels");
+  const size_t count = weights.size();
+  if (count == 0) value_error("weights must hold at least one layer's weight");
+  for (const auto& [list, name] : {std::pair{&biases, "biases"}, std::pair{&relu, "relu"},
+                                   std::pair{&dweights, "dweights"},
+                                   std::pair{&dbiases, "dbiases"}})
+    if (list->size() != count)
+      value_error(std::string(name) + " must have one entry per layer: got " +
+                  std::to_string(list->size()) + " for " + std::to_string(count) + " weights");
+  std::vector<py::array> w(count), b(count), dw(count), db(count);
+  const Kind kind = float_kind(x, "x");
+  for (size_t l = 0; l < count; ++l) {
+    const std::string idx = "[" + std::to_string(l) + "]";
+    w[l] = as_ndarray(weights[l], ("weights" + idx).c_str());
+    if (!biases[l].is_none()) b[l] = as_ndarray(biases[l], ("biases" + idx).c_str());
+    if (biases[l].is_none() != dbiases[l].is_none())
+      value_error("dbiases" + idx + " must be given exactly when biases" + idx + " is");
+    if (!dbiases[l].is_none()) db[l] = as_ndarray(dbiases[l], ("dbiases" + idx).c_str());
+    dw[l] = as_ndarray(dweights[l], ("dweights" + idx).c_str());
+    if (!py::isinstance<py::bool_>(relu[l])) type_error("relu" + idx + " must be a bool");
+    const bool has_b = !biases[l].is_none();
+    for (const auto& [a, name] : {std::pair{&w[l], "weights"}, std::pair{&b[l], "biases"},
+                                  std::pair{&dw[l], "dweights"}, std::pair{&db[l], "dbiases"}})
+      if ((has_b || (a != &b[l] && a != &db[l])) && float_kind(*a, (name + idx).c_str()) != kind)
+        type_error(name + idx + " has dtype " + dtype_str(*a) + " but x has dtype " +
+                   dtype_str(x) + "; fastnn does not mix dtypes");
+  }
+  double result = 0.0;
+  dispatch(kind, [&](auto zero) {
+    using T = decltype(zero);
+    const Matrix<const T> X = in_matrix<T>(x, "x");
+    int64_t batch = X.rows;
+    const int64_t* rows = row_index(CpuDev{}, rows_obj, X.rows, &batch);
+    std::vector<cpu::DenseLayer<T>> layers(count);
+    int64_t fan_in = X.cols;
+    for (size_t l = 0; l < count; ++l) {
+      const std::string idx = "[" + std::to_string(l) + "]";
+      cpu::DenseLayer<T>& layer = layers[l];
+      layer.W = in_matrix<T>(w[l], ("weights" + idx).c_str());
+      if (layer.W.cols != fan_in)
+        value_error("weights" + idx + " has shape " + shape_str(w[l]) + " but its input has " +
+                    std::to_string(fan_in) + " features (" +
+                    (l ? "the outputs of weights[" + std::to_string(l - 1) + "]" : "x's columns") +
+                    "); weights are (out_features, in_features)");
+      layer.relu = relu[l].cast<bool>();
+      layer.b = {nullptr, layer.W.rows, 1};
+      layer.db = {nullptr, layer.W.rows, 1};
+      if (!biases[l].is_none()) {
+        layer.b = in_vector<T>(b[l], ("biases" + idx).c_str(), layer.W.rows);
+        layer.db = out_vector<T>(db[l], ("dbiases" + idx).c_str(), layer.W.rows);
+      }
+      layer.dW = out_matrix<T>(dw[l], ("dweights" + idx).c_str(), layer.W.rows, layer.W.cols);
+      layer.W_sgd = layer.b_sgd = nullptr;
+      if (sgd) {  // the parameters are updated in place: writeable and flat
+        check_writeable(w[l], ("weights" + idx).c_str());
+        if (!(w[l].flags() & py::array::c_style))
+          value_error("weights" + idx + " must be C-contiguous to be updated in place");
+        layer.W_sgd = static_cast<T*>(w[l].mutable_data());
+        if (layer.b.data) {
+          check_writeable(b[l], ("biases" + idx).c_str());
+          if (layer.b.inc != 1)
+            value_error("biases" + idx + " must be contiguous to be updated in place");
+          layer.b_sgd = static_cast<T*>(b[l].mutable_data());
+        }
+      }
+      fan_in = layer.W.rows;
+    }
+    // Outputs overlap no input and no other output.
+    std::vector<std::pair<const py::array*, std::string>> inputs = {{&x, "x"}};
+    std::vector<std::pair<const py::array*, std::string>> outputs;
+    for (size_t l = 0; l < count; ++l) {
+      const std::string idx = "[" + std::to_string(l) + "]";
+      outputs.push_back({&dw[l], "dweights" + idx});
+      if (!biases[l].is_none()) outputs.push_back({&db[l], "dbiases" + idx});
+      // Updated parameters are outputs too; otherwise inputs (which may share memory).
+      auto& params = sgd ? outputs : inputs;
+      params.push_back({&w[l], "weights" + idx});
+      if (!biases[l].is_none()) params.push_back({&b[l], "biases" + idx});
+    }
+    for (size_t o = 0; o < outputs.size(); ++o) {
+      for (const auto& [in, in_name] : inputs)
+        if (may_overlap(*outputs[o].first, *in))
+          value_error(outputs[o].second + " overlaps " + in_name + "; pass a separate array");
+      for (size_t p = 0; p < o; ++p)
+        if (may_overlap(*outputs[o].first, *outputs[p].first))
+          value_error(outputs[o].second + " overlaps " + outputs[p].second +
+                      "; pass a separate array");
+    }
+    const std::vector<int64_t> labels = class_labels(
+        target, batch, fan_in,
+        "to match the minibatch of " + std::to_string(batch) + (rows ? " x_rows" : " rows of x"));
+    py::gil_scoped_release release;
+    result = double(cpu::dense_step<T>(layers.data(), int64_t(count), X, rows, batch,
+                                       labels.data(), T(lr), T(weight_decay)));
+  });
+  return result;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "fastnn CPU kernels (C++17 + OpenMP). Use fastnn.ops, which allocates outputs.";
   def_ops<CpuDev>(m);
+  m.def("dense_step", &dense_step, py::arg("x"), py::arg("labels"), py::arg("weights"),
+        py::arg("biases"), py::arg("relu"), py::arg("dweights"), py::arg("dbiases"),
+        py::arg("x_rows") = py::none(), py::arg("lr") = py::none(),
+        py::arg("weight_decay") = 0.0,
+        "Loss (returned) and dweights, dbiases of dense layers under softmax cross-entropy; "
+        "with lr, also p -= lr·(g + weight_decay·p) for every weight and bias.");
   m.def("get_num_threads", &cpu::num_threads, "Threads the CPU kernels use.");
   m.def(
       "set_num_threads",

@@ -44,6 +44,26 @@ void dense_backward(Matrix<T> dX, Matrix<T> dW, Vector<T> db, Matrix<const T> dY
                     Matrix<const T> X, Matrix<const T> W, bool accumulate,
                     const int64_t* x_rows = nullptr);
 
+// The GEMM behind all of the above, for kernels built from it (dense_step.cpp): C =
+// act(alpha·op(A)·op(B) + beta·C + bias) with bias (N,) at bias[j·bias_inc] or null, act = relu
+// or identity, applied after the last K block; a_rows / b_rows (or null) are the physical
+// rows of op(A) (not trans_a) or of op(B) (not trans_b), a gathered batch read in place.
+// Inside an OpenMP parallel region it runs on the calling thread alone.
+// prepacked_b (or null): op(B) already packed by prepack_b_panel, for a product that takes K
+// whole (prepacked_b_panels > 0); a weight used by many products is then packed once.
+template <class T>
+void gemm_ex(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T> B, T beta,
+             Matrix<T> C, const T* bias, int64_t bias_inc, bool relu,
+             const int64_t* a_rows = nullptr, const int64_t* b_rows = nullptr,
+             const T* prepacked_b = nullptr);
+// Panels of a packed op(B) of K rows and N columns, each of K·NR elements (NR = 16 for float,
+// 8 for double); 0 when gemm_ex would not take K in one block (then it cannot be prepacked).
+template <class T>
+int64_t prepacked_b_panels(int64_t K, int64_t N);
+// Packs panel `panel` of op(B) into dst (which holds all the panels, in order).
+template <class T>
+void prepack_b_panel(T* dst, Matrix<const T> B, bool trans_b, int64_t panel);
+
 // "avx2+fma" where the CPU has AVX2 + FMA, else "portable"; force_portable is for testing.
 const char* gemm_isa();
 void set_gemm_force_portable(bool force);
@@ -79,12 +99,52 @@ void softmax_backward(Matrix<T> dx, Matrix<const T> dy, Matrix<const T> y);
 template <class T>
 void softmax_cross_entropy(T* loss, Matrix<T> dlogits, Matrix<const T> logits,
                            const int64_t* labels);
+// The rows of a block of a larger batch, on the calling thread: for row i the loss
+// logsumexp(x_i) − x_i[labels[i]] and dlogits_i = (softmax(x_i) − onehot) · scale; returns
+// the block's sum of row losses, in double.
+template <class T>
+double softmax_cross_entropy_rows(Matrix<T> dlogits, Matrix<const T> logits,
+                                  const int64_t* labels, double scale);
 // The same with soft or one-hot targets[B,C]: row loss Σ_j t_j (logsumexp − x_j) (terms with
 // t_j == 0 are skipped, so −inf logits there give no NaN); its exact gradient
 // dlogits = (softmax · Σ_j t_j − t) / B, which is (softmax − t) / B for rows summing to 1.
 template <class T>
 void softmax_cross_entropy(T* loss, Matrix<T> dlogits, Matrix<const T> logits,
                            Matrix<const T> targets);
+
+// ------------------------------------------------------------ dense_step.cpp
+// One layer of a dense stack: y = act(x · Wᵀ + b), with where its gradients go.
+template <class T>
+struct DenseLayer {
+  Matrix<const T> W;  // (out, in)
+  Vector<const T> b;  // (out,); data may be null (no bias, and db is not computed)
+  bool relu;
+  Matrix<T> dW;  // (out, in), overwritten
+  Vector<T> db;  // (out,), overwritten (when b is given)
+  T* W_sgd;      // null, or W's own memory (C-contiguous) when the step also applies SGD
+  T* b_sgd;      // null, or b's own memory (contiguous) likewise
+};
+
+// Loss and gradients of a stack of dense layers under softmax cross-entropy, in one pass:
+// returns (1/B) Σ_rows (logsumexp(z_row) − z_row[label]) for the logits z of the last layer,
+// and writes every dW, db. The minibatch is X[x_rows] (B rows; x_rows null: X itself) with
+// labels[B] in [0, classes) (checked by the binding).
+//
+// The minibatch is cut into a fixed number of lanes (by B alone, never by the thread count)
+// and each lane into blocks of at most 128 rows. For each block, the rows are gathered once
+// into a contiguous buffer, then forward, loss gradient and backward run while the block is in
+// cache, each lane adding its blocks' weight gradients into its own partial; the partials are
+// summed in lane order. Each lane's activations are a block, never the batch. The products
+// are those of dense_forward / dense_backward (the same gemm), with the weight gradient
+// summed per lane and block instead of over the whole batch at once: equal to float rounding.
+//
+// With the layers' W_sgd / b_sgd set, the step also applies plain SGD to every weight and
+// bias, p -= lr · (g + weight_decay · p), the arithmetic of sgd_update, while each gradient
+// row is still in cache (the gradients are written all the same).
+template <class T>
+T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
+             const int64_t* x_rows, int64_t batch, const int64_t* labels, T lr = T(0),
+             T weight_decay = T(0));
 
 // ----------------------------------------------------------------- optim.cpp
 // In-place updates over `count` contiguous buffers in one call ("multi-tensor apply");

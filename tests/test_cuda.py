@@ -738,6 +738,12 @@ def test_cuda_arrays_without_the_cuda_module(monkeypatch):
     np.testing.assert_array_equal(ops.relu(np.array([-1.0, 2.0])), [0.0, 2.0])  # NumPy unaffected
 
 
+@needs_cuda_build
+def test_an_op_without_a_cuda_kernel_says_so():
+    with pytest.raises(RuntimeError, match="no_such_kernel has no CUDA kernel"):
+        fastnn.backend.native_for(x=Fake(o(3))).no_such_kernel(1)
+
+
 def test_numpy_and_cuda_arrays_do_not_mix():
     with pytest.raises(ValueError, match="same device"):
         ops.gemm(Fake(o(2, 3)), o(3, 2))

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/parallel.h"
@@ -301,6 +302,107 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
 }
 #endif
 
+#ifdef FASTNN_X86
+// Small products (K ≤ 16, N ≤ 8 vectors, C with unit column stride, one thread): each row of
+// C from its row of op(A) and op(B)'s K rows (read in place when op(B) has unit column stride,
+// else packed once into `bp`), all in L1 — no panels and no tiles, whose set-up costs more
+// than such a product's arithmetic. The same FMAs in the same k order and the same update as
+// the micro-kernel, so the result does not depend on which path ran.
+// kMaskB: op(B)'s rows end inside the last vector (read in place, N not a multiple of W), so
+// that vector is loaded masked; a packed op(B) is zero-padded instead.
+template <class T, int NV, bool kMaskB>
+FASTNN_TARGET void small_gemm_rows(int64_t M, int64_t N, int64_t K, T alpha, const T* a,
+                                   const int64_t* a_rows, int64_t ars, int64_t acs, const T* b,
+                                   int64_t brs, T beta, T* c, int64_t rs_c, const T* bias,
+                                   bool relu) {
+  using V = decltype(vzero(T{}));
+  constexpr int64_t W = 32 / sizeof(T);
+  const int64_t tail = N - (NV - 1) * W;
+  const __m256i ones = _mm256_set1_epi32(-1), mtail = tail == W ? ones : vmask<T>(tail);
+  auto load = [&](const T* p, int v) {
+    return kMaskB && v == NV - 1 ? vmaskload(p, mtail) : vload(p);
+  };
+  V bias_v[NV];
+  for (int v = 0; v < NV; ++v)
+    bias_v[v] = !bias ? vzero(T{}) : v == NV - 1 ? vmaskload(bias + v * W, mtail) : vload(bias + v * W);
+  const Update<T> update{vset1(alpha), vset1(beta), beta != T(0), bias != nullptr, relu};
+  for (int64_t i = 0; i < M; ++i) {
+    const T* ar = a + (a_rows ? a_rows[i] : i) * ars;
+    V acc[NV];
+    for (int v = 0; v < NV; ++v) acc[v] = vzero(T{});
+    for (int64_t k = 0; k < K; ++k) {
+      const V x = vbroadcast(ar + k * acs);
+      const T* br = b + k * brs;
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[v] = vfma(x, load(br + v * W, v), acc[v]);
+    }
+    T* cr = c + i * rs_c;
+    for (int v = 0; v < NV; ++v)
+      update(cr + v * W, acc[v], bias_v[v], v == NV - 1 ? tail : W, v == NV - 1 ? mtail : ones);
+  }
+}
+
+template <class T>
+FASTNN_TARGET void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* a,
+                              const int64_t* a_rows, int64_t ars, int64_t acs, const T* b,
+                              int64_t brs, int64_t bcs, T beta, T* c, int64_t rs_c,
+                              const T* bias, bool relu) {
+  constexpr int64_t W = 32 / sizeof(T);
+  const int nv = static_cast<int>(ceil_div(N, W));
+  T packed[16 * 8 * W];  // op(B), K ≤ 16 rows of nv·W ≤ 8 vectors, zero-padded
+  if (bcs != 1) {
+    std::fill(packed, packed + K * nv * W, T(0));
+    for (int64_t j = 0; j < N; ++j)  // along op(B)'s columns: here its contiguous direction
+      for (int64_t k = 0; k < K; ++k) packed[k * nv * W + j] = b[k * brs + j * bcs];
+    b = packed;
+    brs = nv * W;
+  }
+  const bool mask = bcs == 1 && N % W != 0;
+  switch (nv) {
+#define FASTNN_SMALL(NV)                                                                      \
+  case NV:                                                                                    \
+    return mask ? small_gemm_rows<T, NV, true>(M, N, K, alpha, a, a_rows, ars, acs, b, brs,   \
+                                               beta, c, rs_c, bias, relu)                     \
+                : small_gemm_rows<T, NV, false>(M, N, K, alpha, a, a_rows, ars, acs, b, brs,  \
+                                                beta, c, rs_c, bias, relu);
+    FASTNN_SMALL(1) FASTNN_SMALL(2) FASTNN_SMALL(3) FASTNN_SMALL(4)
+    FASTNN_SMALL(5) FASTNN_SMALL(6) FASTNN_SMALL(7) FASTNN_SMALL(8)
+#undef FASTNN_SMALL
+  }
+}
+
+// A 16-wide panel of a transposed float weight: rows j of W (= columns of op(B)) are
+// contiguous in k. Eight k at a time, two 8×8 transposes in registers turn 16 row pieces into
+// 8 panel rows of 16 (dst[k*16 + j] = b[k + j*bcs]); the k past a multiple of 8 are copied.
+FASTNN_TARGET void pack_b_panel_transposed_avx2(float* __restrict dst, const float* b,
+                                                int64_t bcs, int64_t kc) {
+  int64_t k0 = 0;
+  for (; k0 + 8 <= kc; k0 += 8) {
+    for (int half = 0; half < 2; ++half) {
+      __m256 r[8], t[8], s[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(b + (half * 8 + i) * bcs + k0);
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        s[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        s[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        s[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        s[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+      }
+      for (int i = 0; i < 4; ++i) {  // panel row k0+i, then k0+4+i
+        _mm256_storeu_ps(dst + (k0 + i) * 16 + half * 8, _mm256_permute2f128_ps(s[i], s[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (k0 + 4 + i) * 16 + half * 8,
+                         _mm256_permute2f128_ps(s[i], s[i + 4], 0x31));
+      }
+    }
+  }
+  for (int64_t j = 0; j < 16; ++j)
+    for (int64_t k = k0; k < kc; ++k) dst[k * 16 + j] = b[k + j * bcs];
+}
+#endif
+
 template <class T>
 inline void run_tile(const Tile<T>& t, bool avx2) {
 #ifdef FASTNN_X86
@@ -340,6 +442,12 @@ template <class T>
 void pack_b_panel(T* __restrict dst, const T* b, const int64_t* rows, int64_t brs, int64_t bcs,
                   int64_t nr, int64_t kc) {
   constexpr int64_t NR = Blocking<T>::NR;
+#ifdef FASTNN_X86
+  if constexpr (std::is_same_v<T, float>) {
+    if (brs == 1 && nr == NR && !rows && use_avx2())
+      return pack_b_panel_transposed_avx2(dst, b, bcs, kc);
+  }
+#endif
   if (nr < NR) std::fill(dst, dst + kc * NR, T(0));
   if (rows) {
     for (int64_t k = 0; k < kc; ++k)
@@ -350,8 +458,18 @@ void pack_b_panel(T* __restrict dst, const T* b, const int64_t* rows, int64_t br
   } else if (bcs == 1) {
     for (int64_t k = 0; k < kc; ++k) std::copy_n(b + k * brs, nr, dst + k * NR);
   } else if (std::abs(brs) < std::abs(bcs)) {
+    // op(B) is a transposed weight (k runs along its rows): a transpose in blocks of 8 k,
+    // reading 8 consecutive elements from each of the nr rows and writing 8 whole rows of
+    // the panel, so that reads and writes both stay within a few cache lines at a time.
+    constexpr int64_t KB = 8;
+    int64_t k0 = 0;
+    for (; k0 + KB <= kc; k0 += KB)
+      for (int64_t j = 0; j < nr; ++j) {
+        const T* src = b + k0 * brs + j * bcs;
+        for (int64_t kk = 0; kk < KB; ++kk) dst[(k0 + kk) * NR + j] = src[kk * brs];
+      }
     for (int64_t j = 0; j < nr; ++j)
-      for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = b[k * brs + j * bcs];
+      for (int64_t k = k0; k < kc; ++k) dst[k * NR + j] = b[k * brs + j * bcs];
   } else {
     for (int64_t k = 0; k < kc; ++k)
       for (int64_t j = 0; j < nr; ++j) dst[k * NR + j] = b[k * brs + j * bcs];
@@ -404,10 +522,17 @@ T* thread_scratch(int slot, int64_t n) {
   return static_cast<T*>(std::align(64, n * sizeof(T), p, space));
 }
 
+// Skinny products whose whole packed op(B) fits in L2 can take K in one block.
+template <class T>
+bool fits_whole_k(int64_t K, int64_t N) {
+  constexpr int64_t NR = Blocking<T>::NR;
+  return K * ceil_div(N, NR) * NR * int64_t(sizeof(T)) <= (256 << 10);
+}
+
 template <class T>
 void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T> B, T beta,
           Matrix<T> C, const Epilogue<T>* ep, const int64_t* a_rows = nullptr,
-          const int64_t* b_rows = nullptr) {
+          const int64_t* b_rows = nullptr, const T* prepacked_b = nullptr) {
   using Blk = Blocking<T>;
   constexpr int64_t MR = Blk::MR, NR = Blk::NR, KC = Blk::KC, MC = Blk::MC, NC = Blk::NC;
   const int64_t M = C.rows, N = C.cols, K = trans_a ? A.rows : A.cols;
@@ -419,6 +544,12 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   const int64_t brs = trans_b ? B.cs : B.rs, bcs = trans_b ? B.rs : B.cs;
   const bool avx2 = use_avx2();
   const int nt = threads_for(2.0 * M * N * K);
+#ifdef FASTNN_X86
+  if (avx2 && nt == 1 && K <= 16 && N <= 256 / int64_t(sizeof(T)) && C.cs == 1 && !b_rows &&
+      !prepacked_b && (!ep || !ep->bias || ep->bias_inc == 1))
+    return small_gemm<T>(M, N, K, alpha, A.data, a_rows, ars, acs, B.data, brs, bcs, beta,
+                         C.data, C.rs, ep ? ep->bias : nullptr, ep && ep->relu);
+#endif
 
   // M blocks of balanced height (a multiple of MR). With at least two per thread, each
   // thread takes whole blocks and packs its own A ("ic" parallel); otherwise the threads
@@ -434,8 +565,9 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   const bool packed_a = ceil_div(std::min(N, NC), NR) > 2 || a_rows != nullptr;
   // Skinny products whose whole op(B) fits in L2 (the MLP's X·W1ᵀ, H·W2ᵀ, dY·W2) take K in
   // one block: B is packed once and each C tile is written once, not once per K block.
-  const bool whole_k = (!packed_a || a_rows) &&
-                       K * ceil_div(N, NR) * NR * int64_t(sizeof(T)) <= (256 << 10);
+  // A prepacked op(B) holds whole-K panels; its K blocks are slices of them (KC rows each:
+  // a panel slice that stays in L1 while the tiles of a block stream past it).
+  const bool whole_k = !prepacked_b && (!packed_a || a_rows) && fits_whole_k<T>(K, N);
   const int64_t kc_block = whole_k ? K : KC;
   const int64_t kc_max = std::min(kc_block, K);
   const int64_t nc_max = std::min(NC, ceil_div(N, NR) * NR);
@@ -443,8 +575,9 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   // contiguous and hold whole panels: packing B would copy every element for at most MC/MR
   // uses. Each thread then packs its own copy of the small A block and keeps the same tiles
   // in every K block, so the K blocks need no barrier at all.
-  const bool direct_b = bcs == 1 && m_blocks == 1 && N % NR == 0 && !b_rows;
-  T* bp = direct_b ? nullptr : thread_scratch<T>(0, kc_max * nc_max);
+  const bool direct_b = bcs == 1 && m_blocks == 1 && N % NR == 0 && !b_rows && !prepacked_b;
+  T* bp = direct_b || prepacked_b ? const_cast<T*>(prepacked_b)
+                                  : thread_scratch<T>(0, kc_max * nc_max);
   const bool own_ap = ic_parallel || direct_b;
   T* shared_ap = packed_a && !own_ap ? thread_scratch<T>(1, kc_max * mc_size) : nullptr;
 
@@ -459,7 +592,7 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
         const int64_t kc = std::min(kc_block, K - pc);
         const T beta_k = pc == 0 ? beta : T(1);
         const Epilogue<T>* ep_k = pc + kc == K ? ep : nullptr;
-        if (direct_b) {
+        if (direct_b || prepacked_b) {
           // nothing to pack
         } else if (bcs == 1) {
           // Rows of B are contiguous: read each row once, left to right, into every panel.
@@ -492,7 +625,13 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
             t.ars = ars;
             t.acs = acs;
           }
-          t.b = direct_b ? B.data + pc * brs + j : bp + jp * NR * kc;
+          if (direct_b) {
+            t.b = B.data + pc * brs + j;
+          } else if (prepacked_b) {
+            t.b = prepacked_b + (jc / NR + jp) * NR * K + pc * NR;
+          } else {
+            t.b = bp + jp * NR * kc;
+          }
           t.brs = direct_b ? brs : NR;
           t.kc = kc;
           t.c = C.data + i * C.rs + j * C.cs;
@@ -581,6 +720,29 @@ void dense_backward(Matrix<T> dX, Matrix<T> dW, Vector<T> db, Matrix<const T> dY
   if (db.data) bias_grad<T>(db, dY, accumulate);
 }
 
+template <class T>
+void gemm_ex(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T> B, T beta,
+             Matrix<T> C, const T* bias, int64_t bias_inc, bool relu, const int64_t* a_rows,
+             const int64_t* b_rows, const T* prepacked_b) {
+  Epilogue<T> ep{bias, bias_inc, relu};
+  gemm<T>(trans_a, trans_b, alpha, A, B, beta, C, (bias || relu) ? &ep : nullptr, a_rows,
+          b_rows, prepacked_b);
+}
+
+template <class T>
+int64_t prepacked_b_panels(int64_t K, int64_t N) {
+  return K > 0 && N <= Blocking<T>::NC && fits_whole_k<T>(K, N) ? ceil_div(N, Blocking<T>::NR)
+                                                                  : 0;
+}
+
+template <class T>
+void prepack_b_panel(T* dst, Matrix<const T> B, bool trans_b, int64_t panel) {
+  constexpr int64_t NR = Blocking<T>::NR;
+  const int64_t K = trans_b ? B.cols : B.rows, N = trans_b ? B.rows : B.cols;
+  const int64_t brs = trans_b ? B.cs : B.rs, bcs = trans_b ? B.rs : B.cs, j = panel * NR;
+  pack_b_panel(dst + panel * NR * K, B.data + j * bcs, nullptr, brs, bcs, std::min(NR, N - j), K);
+}
+
 const char* gemm_isa() { return use_avx2() ? "avx2+fma" : "portable"; }
 
 void set_gemm_force_portable(bool force) { g_force_portable.store(force); }
@@ -633,6 +795,14 @@ double fma_loop(int64_t iterations) {
   return flops;
 }
 
+#define FASTNN_INSTANTIATE(T)                                                                   \
+  template void gemm_ex<T>(bool, bool, T, Matrix<const T>, Matrix<const T>, T, Matrix<T>,      \
+                           const T*, int64_t, bool, const int64_t*, const int64_t*, const T*); \
+  template int64_t prepacked_b_panels<T>(int64_t, int64_t);                                    \
+  template void prepack_b_panel<T>(T*, Matrix<const T>, bool, int64_t);
+FASTNN_INSTANTIATE(float)
+FASTNN_INSTANTIATE(double)
+#undef FASTNN_INSTANTIATE
 template void dense_forward<float>(Matrix<float>, Matrix<const float>, Matrix<const float>,
                                    Vector<const float>, bool, const int64_t*);
 template void dense_forward<double>(Matrix<double>, Matrix<const double>, Matrix<const double>,

@@ -80,6 +80,14 @@ void team_finished(double seconds, double solo_seconds, int threads) {
 
 int64_t straggler_trips() { return g_straggler_trips.load(); }
 
+bool in_parallel() {
+#ifdef FASTNN_OPENMP
+  return omp_in_parallel() != 0;
+#else
+  return false;
+#endif
+}
+
 bool openmp_enabled() {
 #ifdef FASTNN_OPENMP
   return true;

@@ -13,6 +13,7 @@
 namespace fastnn::cpu {
 
 int num_threads();                 // threads a large kernel uses (>= 1)
+bool in_parallel();                // inside an OpenMP parallel region (no nested teams)
 void set_num_threads(int n);       // n >= 1 (the bindings check it); 1 in a forked child
 bool openmp_enabled();             // built with OpenMP?
 
@@ -27,9 +28,11 @@ void team_finished(double seconds, double solo_seconds, int threads);
 int64_t straggler_trips();  // times the guard has tripped in this process
 
 // Threads worth starting for `work` units (roughly flops or bytes): 1 below ~64k units per
-// thread, where waking a team costs more than it saves, and 1 while the guard holds.
+// thread, where waking a team costs more than it saves, 1 while the guard holds, and 1 inside
+// a team (a kernel that runs kernels per thread: never nested parallelism).
 inline int threads_for(double work) {
   constexpr double kMinWorkPerThread = 65536.0;
+  if (in_parallel()) return 1;
   int by_work = static_cast<int>(work / kMinWorkPerThread);
   const int nt = std::max(1, std::min(num_threads(), by_work));
   return nt > 1 && !team_allowed() ? 1 : nt;
@@ -41,7 +44,14 @@ inline int threads_for(double work) {
 template <class F>
 void run_team(int threads, double solo_seconds, F&& team_body) {
   if (threads <= 1) {
-    team_body();  // no team at all: starting one costs about a microsecond even for one thread
+    if (in_parallel()) {
+      // A kernel run by one thread of a team: its worksharing loops must bind to a team of
+      // its own (of one), not to the enclosing team whose other threads run other work.
+#pragma omp parallel num_threads(1)
+      team_body();
+    } else {
+      team_body();  // no team at all: starting one costs about a microsecond even for one thread
+    }
     return;
   }
   const auto t0 = std::chrono::steady_clock::now();

@@ -118,6 +118,19 @@ void softmax_cross_entropy(T* loss, Matrix<T> dlogits, Matrix<const T> logits,
 }
 
 template <class T>
+double softmax_cross_entropy_rows(Matrix<T> dlogits, Matrix<const T> logits,
+                                  const int64_t* labels, double scale) {
+  double total = 0.0;
+  for (int64_t i = 0; i < logits.rows; ++i) {
+    const int64_t label = labels[i];
+    total += xent_row(logits, dlogits, i, scale, [label](int64_t j) {
+      return j == label ? 1.0 : 0.0;
+    });
+  }
+  return total;
+}
+
+template <class T>
 void softmax_cross_entropy(T* loss, Matrix<T> dlogits, Matrix<const T> logits,
                            Matrix<const T> targets) {
   const int64_t B = logits.rows;
@@ -134,7 +147,9 @@ void softmax_cross_entropy(T* loss, Matrix<T> dlogits, Matrix<const T> logits,
   template void softmax<T>(Matrix<T>, Matrix<const T>);                                        \
   template void softmax_backward<T>(Matrix<T>, Matrix<const T>, Matrix<const T>);              \
   template void softmax_cross_entropy<T>(T*, Matrix<T>, Matrix<const T>, const int64_t*);      \
-  template void softmax_cross_entropy<T>(T*, Matrix<T>, Matrix<const T>, Matrix<const T>);
+  template void softmax_cross_entropy<T>(T*, Matrix<T>, Matrix<const T>, Matrix<const T>);    \
+  template double softmax_cross_entropy_rows<T>(Matrix<T>, Matrix<const T>, const int64_t*,    \
+                                                double);
 FASTNN_INSTANTIATE(float)
 FASTNN_INSTANTIATE(double)
 #undef FASTNN_INSTANTIATE

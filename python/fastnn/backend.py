@@ -115,7 +115,11 @@ class _CudaOnStream:
     """``fastnn._cuda`` with ``stream=`` (CuPy's current stream) added to every call."""
 
     def __getattr__(self, name):
-        kernel = getattr(_cuda, name)
+        kernel = getattr(_cuda, name, None)
+        if kernel is None:
+            raise RuntimeError(
+                f"fastnn: {name} has no CUDA kernel yet; call it with NumPy arrays (cupy.asnumpy)"
+            )
 
         def call(*args, **kwargs):
             return kernel(*args, stream=_current_stream(), **kwargs)

@@ -233,11 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-size", type=_positive_float, default=0.01)
     p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.set_defaults(func=cmd_chain)
+
+    # Listed for --help; main() hands "fastnn bench ..." to fastnn.bench.main.
+    sub.add_parser(
+        "bench", help="time one epoch of the MLP: fastnn vs NumPy vs PyTorch (bench --help)"
+    )
     return parser
 
 
 def main(argv=None) -> int:
     """Entry point of the ``fastnn`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own parser (argparse cannot pass "--x" options through)
+        from fastnn import bench
+
+        return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

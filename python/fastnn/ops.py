@@ -38,6 +38,7 @@ __all__ = [
     "bias_grad",
     "dense_backward",
     "dense_forward",
+    "dense_step",
     "gemm",
     "momentum_update",
     "relu",
@@ -514,6 +515,64 @@ def softmax_cross_entropy(logits, labels, *, compute_grad=True, dlogits=None, ch
         logits, labels, loss, dlogits if compute_grad else None, bool(check_labels)
     )
     return loss, (dlogits if compute_grad else None)
+
+
+def dense_step(
+    x, labels, weights, biases, relu, dweights, dbiases, *, rows=None, lr=None, weight_decay=0.0
+) -> float:
+    """Loss and gradients of a stack of dense layers under softmax cross-entropy, fused.
+
+    For layers ``h_l = act_l(h_{l-1} · weights[l]ᵀ + biases[l])`` with ``h_{-1} = x`` (or
+    ``x[rows]``), act_l relu where ``relu[l]`` is True and the identity otherwise, and logits
+    ``z`` the last layer's output: returns ``(1/B) Σ_rows (logsumexp(z_row) − z_row[label])``
+    and writes ``dweights[l] = ∂loss/∂weights[l]``, ``dbiases[l] = ∂loss/∂biases[l]``. The
+    same math as ``dense_forward`` → ``softmax_cross_entropy`` → ``relu_backward`` /
+    ``dense_backward`` per layer, but the minibatch goes through in blocks of at most 128 rows
+    that each travel forward and backward while in cache; the weight gradients are summed per
+    block in a fixed number of lanes (set by B, not by the thread count), so they equal the
+    unfused ones to float rounding, and are bitwise the same for any thread count.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, in_features); float32 or float64
+    labels : ndarray, shape (B,); any integer dtype
+        Class indices in ``[0, out_features of the last layer)``.
+    weights : list of ndarray, shapes (out_l, in_l) chained (in_0 = in_features)
+    biases : list of ndarray (out_l,) or None
+    relu : list of bool
+    dweights : list of ndarray (out_l, in_l), written
+    dbiases : list of ndarray (out_l,) or None (exactly where ``biases`` is None), written
+    rows : ndarray of int64, shape (B,), optional
+        The minibatch is ``x[rows]``, read in place (no gathered copy); default ``x`` itself.
+    lr : float, optional
+        When given, also apply plain SGD to every weight and bias in place,
+        ``p -= lr · (g + weight_decay · p)`` — the arithmetic of ``sgd_update``, done while
+        each gradient row is still in cache. The parameters must then be writeable,
+        C-contiguous and separate from every other array here.
+    weight_decay : float
+        L2 penalty of that update.
+
+    Returns
+    -------
+    float
+        The mean loss over the B rows (NaN for B = 0, with zero gradients), before the update.
+
+    Raises
+    ------
+    TypeError
+        A non-array, mixed or non-float dtypes, non-integer labels, a relu entry not a bool.
+    ValueError
+        Lists of different lengths, shapes that do not chain, a label or row out of range,
+        an output that overlaps an input or another output, or a read-only output.
+    """
+    native = native_for(x=x, labels=labels, rows=rows)
+    lists = (weights, biases, relu, dweights, dbiases)
+    if not all(isinstance(v, list | tuple) for v in lists):
+        raise TypeError("weights, biases, relu, dweights and dbiases must be lists")
+    if lr is not None:
+        lr = _scalar(lr, "lr")
+    weight_decay = _scalar(weight_decay, "weight_decay")
+    return native.dense_step(x, labels, *(list(v) for v in lists), rows, lr, weight_decay)
 
 
 def sgd_update(params: Sequence, grads: Sequence, *, lr: float, weight_decay: float = 0.0):

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from fastnn import autograd, io, losses, nn, ops
+from fastnn import autograd, io, losses, nn, ops, optim
 from fastnn.data import batches
 
 __all__ = ["DenseStep", "History", "evaluate", "fit", "train_step"]
@@ -60,11 +60,15 @@ class DenseStep:
     without the autodiff graph: the same kernels as ``train_step`` called directly on buffers
     allocated once per batch size (activations, their gradients, the parameter gradients).
 
-    ``fit`` uses it automatically when ``DenseStep.supports(model, loss)``; the weights it
-    produces are identical to ``train_step``'s (a test checks them bit for bit). It computes
-    exactly what ``train_step`` computes: forward through ``dense_forward`` (bias and relu
-    fused), ``softmax_cross_entropy`` with its gradient, then per layer ``relu_backward`` and
-    ``dense_backward`` (no dX for the first layer), then ``optimizer.step()`` on ``.grad``.
+    ``fit`` uses it automatically when ``DenseStep.supports(model, loss)``. With integer
+    labels the whole forward and backward pass is one native call, ``ops.dense_step``: the
+    minibatch goes through in blocks of rows that travel forward and backward while in cache,
+    and its weight gradients equal ``train_step``'s to float rounding (summed per block
+    rather than over the whole batch at once; a test checks the weights after many steps).
+    With one-hot or soft targets it calls the kernels one by one — ``dense_forward`` (bias and
+    relu fused), ``softmax_cross_entropy``, ``relu_backward``, ``dense_backward`` — and its
+    weights are identical to ``train_step``'s bit for bit. Either way ``optimizer.step()``
+    then updates the parameters from their ``.grad``.
     """
 
     def __init__(self, model):
@@ -72,10 +76,26 @@ class DenseStep:
         self.dtype = self.layers[0].weight.dtype
         self.relu = [nn._activation_name(layer.activation) == "relu" for layer in self.layers]
         self._buffers: dict[int, tuple[list, list]] = {}
+        self._sgd_checked = None  # the optimizer last found to hold exactly our parameters
         self._grads = [
             (np.empty_like(layer.weight.data), np.empty_like(layer.bias.data))
             for layer in self.layers
         ]
+
+    def _plain_sgd(self, optimizer, arrays) -> bool:
+        """True when ``optimizer.step()`` would be plain SGD (no momentum) on exactly this
+        model's parameters, in order, all writeable and C-contiguous: ``ops.dense_step`` then
+        applies it itself, with the same arithmetic as ``ops.sgd_update``."""
+        if type(optimizer) is not optim.SGD or optimizer.velocity is not None:
+            return False
+        if self._sgd_checked is not optimizer:
+            params = [p for layer in self.layers for p in (layer.weight, layer.bias)]
+            if len(optimizer.params) != len(params) or not all(
+                p is q for p, q in zip(optimizer.params, params, strict=True)
+            ):
+                return False
+            self._sgd_checked = optimizer
+        return all(a.flags.c_contiguous and a.flags.writeable for a in arrays)
 
     @staticmethod
     def supports(model, loss) -> bool:
@@ -99,6 +119,30 @@ class DenseStep:
         copy. Returns the minibatch loss before the update."""
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)  # the layer's edge cast, as Dense.forward does
+        if getattr(y, "ndim", 0) == 1 and y.dtype.kind in "iu":  # class labels: one fused call
+            layers = self.layers
+            weights = [layer.weight.data for layer in layers]
+            biases = [layer.bias.data for layer in layers]
+            fuse_sgd = self._plain_sgd(optimizer, weights + biases)
+            loss = ops.dense_step(
+                x,
+                y,
+                weights,
+                biases,
+                self.relu,
+                [g[0] for g in self._grads],
+                [g[1] for g in self._grads],
+                rows=rows,
+                lr=optimizer.lr if fuse_sgd else None,
+                weight_decay=optimizer.weight_decay if fuse_sgd else 0.0,
+            )
+            for layer, (dweight, dbias) in zip(layers, self._grads, strict=True):
+                layer.weight.grad, layer.bias.grad = dweight, dbias
+            if fuse_sgd:  # the update is done: count it as optimizer.step() would
+                optimizer.step_count += 1
+            else:
+                optimizer.step()
+            return loss
         batch = len(x) if rows is None else len(rows)
         if batch not in self._buffers:
             shapes = [(batch, layer.out_features) for layer in self.layers]

@@ -1,0 +1,310 @@
+"""ops.dense_step, the fused training step of a dense stack: against the float64 oracle,
+against the unfused kernels, across thread counts, with its SGD update, and on bad input."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import fastnn as fnn
+import reference as ref
+from fastnn import ops
+from layouts import views_2d
+
+DTYPES = [np.float32, np.float64]
+# (N rows of x, B minibatch rows or None for x itself, in, hidden, classes): lanes and blocks
+# of every kind — one lane (B < 64), two lanes of one block, lanes of several blocks, more.
+SHAPES = [
+    (1, None, 1, 1, 1),
+    (5, None, 7, 3, 4),
+    (40, 17, 33, 10, 3),
+    (200, 128, 784, 32, 10),  # the article's step at batch 128
+    (700, 600, 65, 9, 5),
+    (20000, None, 19, 6, 4),
+]
+
+
+def params(rng, sizes, dtype):
+    return [
+        (
+            (rng.standard_normal((b, a)) / np.sqrt(a)).astype(dtype),
+            (0.1 * rng.standard_normal(b)).astype(dtype),
+        )
+        for a, b in itertools.pairwise(sizes)
+    ]
+
+
+def run(x, labels, layers, relu, rows=None, **kw):
+    dws = [np.full_like(w, np.nan) for w, _ in layers]
+    dbs = [np.full_like(b, np.nan) for _, b in layers]
+    loss = ops.dense_step(
+        x, labels, [w for w, _ in layers], [b for _, b in layers], relu, dws, dbs, rows=rows, **kw
+    )
+    return loss, dws, dbs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "batch", "d_in", "hidden", "classes"), SHAPES)
+def test_matches_the_float64_oracle(rng, dtype, n, batch, d_in, hidden, classes):
+    x = rng.standard_normal((n, d_in)).astype(dtype)
+    rows = None if batch is None else rng.integers(0, n, batch).astype(np.int64)
+    b = n if batch is None else batch
+    labels = rng.integers(0, classes, b)
+    layers = params(rng, (d_in, hidden, classes), dtype)
+    loss, dws, dbs = run(x, labels, layers, [True, False], rows)
+    p = dict(zip(ref.MLP_KEYS, (a for layer in layers for a in layer), strict=True))
+    xb = x if rows is None else x[rows]
+    want_loss, _, grads = ref.mlp_loss_and_grads(p, xb, labels)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    assert loss == pytest.approx(want_loss, rel=tol)
+    for got, key in zip((dws[0], dbs[0], dws[1], dbs[1]), ref.MLP_KEYS, strict=True):
+        scale = np.abs(grads[key]).max() + 1e-30
+        np.testing.assert_allclose(got, grads[key], rtol=0, atol=tol * scale, err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [3, 63, 64, 300])
+def test_matches_the_unfused_kernels(rng, dtype, batch):
+    """The same math as dense_forward → softmax_cross_entropy → relu_backward → dense_backward
+    for three layers, relu on the first two; below 64 rows (one lane) bit for bit."""
+    x = rng.standard_normal((batch + 5, 23)).astype(dtype)
+    rows = rng.permutation(batch + 5)[:batch].astype(np.int64)
+    labels = rng.integers(0, 6, batch).astype(np.uint8)
+    layers = params(rng, (23, 11, 8, 6), dtype)
+    relu = [True, True, False]
+    loss, dws, dbs = run(x, labels, layers, relu, rows)
+    acts, h = [], x[rows]
+    for (w, b), r in zip(layers, relu, strict=True):
+        h = ops.dense_forward(h, w, b, activation="relu" if r else None)
+        acts.append(h)
+    want_loss, dy = ops.softmax_cross_entropy(acts[-1], labels)
+    want = []
+    for i in range(len(layers) - 1, -1, -1):
+        if relu[i]:
+            dy = ops.relu_backward(dy, acts[i])
+        dx, dw, db = ops.dense_backward(dy, acts[i - 1] if i else x[rows], layers[i][0])
+        want.append((i, dw, db))
+        dy = dx
+    exact = batch < 64
+    for i, dw, db in want:
+        if exact:
+            np.testing.assert_array_equal(dws[i], dw)
+            np.testing.assert_array_equal(dbs[i], db)
+        else:
+            tol = 1e-5 if dtype == np.float32 else 1e-13
+            np.testing.assert_allclose(dws[i], dw, rtol=0, atol=tol * np.abs(dw).max())
+            np.testing.assert_allclose(dbs[i], db, rtol=0, atol=tol * np.abs(db).max())
+    assert loss == pytest.approx(float(want_loss), rel=1e-6 if dtype == np.float32 else 1e-14)
+
+
+@pytest.mark.parametrize("batch", [16, 128, 5000])
+def test_bitwise_the_same_for_any_thread_count(rng, batch):
+    x = rng.standard_normal((batch, 50)).astype(np.float32)
+    labels = rng.integers(0, 7, batch)
+    layers = params(rng, (50, 20, 7), np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        fnn.set_num_threads(threads)
+        try:
+            results.append(run(x, labels, layers, [True, False]))
+        finally:
+            fnn.set_num_threads(2)
+    for other in results[1:]:
+        assert other[0] == results[0][0]
+        for a, b in zip(other[1] + other[2], results[0][1] + results[0][2], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["fortran", "negative_steps", "transposed"])
+def test_strided_inputs(rng, name):
+    x = rng.standard_normal((70, 9)).astype(np.float32)
+    labels = rng.integers(0, 3, 70)
+    layers = params(rng, (9, 5, 3), np.float32)
+    want = run(np.ascontiguousarray(x), labels, layers, [True, False])
+    got = run(views_2d(x, rng)[name], labels, layers, [True, False])
+    assert got[0] == pytest.approx(want[0], rel=1e-6)
+    for a, b in zip(got[1] + got[2], want[1] + want[2], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_an_empty_batch_gives_nan_loss_and_zero_gradients(rng):
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    layers = params(rng, (3, 2), np.float32)
+    loss, dws, dbs = run(x, np.zeros(0, np.int64), layers, [False], np.zeros(0, np.int64))
+    assert np.isnan(loss)
+    assert not dws[0].any() and not dbs[0].any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [20, 256])
+def test_the_fused_sgd_update_is_sgd_update(rng, dtype, batch):
+    """lr=...: the parameters end exactly where dense_step + sgd_update puts them."""
+    x = rng.standard_normal((batch, 12)).astype(dtype)
+    labels = rng.integers(0, 4, batch)
+    layers = params(rng, (12, 8, 4), dtype)
+    copies = [(w.copy(), b.copy()) for w, b in layers]
+    loss, dws, dbs = run(x, labels, layers, [True, False], lr=0.3, weight_decay=0.01)
+    want_loss, gw, gb = run(x, labels, copies, [True, False])
+    ops.sgd_update(
+        [a for layer in copies for a in layer],
+        [g for pair in zip(gw, gb, strict=True) for g in pair],
+        lr=0.3,
+        weight_decay=0.01,
+    )
+    assert loss == want_loss
+    for (w, b), (w2, b2) in zip(layers, copies, strict=True):
+        np.testing.assert_array_equal(w, w2)
+        np.testing.assert_array_equal(b, b2)
+    for a, b in zip(dws + dbs, gw + gb, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_with_the_fused_sgd_stays_with_the_autodiff_path(rng):
+    """fit at batch 128 (two lanes, SGD fused) against fit with fused=False: the same
+    weights to float rounding after two epochs."""
+    x = rng.random((1000, 40)).astype(np.float32)
+    y = rng.integers(0, 10, 1000).astype(np.uint8)
+    models = [
+        fnn.Sequential(fnn.Dense(40, 16, fnn.relu, rng=1), fnn.Dense(16, 10, rng=2))
+        for _ in range(2)
+    ]
+    for model, fused in zip(models, (True, False), strict=True):
+        opt = fnn.optim.SGD(list(model.parameters()), lr=0.1)
+        fnn.fit(
+            model, (x, y), optimizer=opt, epochs=2, batch_size=128, rng=3, verbose=0, fused=fused
+        )
+        assert opt.step_count == 16
+    for (name, a), (_, b) in zip(
+        models[0].named_parameters(), models[1].named_parameters(), strict=True
+    ):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+# ---------------------------------------------------------------------------------- bad input
+def valid(rng):
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    layers = params(rng, (4, 3, 2), np.float32)
+    return {
+        "x": x,
+        "labels": np.array([0, 1, 1, 0, 1, 0]),
+        "weights": [w for w, _ in layers],
+        "biases": [b for _, b in layers],
+        "relu": [True, False],
+        "dweights": [np.empty_like(w) for w, _ in layers],
+        "dbiases": [np.empty_like(b) for _, b in layers],
+    }
+
+
+def broken(rng, change):
+    args = valid(rng)
+    change(args)
+    return args
+
+
+BAD = {
+    "list lengths": (
+        ValueError,
+        lambda a: a["relu"].pop(),
+        ["relu", "one entry per layer"],
+    ),
+    "shapes do not chain": (
+        ValueError,
+        lambda a: a["weights"].__setitem__(1, np.ones((2, 5), np.float32)),
+        ["weights[1]", "(2, 5)"],
+    ),
+    "x columns": (
+        ValueError,
+        lambda a: a.__setitem__("x", np.ones((6, 5), np.float32)),
+        ["weights[0]", "x's columns"],
+    ),
+    "label out of range": (
+        ValueError,
+        lambda a: a["labels"].__setitem__(2, 2),
+        ["labels", "[0, 2)"],
+    ),
+    "float labels": (
+        TypeError,
+        lambda a: a.__setitem__("labels", a["labels"].astype(np.float32)),
+        ["labels", "integer"],
+    ),
+    "labels length": (
+        ValueError,
+        lambda a: a.__setitem__("labels", np.zeros(5, np.int64)),
+        ["labels", "(6,)"],
+    ),
+    "mixed dtypes": (
+        TypeError,
+        lambda a: a["weights"].__setitem__(0, a["weights"][0].astype(np.float64)),
+        ["weights[0]", "float64", "float32"],
+    ),
+    "dweight shape": (
+        ValueError,
+        lambda a: a["dweights"].__setitem__(0, np.empty((4, 3), np.float32)),
+        ["dweights[0]", "(3, 4)"],
+    ),
+    "dbias without bias": (
+        ValueError,
+        lambda a: a["biases"].__setitem__(1, None),
+        ["dbiases[1]", "biases[1]"],
+    ),
+    "output overlaps input": (
+        ValueError,
+        lambda a: a["dweights"].__setitem__(0, a["weights"][0]),
+        ["dweights[0]", "overlaps", "weights[0]"],
+    ),
+    "outputs overlap": (
+        ValueError,
+        lambda a: a["dbiases"].__setitem__(1, a["dweights"][1][0, :2]),
+        ["overlaps"],
+    ),
+    "read-only output": (
+        ValueError,
+        lambda a: a["dweights"][1].setflags(write=False),
+        ["dweights[1]", "read-only"],
+    ),
+    "relu not bool": (
+        TypeError,
+        lambda a: a["relu"].__setitem__(0, 1),
+        ["relu[0]", "bool"],
+    ),
+    "no layers": (
+        ValueError,
+        lambda a: [a[k].clear() for k in ("weights", "biases", "relu", "dweights", "dbiases")],
+        ["at least one"],
+    ),
+    "not a list": (
+        TypeError,
+        lambda a: a.__setitem__("weights", a["weights"][0]),
+        ["lists"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_a_clear_error(rng, case):
+    exc, change, words = BAD[case]
+    args = broken(rng, change)
+    with pytest.raises(exc) as info:
+        ops.dense_step(**args)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_bad_rows_and_update_arguments(rng):
+    args = valid(rng)
+    with pytest.raises(ValueError, match=r"x_rows must lie in \[0, 6\)"):
+        ops.dense_step(**args, rows=np.array([0, 6]))
+    args["weights"][0].setflags(write=False)
+    with pytest.raises(ValueError, match=r"weights\[0\] is read-only"):
+        ops.dense_step(**args, lr=0.1)
+    args = valid(rng)
+    args["biases"][1] = args["weights"][1][0, :2]  # a bias inside a weight, both to be updated
+    ops.dense_step(**args)  # fine when neither is written
+    with pytest.raises(ValueError, match="overlaps"):
+        ops.dense_step(**args, lr=0.1)
+    with pytest.raises(TypeError, match="lr"):
+        ops.dense_step(**valid(rng), lr="0.1")
+    with pytest.raises(ValueError, match="finite"):
+        ops.dense_step(**valid(rng), lr=float("nan"))
