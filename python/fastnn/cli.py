@@ -69,7 +69,10 @@ def cmd_train(args) -> int:
     from fastnn import viz
 
     if args.device == "cuda":
-        raise RuntimeError("--device cuda: the CUDA kernels are not part of this build yet")
+        raise RuntimeError(
+            "--device cuda: training on the GPU is not supported yet (the CUDA kernels serve "
+            "fastnn.ops on CuPy arrays; layers and fit still run on NumPy)"
+        )
     if args.threads:
         fnn.set_num_threads(args.threads)
     out = Path(args.out)

@@ -105,7 +105,8 @@ class Module:
         Raises
         ------
         RuntimeError
-            For ``"cuda"``: the CUDA kernels are not part of this build yet.
+            For ``"cuda"``: layers, autodiff and ``fit`` do not run on the GPU yet (the CUDA
+            kernels serve ``fastnn.ops`` called with CuPy arrays).
         TypeError
             For a dtype other than float32 / float64.
         """
@@ -114,8 +115,8 @@ class Module:
                 return self
             if target.startswith("cuda"):
                 raise RuntimeError(
-                    "fastnn: the CUDA kernels are not part of this build yet; models run on "
-                    "the CPU (NumPy arrays) for now"
+                    "fastnn: models do not run on the GPU yet (layers, autodiff and fit are "
+                    "NumPy-only; the CUDA kernels serve fastnn.ops called with CuPy arrays)"
                 )
             raise ValueError(f"unknown device {target!r}; expected 'cpu' or 'cuda'")
         dtype = np.dtype(target)

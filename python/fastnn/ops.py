@@ -1,7 +1,9 @@
-"""The one door to fastnn's kernels: array-level functions on NumPy arrays.
+"""The one door to fastnn's kernels: array-level functions on NumPy and CUDA arrays.
 
-Each function picks the backend from its arguments (NumPy → ``fastnn._cpu``), allocates the
-outputs that were not given and calls the kernel. All checking happens in the native binding:
+Each function picks the backend from its arguments (NumPy → ``fastnn._cpu``; CuPy or any
+``__cuda_array_interface__`` array → ``fastnn._cuda``, on CuPy's current stream), allocates the
+outputs that were not given (NumPy or CuPy, like the inputs: no host round trip) and calls the
+kernel. All checking happens in the native binding:
 a wrong dtype is a ``TypeError``, a wrong shape, layout or label a ``ValueError``, each naming
 the argument. No function casts or copies its inputs.
 
@@ -17,6 +19,8 @@ Conventions shared by every op:
 * Gradients: ``dx`` is ∂L/∂x for a scalar loss L; ``dy`` is the gradient arriving at the op's
   output.
 * Threads: OpenMP, ``fastnn.set_num_threads``; results are bitwise identical for any count.
+* GPU: the same contracts on CUDA arrays (outputs are CuPy arrays); repeated runs are bitwise
+  identical. Without a GPU, or without CuPy, a CUDA call raises ``RuntimeError``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fastnn.backend import native_for
+from fastnn.backend import empty, empty_like, native_for
 
 __all__ = [
     "adam_update",
@@ -123,7 +127,7 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
         if beta != 0:
             raise ValueError("gemm: beta != 0 needs out= (the matrix that beta scales)")
         (a0, a1), (b0, b1) = _shape2(a, "a"), _shape2(b, "b")
-        out = np.empty((a1 if trans_a else a0, b0 if trans_b else b1), dtype=a.dtype)
+        out = empty((a1 if trans_a else a0, b0 if trans_b else b1), like=a)
     native.gemm(
         a,
         b,
@@ -181,7 +185,7 @@ def dense_forward(x, weight, bias=None, *, activation=None, out=None, rows=None)
         raise ValueError(f"dense_forward: activation must be None or 'relu', got {activation!r}")
     if out is None:
         batch = _shape2(x, "x")[0] if rows is None else len(rows)
-        out = np.empty((batch, _shape2(weight, "weight")[0]), dtype=x.dtype)
+        out = empty((batch, _shape2(weight, "weight")[0]), like=x)
     native.dense_forward(x, weight, bias, out, "none" if activation is None else activation, rows)
     return out
 
@@ -240,11 +244,11 @@ def dense_backward(
         raise ValueError("dense_backward: accumulate=True needs dweight= (and dbias=) to add into")
     out_features, in_features = _shape2(weight, "weight")
     if dweight is None:
-        dweight = np.empty((out_features, in_features), dtype=weight.dtype)
+        dweight = empty((out_features, in_features), like=weight)
     if need_dx and dx is None:
-        dx = np.empty((_shape2(dy, "dy")[0], in_features), dtype=weight.dtype)
+        dx = empty((_shape2(dy, "dy")[0], in_features), like=weight)
     if need_dbias and dbias is None:
-        dbias = np.empty((out_features,), dtype=weight.dtype)
+        dbias = empty((out_features,), like=weight)
     native.dense_backward(
         dy,
         x,
@@ -292,7 +296,7 @@ def relu(x, *, out=None):
     """
     native = native_for(x=x, out=out)
     if out is None:
-        out = np.empty_like(x)
+        out = empty_like(x)
     native.relu(x, out)
     return out
 
@@ -325,7 +329,7 @@ def relu_backward(dy, x, *, out=None):
     """
     native = native_for(dy=dy, x=x, out=out)
     if out is None:
-        out = np.empty_like(dy)
+        out = empty_like(dy)
     native.relu_backward(dy, x, out)
     return out
 
@@ -354,7 +358,7 @@ def bias_add(x, bias, *, out=None):
     """
     native = native_for(x=x, bias=bias, out=out)
     if out is None:
-        out = np.empty(_shape2(x, "x"), dtype=x.dtype)
+        out = empty(_shape2(x, "x"), like=x)
     native.bias_add(x, bias, out)
     return out
 
@@ -388,7 +392,7 @@ def bias_grad(dy, *, out=None, accumulate=False):
     if out is None:
         if accumulate:
             raise ValueError("bias_grad: accumulate=True needs out= to add into")
-        out = np.empty((_shape2(dy, "dy")[1],), dtype=dy.dtype)
+        out = empty((_shape2(dy, "dy")[1],), like=dy)
     native.bias_grad(dy, out, bool(accumulate))
     return out
 
@@ -414,7 +418,7 @@ def softmax(x, *, out=None):
     """
     native = native_for(x=x, out=out)
     if out is None:
-        out = np.empty(_shape2(x, "x"), dtype=x.dtype)
+        out = empty(_shape2(x, "x"), like=x)
     native.softmax(x, out)
     return out
 
@@ -443,12 +447,12 @@ def softmax_backward(dy, y, *, out=None):
     """
     native = native_for(dy=dy, y=y, out=out)
     if out is None:
-        out = np.empty(_shape2(y, "y"), dtype=y.dtype)
+        out = empty(_shape2(y, "y"), like=y)
     native.softmax_backward(dy, y, out)
     return out
 
 
-def softmax_cross_entropy(logits, labels, *, compute_grad=True, dlogits=None):
+def softmax_cross_entropy(logits, labels, *, compute_grad=True, dlogits=None, check_labels=True):
     """Fused softmax + cross-entropy from logits, and its gradient.
 
     ``loss = (1/B) Σ_rows (logsumexp(logits_row) − logits_row[label])`` and
@@ -465,6 +469,12 @@ def softmax_cross_entropy(logits, labels, *, compute_grad=True, dlogits=None):
         Also compute ``dlogits``.
     dlogits : ndarray, shape (B, C), optional
         Output to reuse for the gradient.
+    check_labels : bool
+        Check that integer labels lie in ``[0, C)`` and raise otherwise (the default). On the
+        GPU the check costs one device sync per call, so a training loop that has checked a
+        dataset's labels once may pass False: a label out of range then gives a NaN loss and
+        a NaN gradient row (never an out-of-bounds read). The CPU always checks (it is free
+        there) whatever this says.
 
     Returns
     -------
@@ -498,10 +508,12 @@ def softmax_cross_entropy(logits, labels, *, compute_grad=True, dlogits=None):
     """
     native = native_for(logits=logits, labels=labels, dlogits=dlogits)
     shape = _shape2(logits, "logits")
-    loss = np.empty((), dtype=logits.dtype)
+    loss = empty((), like=logits)
     if compute_grad and dlogits is None:
-        dlogits = np.empty(shape, dtype=logits.dtype)
-    native.softmax_cross_entropy(logits, labels, loss, dlogits if compute_grad else None)
+        dlogits = empty(shape, like=logits)
+    native.softmax_cross_entropy(
+        logits, labels, loss, dlogits if compute_grad else None, bool(check_labels)
+    )
     return loss, (dlogits if compute_grad else None)
 
 
