@@ -303,7 +303,7 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
 #endif
 
 #ifdef FASTNN_X86
-// Small products (K ≤ 16, N ≤ 8 vectors, C with unit column stride, one thread): each row of
+// Small products (K ≤ 16, N ≤ 8 vectors, C with unit column stride): each row of
 // C from its row of op(A) and op(B)'s K rows (read in place when op(B) has unit column stride,
 // else packed once into `bp`), all in L1 — no panels and no tiles, whose set-up costs more
 // than such a product's arithmetic. The same FMAs in the same k order and the same update as
@@ -545,10 +545,24 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   const bool avx2 = use_avx2();
   const int nt = threads_for(2.0 * M * N * K);
 #ifdef FASTNN_X86
-  if (avx2 && nt == 1 && K <= 16 && N <= 256 / int64_t(sizeof(T)) && C.cs == 1 && !b_rows &&
-      !prepacked_b && (!ep || !ep->bias || ep->bias_inc == 1))
-    return small_gemm<T>(M, N, K, alpha, A.data, a_rows, ars, acs, B.data, brs, bcs, beta,
-                         C.data, C.rs, ep ? ep->bias : nullptr, ep && ep->relu);
+  if (avx2 && K <= 16 && N <= 256 / int64_t(sizeof(T)) && C.cs == 1 && !b_rows &&
+      !prepacked_b && (!ep || !ep->bias || ep->bias_inc == 1)) {
+    // Short K (dY·W2: K = 10): rows of C in chunks, each chunk by the row-by-row path.
+    constexpr int64_t kRows = 512;
+    const int64_t chunks = ceil_div(M, kRows);
+    const T* bias = ep ? ep->bias : nullptr;
+    const bool relu = ep && ep->relu;
+    run_team(static_cast<int>(std::min<int64_t>(nt, chunks)), 2.0 * M * N * K / 50e9, [&] {
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t i0 = c * kRows, m = std::min(kRows, M - i0);
+        small_gemm<T>(m, N, K, alpha, a_rows ? A.data : A.data + i0 * ars,
+                      a_rows ? a_rows + i0 : nullptr, ars, acs, B.data, brs, bcs, beta,
+                      C.data + i0 * C.rs, C.rs, bias, relu);
+      }
+    });
+    return;
+  }
 #endif
 
   // M blocks of balanced height (a multiple of MR). With at least two per thread, each
