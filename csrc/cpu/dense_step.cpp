@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "cpu/parallel.h"
@@ -203,6 +204,9 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
 
   const double scale = 1.0 / double(batch);
   const int nt = static_cast<int>(std::min<int64_t>(threads_for(flops), lanes));
+  // One lane (a small batch): its products are too small to share, so it runs here alone.
+  std::optional<SerialScope> serial;
+  if (lanes == 1) serial.emplace();
   run_team(nt, flops / 50e9, [&] {
 #pragma omp for schedule(static)
     for (size_t job = 0; job < pack_jobs.size(); ++job) {

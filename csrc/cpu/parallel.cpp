@@ -45,7 +45,7 @@ std::atomic<int64_t> g_solo_backoff{64};
 constexpr int64_t kMinSolo = 64, kMaxSolo = 4096;
 std::atomic<int64_t> g_straggler_trips{0};  // how often the guard has tripped (show_config)
 // A region is straggling when it took over 1 ms and over 20× what its work needs.
-constexpr double kStraggleSeconds = 1e-3, kStraggleFactor = 20.0;
+constexpr double kStraggleSeconds = 1e-3, kStraggleFactor = 5.0;
 }  // namespace
 
 int num_threads() { return g_threads.load(std::memory_order_relaxed); }
@@ -79,6 +79,14 @@ void team_finished(double seconds, double solo_seconds, int threads) {
 }
 
 int64_t straggler_trips() { return g_straggler_trips.load(); }
+
+namespace {
+thread_local int t_serial_depth = 0;
+}  // namespace
+
+SerialScope::SerialScope() { ++t_serial_depth; }
+SerialScope::~SerialScope() { --t_serial_depth; }
+bool serial_requested() { return t_serial_depth > 0; }
 
 bool in_parallel() {
 #ifdef FASTNN_OPENMP

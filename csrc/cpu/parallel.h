@@ -14,6 +14,17 @@ namespace fastnn::cpu {
 
 int num_threads();                 // threads a large kernel uses (>= 1)
 bool in_parallel();                // inside an OpenMP parallel region (no nested teams)
+
+// While one lives, kernels called from this thread run on it alone (a fused kernel whose
+// pieces are too small to share: waking a team per piece costs more than it saves).
+class SerialScope {
+ public:
+  SerialScope();
+  ~SerialScope();
+  SerialScope(const SerialScope&) = delete;
+  SerialScope& operator=(const SerialScope&) = delete;
+};
+bool serial_requested();
 void set_num_threads(int n);       // n >= 1 (the bindings check it); 1 in a forked child
 bool openmp_enabled();             // built with OpenMP?
 
@@ -32,7 +43,7 @@ int64_t straggler_trips();  // times the guard has tripped in this process
 // a team (a kernel that runs kernels per thread: never nested parallelism).
 inline int threads_for(double work) {
   constexpr double kMinWorkPerThread = 65536.0;
-  if (in_parallel()) return 1;
+  if (in_parallel() || serial_requested()) return 1;
   int by_work = static_cast<int>(work / kMinWorkPerThread);
   const int nt = std::max(1, std::min(num_threads(), by_work));
   return nt > 1 && !team_allowed() ? 1 : nt;
