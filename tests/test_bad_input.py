@@ -814,3 +814,14 @@ def test_masked_arrays_are_refused():
     a = np.ma.masked_array(np.ones((2, 2), np.float32), mask=[[1, 0], [0, 0]])
     with pytest.raises(TypeError, match="masked array"):
         ops.gemm(a, np.ones((2, 2), np.float32))
+
+
+class _FakeDeviceArray:
+    def __init__(self, iface):
+        self.__cuda_array_interface__ = iface
+
+
+@pytest.mark.parametrize("iface", ["not a dict", {"shape": (3, 4)}, None])
+def test_a_malformed_cuda_array_interface_is_a_type_error_naming_the_argument(iface):
+    with pytest.raises(TypeError, match="x has a malformed __cuda_array_interface__"):
+        ops.relu(_FakeDeviceArray(iface))

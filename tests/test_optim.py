@@ -198,3 +198,35 @@ def test_adamw_without_decay_is_adam(rng, dtype):
     ops.adam_update(twins, grads, states[2], states[3], lr=1e-3, step=1, decoupled=False)
     for a, b in zip(params + states[0] + states[1], twins + states[2] + states[3], strict=True):
         np.testing.assert_allclose(a, b, rtol=4 * u_of(dtype), atol=0)
+
+
+@pytest.mark.parametrize(
+    ("call", "word"),
+    [
+        (lambda p, g: ops.sgd_update([p], [g], lr=float("nan")), "lr"),
+        (lambda p, g: ops.sgd_update([p], [g], lr=-0.1), "lr"),
+        (lambda p, g: ops.sgd_update([p], [g], lr=0.1, weight_decay=float("inf")), "weight_decay"),
+        (lambda p, g: ops.momentum_update([p], [g], [g.copy()], lr=0.1, momentum=-1), "momentum"),
+        (
+            lambda p, g: ops.adam_update(
+                [p], [g], [g.copy()], [g.copy()], lr=0.1, step=1, betas=(1.5, 0.9)
+            ),
+            r"betas\[0\]",
+        ),
+        (
+            lambda p, g: ops.adam_update([p], [g], [g.copy()], [g.copy()], lr=0.1, step=1, eps=-1),
+            "eps",
+        ),
+    ],
+)
+def test_bad_hyperparameters_are_refused_before_touching_the_parameters(call, word):
+    p, g = np.ones(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=word):
+        call(p, g)
+    assert (p == 1).all()
+
+
+def test_a_bare_array_is_not_a_list_of_parameters():
+    p, g = np.ones((2, 3), np.float32), np.ones((2, 3), np.float32)
+    with pytest.raises(TypeError, match="params must be a list"):
+        ops.sgd_update(p, g, lr=0.1)

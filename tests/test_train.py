@@ -222,3 +222,12 @@ def test_dense_step_is_used_only_where_it_applies():
     assert not supports(fnn.Sequential(dense, dense), sce)  # shared layer
     assert not supports(fnn.Sequential(fnn.Dense(3, 4), fnn.Dense(4, 2)), fnn.losses.mse)
     assert not supports(fnn.Dense(3, 4), sce)
+
+
+def test_fit_refuses_inputs_and_labels_of_different_lengths(rng):
+    model = fnn.Sequential(fnn.Dense(3, 2))
+    opt = fnn.optim.SGD(model.parameters(), lr=0.1)
+    x = rng.standard_normal((10, 3)).astype(np.float32)
+    for labels in (np.zeros(11, np.int64), np.zeros(9, np.int64)):
+        with pytest.raises(ValueError, match=r"train has 10 inputs but \d+ labels"):
+            fnn.fit(model, (x, labels), optimizer=opt, epochs=1, verbose=0)

@@ -249,7 +249,7 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
   }
   double loss = 0.0;
   for (int64_t k = 0; k < lanes; ++k) loss += lane[size_t(k)].loss;
-  return static_cast<T>(loss * scale);
+  return static_cast<T>(loss / double(batch));  // as softmax_cross_entropy: a division
 }
 
 template float dense_step<float>(const DenseLayer<float>*, int64_t, Matrix<const float>,

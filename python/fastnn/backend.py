@@ -71,6 +71,14 @@ def native_for(**arrays):
                 )
             kind = "cpu"
         elif _is_device_array(x):
+            iface = x.__cuda_array_interface__
+            if not (
+                isinstance(iface, dict) and {"shape", "typestr", "data"} <= iface.keys()
+            ):  # checked here: an output is allocated from it before the kernel sees it
+                raise TypeError(
+                    f"{name} has a malformed __cuda_array_interface__ (a dict with shape, "
+                    f"typestr and data is expected), got {type(iface).__name__}"
+                )
             kind = "cuda"
         else:
             raise TypeError(
@@ -180,7 +188,7 @@ def empty_like(x):
     C-contiguous CuPy array of the same shape and dtype (see ``empty``)."""
     if not _is_device_array(x):  # (a non-array is left for the kernel to reject by name)
         return np.empty_like(x)
-    return empty(x.shape, like=x)
+    return empty(tuple(x.__cuda_array_interface__["shape"]), like=x)
 
 
 def get_num_threads() -> int:

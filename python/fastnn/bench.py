@@ -581,7 +581,11 @@ def _run_yardstick(batch, args) -> dict:
     )
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
-        raise RuntimeError(f"the yardstick {args.yardstick} failed:\n{out.stderr[-2000:]}")
+        why = (out.stderr or out.stdout)[-2000:].strip() or "it printed nothing"
+        raise RuntimeError(
+            f"the yardstick {args.yardstick} ended with status {out.returncode} and no "
+            f"'RESULT {{json}}' line: {why}"
+        )
     r = json.loads(lines[-1][len("RESULT ") :])
     stats = r["step_s"] if batch == "full" else r["epoch_s"]
     return {"impl": "yardstick", "seconds": [stats["median"]], "foreign_cores": [], "retries": 0}

@@ -116,10 +116,12 @@ def cmd_train(args) -> int:
         checkpoint=out / "model.safetensors",
         metadata=metadata,
     )
+    saved = [out / "model.safetensors", out / "predictions.png"]
     if args.epochs == 0:
         fnn.io.save(model, out / "model.safetensors", metadata=metadata)
     else:
         viz.plot_history(history, out / "curves.png")
+        saved.insert(1, out / "curves.png")
         print(
             f"final test accuracy {100 * history['val_accuracy'][-1]:.2f}%, "
             f"mean epoch time {np.mean(history['seconds']):.3f} s"
@@ -128,7 +130,7 @@ def cmd_train(args) -> int:
         predicted = model(test.x[:32]).argmax(axis=1)
     viz.prediction_grid(out / "predictions.png", test.x[:32], predicted, test.y[:32], test.classes)
     (out / "history.json").write_text(json.dumps(dict(history), indent=1))
-    print(f"saved {out / 'model.safetensors'}, {out / 'curves.png'}, {out / 'predictions.png'}")
+    print(f"saved {', '.join(map(str, saved))}")
     return 0
 
 

@@ -25,6 +25,7 @@ Conventions shared by every op:
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -70,9 +71,10 @@ def _shape2(x, name: str) -> tuple[int, int]:
     # Only what allocation needs; the binding checks everything else.
     if x is None:  # native_for skips None (optional arguments); this one is required
         raise TypeError(f"{name} must be a numpy.ndarray, got None")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array, got shape {x.shape}")
-    return x.shape
+    shape = x.shape if hasattr(x, "shape") else tuple(x.__cuda_array_interface__["shape"])
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be a 2-D array, got shape {shape}")
+    return shape
 
 
 def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
@@ -598,8 +600,9 @@ def sgd_update(params: Sequence, grads: Sequence, *, lr: float, weight_decay: fl
         buffers, or buffers that overlap in memory (the same array twice, a gradient inside
         its parameter).
     """
-    params, grads = list(params), list(grads)
-    _native(params).sgd_update(params, grads, float(lr), float(weight_decay))
+    params, grads = _buffers(params, "params"), _buffers(grads, "grads")
+    lr, weight_decay = _hyper(lr, "lr"), _hyper(weight_decay, "weight_decay")
+    _native(params).sgd_update(params, grads, lr, weight_decay)
 
 
 def momentum_update(
@@ -625,9 +628,12 @@ def momentum_update(
     TypeError, ValueError
         As ``sgd_update``; also a velocity list that does not match the parameters.
     """
-    params, grads, velocity = list(params), list(grads), list(velocity)
+    params, grads = _buffers(params, "params"), _buffers(grads, "grads")
+    velocity = _buffers(velocity, "velocity")
+    lr, momentum = _hyper(lr, "lr"), _hyper(momentum, "momentum")
+    weight_decay = _hyper(weight_decay, "weight_decay")
     _native(params).momentum_update(
-        params, grads, velocity, float(lr), float(momentum), float(weight_decay), bool(nesterov)
+        params, grads, velocity, lr, momentum, weight_decay, bool(nesterov)
     )
 
 
@@ -675,22 +681,44 @@ def adam_update(
     """
     if isinstance(step, bool) or not isinstance(step, numbers.Integral):
         raise TypeError(f"adam_update: step must be an int, got {step!r}")
-    params, grads = list(params), list(grads)
-    exp_avg, exp_avg_sq = list(exp_avg), list(exp_avg_sq)
+    params, grads = _buffers(params, "params"), _buffers(grads, "grads")
+    exp_avg, exp_avg_sq = _buffers(exp_avg, "exp_avg"), _buffers(exp_avg_sq, "exp_avg_sq")
     beta1, beta2 = betas
+    for beta, name in ((beta1, "betas[0]"), (beta2, "betas[1]")):
+        if not 0.0 <= _hyper(beta, name) < 1.0:
+            raise ValueError(f"adam_update: {name} must lie in [0, 1), got {beta!r}")
     _native(params).adam_update(
         params,
         grads,
         exp_avg,
         exp_avg_sq,
-        float(lr),
+        _hyper(lr, "lr"),
         float(beta1),
         float(beta2),
-        float(eps),
-        float(weight_decay),
+        _hyper(eps, "eps"),
+        _hyper(weight_decay, "weight_decay"),
         bool(decoupled),
         int(step),
     )
+
+
+def _buffers(arrays, name: str) -> list:
+    """A list of an optimizer's buffers; a bare array is a mistake, not a list of its rows."""
+    if hasattr(arrays, "shape") or not isinstance(arrays, Sequence):
+        raise TypeError(
+            f"{name} must be a list (or tuple) of arrays, one per parameter; "
+            f"got {type(arrays).__name__}"
+        )
+    return list(arrays)
+
+
+def _hyper(value, name: str) -> float:
+    """A hyperparameter of an update: a finite real number >= 0 (a NaN learning rate would
+    silently turn every parameter into NaN)."""
+    value = _scalar(value, name)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
 
 
 def _native(params: list):

@@ -307,6 +307,8 @@ def fit(
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     x, y = _xy(train, "train")
     n = len(y)
+    if len(x) != n:
+        raise ValueError(f"fit: train has {len(x)} inputs but {n} labels; they must be equal")
     if n == 0:
         raise ValueError("fit: the training data has no samples")
     size = _batch_size(batch_size, n)
