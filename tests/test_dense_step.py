@@ -15,11 +15,15 @@ from layouts import views_2d
 
 DTYPES = [np.float32, np.float64]
 # (N rows of x, B minibatch rows or None for x itself, in, hidden, classes): lanes and blocks
-# of every kind — one lane (B < 64), two lanes of one block, lanes of several blocks, more.
+# of every kind — one lane (B < 64; with 256 inputs or more its first layer is cut in two
+# halves of columns), two lanes of one block, lanes of several blocks, more.
 SHAPES = [
     (1, None, 1, 1, 1),
     (5, None, 7, 3, 4),
     (40, 17, 33, 10, 3),
+    (100, 33, 300, 9, 5),  # one lane, first layer in two halves, gathered rows
+    (50, None, 784, 32, 10),  # the same on x itself
+    (3, None, 256, 2, 2),
     (200, 128, 784, 32, 10),  # the article's step at batch 128
     (700, 600, 65, 9, 5),
     (20000, None, 19, 6, 4),
@@ -68,7 +72,8 @@ def test_matches_the_float64_oracle(rng, dtype, n, batch, d_in, hidden, classes)
 @pytest.mark.parametrize("batch", [3, 63, 64, 300])
 def test_matches_the_unfused_kernels(rng, dtype, batch):
     """The same math as dense_forward → softmax_cross_entropy → relu_backward → dense_backward
-    for three layers, relu on the first two; below 64 rows (one lane) bit for bit."""
+    for three layers, relu on the first two; below 64 rows (one lane, a first layer narrower
+    than 256 inputs) bit for bit."""
     x = rng.standard_normal((batch + 5, 23)).astype(dtype)
     rows = rng.permutation(batch + 5)[:batch].astype(np.int64)
     labels = rng.integers(0, 6, batch).astype(np.uint8)
@@ -99,11 +104,11 @@ def test_matches_the_unfused_kernels(rng, dtype, batch):
     assert loss == pytest.approx(float(want_loss), rel=1e-6 if dtype == np.float32 else 1e-14)
 
 
-@pytest.mark.parametrize("batch", [16, 128, 5000])
-def test_bitwise_the_same_for_any_thread_count(rng, batch):
-    x = rng.standard_normal((batch, 50)).astype(np.float32)
+@pytest.mark.parametrize(("batch", "d_in"), [(16, 50), (40, 300), (128, 50), (5000, 50)])
+def test_bitwise_the_same_for_any_thread_count(rng, batch, d_in):
+    x = rng.standard_normal((batch, d_in)).astype(np.float32)
     labels = rng.integers(0, 7, batch)
-    layers = params(rng, (50, 20, 7), np.float32)
+    layers = params(rng, (d_in, 20, 7), np.float32)
     results = []
     for threads in (1, 2, 3):
         fnn.set_num_threads(threads)

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/parallel.h"
@@ -20,6 +21,7 @@ namespace {
 constexpr int64_t kBlockRows = 128;     // rows per block: 128 × 784 floats is 400 KB of L2
 constexpr int64_t kRowsPerLane = 8192;  // a lane per this many rows, 2 to 8 lanes
 constexpr int64_t kPrefetchRows = 2;    // gather: rows requested ahead of the one copied
+constexpr int64_t kSplitColumns = 256;  // one lane: a first layer this wide is cut in two
 constexpr int64_t kMinLaneSplit = 64;  // smaller batches: one lane (small blocks make poor products)
 
 // Lanes depend on the batch size only, so the sums do not depend on the thread count.
@@ -30,19 +32,20 @@ int64_t lanes_for(int64_t batch) {
 
 constexpr int64_t round_up(int64_t n, int64_t to) { return ceil_div(n, to) * to; }
 
-// Copies rows[0..n) of X into dst (n × X.cols, contiguous), requesting rows a little ahead
-// from memory so that the random rows of a shuffled minibatch stream instead of stalling
-// on each row's first cache line.
+// Copies columns [c0, c1) of n rows of X into dst (n × (c1 − c0), contiguous): rows[0..n)
+// when given (a shuffled minibatch), else rows r0.. r0+n. Rows are requested a little ahead
+// from memory, so that random rows stream instead of stalling on each row's first line.
 template <class T>
-void gather_rows(T* dst, Matrix<const T> X, const int64_t* rows, int64_t n) {
-  const int64_t cols = X.cols, bytes = cols * int64_t(sizeof(T));
+void gather_rows(T* dst, Matrix<const T> X, const int64_t* rows, int64_t r0, int64_t n,
+                 int64_t c0, int64_t c1) {
+  const int64_t cols = c1 - c0, bytes = cols * int64_t(sizeof(T));
+  auto row = [&](int64_t r) { return X.data + (rows ? rows[r] : r0 + r) * X.rs + c0 * X.cs; };
   for (int64_t r = 0; r < n; ++r) {
-    if (r + kPrefetchRows < n) {
-      const char* ahead = reinterpret_cast<const char*>(X.data + rows[r + kPrefetchRows] * X.rs);
-      if (X.cs == 1)
-        for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(ahead + off);
+    if (r + kPrefetchRows < n && X.cs == 1) {
+      const char* ahead = reinterpret_cast<const char*>(row(r + kPrefetchRows));
+      for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(ahead + off);
     }
-    const T* src = X.data + rows[r] * X.rs;
+    const T* src = row(r);
     T* out = dst + r * cols;
     if (X.cs == 1) {
       std::memcpy(out, src, size_t(bytes));
@@ -62,8 +65,65 @@ struct LaneBuffers {
   std::vector<T*> dW;    // per layer, out_l × in_l (lane 0: the layer's own dW)
   std::vector<const T*> packed_w;  // per layer, Wᵀ packed for the forward product, or null
   double* db;            // Σ out_l, bias gradient sums in double
+  std::vector<int64_t> db_at;  // layer l's sums start at db + db_at[l]
   double loss;
 };
+
+// Forward through layers [from, count) for a block of n rows whose input to layer `from` is
+// `in`; returns the logits.
+template <class T>
+Matrix<const T> forward_from(const DenseLayer<T>* layers, int64_t count, int64_t from,
+                             Matrix<const T> in, int64_t n, const LaneBuffers<T>& lane) {
+  for (int64_t l = from; l < count; ++l) {
+    const DenseLayer<T>& layer = layers[l];
+    const int64_t out = layer.W.rows;
+    Matrix<T> y{lane.act[l], n, out, out, 1};
+    gemm_ex<T>(false, true, T(1), in, layer.W, T(0), y, layer.b.data, layer.b.inc, layer.relu,
+               nullptr, nullptr, lane.packed_w[l]);
+    in = {y.data, n, out, out, 1};
+  }
+  return in;
+}
+
+// The backward step of layer l for a block of n rows whose input to the layer was x_l:
+// relu's mask on lane.grad[l], the weight gradient added into the lane's partial (unless
+// weight_grad is false: the caller does it), the bias gradient into db_acc, and the gradient
+// of the layer's input into lane.grad[l − 1].
+template <class T>
+void backward_layer(const DenseLayer<T>& layer, int64_t l, int64_t n, bool first,
+                    Matrix<const T> x_l, double* db_acc, const LaneBuffers<T>& lane,
+                    bool weight_grad) {
+  const int64_t out = layer.W.rows, fan_in = layer.W.cols;
+  T* gl = lane.grad[l];
+  if (layer.relu) {  // relu_backward on the output: 0 where it is not > 0 (NaN included)
+    const T* y = lane.act[l];
+    for (int64_t i = 0; i < n * out; ++i) gl[i] = y[i] > T(0) ? gl[i] : T(0);
+  }
+  const Matrix<const T> gm{gl, n, out, out, 1};
+  if (weight_grad) {
+    Matrix<T> dW{lane.dW[l], out, fan_in, fan_in, 1};
+    if (lane.dW[l] == layer.dW.data) dW = layer.dW;  // lane 0 writes the result in place
+    gemm_ex<T>(true, false, T(1), gm, x_l, first ? T(0) : T(1), dW, nullptr, 1, false);
+  }
+  if (layer.b.data) {
+    if (first) std::fill(db_acc, db_acc + out, 0.0);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < out; ++j) db_acc[j] += gl[i * out + j];
+  }
+  if (l > 0) {
+    Matrix<T> dx{lane.grad[l - 1], n, fan_in, fan_in, 1};
+    gemm_ex<T>(false, false, T(1), gm, layer.W, T(0), dx, nullptr, 1, false);
+  }
+}
+
+// The softmax cross-entropy rows of a block: loss into lane.loss, dlogits into the last grad.
+template <class T>
+void block_loss(const DenseLayer<T>* layers, int64_t count, Matrix<const T> logits, int64_t n,
+                const int64_t* labels, double scale, LaneBuffers<T>& lane) {
+  const int64_t classes = layers[count - 1].W.rows;
+  Matrix<T> g{lane.grad[count - 1], n, classes, classes, 1};
+  lane.loss += softmax_cross_entropy_rows<T>(g, logits, labels, scale);
+}
 
 template <class T>
 void run_lane(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
@@ -76,56 +136,15 @@ void run_lane(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
     const bool first = r0 == begin;
     Matrix<const T> xb{X.data + r0 * X.rs, n, in0, X.rs, X.cs};
     if (x_rows || X.cs != 1) {
-      if (x_rows) {
-        gather_rows(lane.x, X, x_rows + r0, n);
-      } else {
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t j = 0; j < in0; ++j) lane.x[i * in0 + j] = X(r0 + i, j);
-      }
+      gather_rows(lane.x, X, x_rows ? x_rows + r0 : nullptr, r0, n, 0, in0);
       xb = {lane.x, n, in0, in0, 1};
     }
-    // Forward: the block's activations, layer by layer.
-    Matrix<const T> in = xb;
-    for (int64_t l = 0; l < count; ++l) {
-      const DenseLayer<T>& layer = layers[l];
-      const int64_t out = layer.W.rows;
-      Matrix<T> y{lane.act[l], n, out, out, 1};
-      gemm_ex<T>(false, true, T(1), in, layer.W, T(0), y, layer.b.data, layer.b.inc, layer.relu,
-                 nullptr, nullptr, lane.packed_w[l]);
-      in = {y.data, n, out, out, 1};
-    }
-    // The loss and its gradient for the block's rows (scaled by 1 / the whole batch).
-    const int64_t classes = layers[count - 1].W.rows;
-    Matrix<T> g{lane.grad[count - 1], n, classes, classes, 1};
-    lane.loss += softmax_cross_entropy_rows<T>(g, in, labels + r0, scale);
-    // Backward: layer by layer, each weight gradient added into the lane's partial.
-    int64_t db_offset = 0;
-    for (int64_t l = 0; l < count; ++l) db_offset += layers[l].W.rows;
+    const Matrix<const T> logits = forward_from(layers, count, 0, xb, n, lane);
+    block_loss(layers, count, logits, n, labels + r0, scale, lane);
     for (int64_t l = count - 1; l >= 0; --l) {
-      const DenseLayer<T>& layer = layers[l];
-      const int64_t out = layer.W.rows, fan_in = layer.W.cols;
-      db_offset -= out;
-      T* gl = lane.grad[l];
-      if (layer.relu) {  // relu_backward on the output: 0 where it is not > 0 (NaN included)
-        const T* y = lane.act[l];
-        for (int64_t i = 0; i < n * out; ++i) gl[i] = y[i] > T(0) ? gl[i] : T(0);
-      }
-      const Matrix<const T> gm{gl, n, out, out, 1};
       const Matrix<const T> x_l =
-          l ? Matrix<const T>{lane.act[l - 1], n, fan_in, fan_in, 1} : xb;
-      Matrix<T> dW{lane.dW[l], out, fan_in, fan_in, 1};
-      if (lane.dW[l] == layer.dW.data) dW = layer.dW;  // lane 0 writes the result in place
-      gemm_ex<T>(true, false, T(1), gm, x_l, first ? T(0) : T(1), dW, nullptr, 1, false);
-      if (layer.b.data) {
-        double* acc = lane.db + db_offset;
-        if (first) std::fill(acc, acc + out, 0.0);
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t j = 0; j < out; ++j) acc[j] += gl[i * out + j];
-      }
-      if (l > 0) {
-        Matrix<T> dx{lane.grad[l - 1], n, fan_in, fan_in, 1};
-        gemm_ex<T>(false, false, T(1), gm, layer.W, T(0), dx, nullptr, 1, false);
-      }
+          l ? Matrix<const T>{lane.act[l - 1], n, layers[l].W.cols, layers[l].W.cols, 1} : xb;
+      backward_layer(layers[l], l, n, first, x_l, lane.db + lane.db_at[l], lane, true);
     }
   }
 }
@@ -156,6 +175,13 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
   }
   const int64_t lanes = lanes_for(batch), lane_rows = ceil_div(batch, lanes);
   const int64_t block = std::min(kBlockRows, lane_rows);
+  // A small batch is one lane of one block. When its first layer is wide, that layer's two
+  // products are cut by input columns into two fixed halves (set by the width alone), so that
+  // two threads share them: the forward sums the halves' products, the weight gradient's
+  // halves are independent. Every other piece of the step is small and runs on one thread.
+  const int64_t in0 = X.cols, out0 = layers[0].W.rows;
+  const bool split = lanes == 1 && in0 >= kSplitColumns;
+  const int64_t cut[3] = {0, split ? round_up(in0 / 2, 16) : in0, in0};
   const bool gather = x_rows || X.cs != 1;
   constexpr int64_t kAlign = 64 / sizeof(T);  // lanes' buffers start on their own cache lines
 
@@ -171,15 +197,32 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
   // Each weight, transposed into the forward product's panels once per step (not per block).
   std::vector<int64_t> panels(static_cast<size_t>(count)), packed_at(static_cast<size_t>(count) + 1, 0);
   for (int64_t l = 0; l < count; ++l) {
-    panels[l] = prepacked_b_panels<T>(layers[l].W.cols, layers[l].W.rows);
+    panels[l] = split && l == 0 ? 0 : prepacked_b_panels<T>(layers[l].W.cols, layers[l].W.rows);
     // room for panels of NR ≤ 16 columns
     packed_at[l + 1] = packed_at[l] + round_up(panels[l] * 16 * layers[l].W.cols, kAlign);
   }
   std::vector<std::pair<int64_t, int64_t>> pack_jobs;  // (layer, panel)
   for (int64_t l = 0; l < count; ++l)
     for (int64_t p = 0; p < panels[l]; ++p) pack_jobs.push_back({l, p});
-  T* scratch = step_scratch<T>(lanes * (per_lane + weights) + packed_at[count]);
+  // Split: the second half's gathered rows and product, and each half of W1ᵀ packed.
+  const int64_t width[2] = {cut[1] - cut[0], cut[2] - cut[1]};
+  int64_t part_panels[2] = {0, 0}, split_extra = 0, part_at[3] = {0, 0, 0};
+  if (split) {
+    split_extra = round_up(block * width[1], kAlign) + round_up(block * out0, kAlign);
+    for (int p = 0; p < 2; ++p) {
+      part_panels[p] = prepacked_b_panels<T>(width[p], out0);
+      part_at[p + 1] = part_at[p] + round_up(part_panels[p] * 16 * width[p], kAlign);
+    }
+  }
+  T* scratch =
+      step_scratch<T>(lanes * (per_lane + weights) + packed_at[count] + split_extra + part_at[2]);
   T* packed = scratch + lanes * (per_lane + weights);
+  T* split_x1 = packed + packed_at[count];  // the second half's gathered rows
+  T* split_p1 = split_x1 + round_up(block * width[1], kAlign);  // the second half's product
+  T* part_packed = split_x1 + split_extra;
+  std::vector<std::pair<int64_t, int64_t>> part_jobs;  // (half, panel)
+  for (int p = 0; p < 2; ++p)
+    for (int64_t q = 0; q < part_panels[p]; ++q) part_jobs.push_back({p, q});
   std::vector<double> db_sums(size_t(lanes * outs));
   std::vector<LaneBuffers<T>> lane(static_cast<size_t>(lanes));
   for (int64_t k = 0; k < lanes; ++k) {
@@ -198,25 +241,78 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
       p += round_up(layers[l].W.rows * layers[l].W.cols, kAlign);
     }
     b.db = db_sums.data() + k * outs;
+    for (int64_t l = 0, at = 0; l < count; at += layers[l].W.rows, ++l) b.db_at.push_back(at);
     for (int64_t l = 0; l < count; ++l)
       b.packed_w.push_back(panels[l] ? packed + packed_at[l] : nullptr);
   }
 
   const double scale = 1.0 / double(batch);
-  const int nt = static_cast<int>(std::min<int64_t>(threads_for(flops), lanes));
-  // One lane (a small batch): its products are too small to share, so it runs here alone.
+  const int nt = static_cast<int>(std::min<int64_t>(threads_for(flops), split ? 2 : lanes));
+  // One lane not split: its products are too small to share, so it runs here alone.
   std::optional<SerialScope> serial;
-  if (lanes == 1) serial.emplace();
+  if (lanes == 1 && !split) serial.emplace();
+  const DenseLayer<T>& first = layers[0];
+  auto half_of = [&](const auto& m, int p) {  // columns [cut[p], cut[p+1]) of a matrix
+    return std::decay_t<decltype(m)>{m.data + cut[p] * m.cs, m.rows, width[p], m.rs, m.cs};
+  };
+  Matrix<const T> x_half[2];
   run_team(nt, flops / 50e9, [&] {
 #pragma omp for schedule(static)
     for (size_t job = 0; job < pack_jobs.size(); ++job) {
       const auto [l, p] = pack_jobs[job];
       prepack_b_panel<T>(packed + packed_at[l], layers[l].W, true, p);
     }
+    if (split) {
 #pragma omp for schedule(static)
-    for (int64_t k = 0; k < lanes; ++k)
-      run_lane(layers, count, X, x_rows, labels, k * lane_rows,
-               std::min(batch, (k + 1) * lane_rows), scale, lane[size_t(k)]);
+      for (size_t job = 0; job < part_jobs.size(); ++job) {
+        const auto [p, q] = part_jobs[job];
+        prepack_b_panel<T>(part_packed + part_at[p], half_of(first.W, int(p)), true, q);
+      }
+      LaneBuffers<T>& ln = lane[0];
+      const int64_t n = batch;
+      T* products[2] = {ln.act[0], split_p1};
+#pragma omp for schedule(static)
+      for (int p = 0; p < 2; ++p) {  // each half: its columns of the rows, its product
+        if (gather) {
+          T* stage = p == 0 ? ln.x : split_x1;
+          gather_rows(stage, X, x_rows, 0, n, cut[p], cut[p + 1]);
+          x_half[p] = {stage, n, width[p], width[p], 1};
+        } else {
+          x_half[p] = half_of(Matrix<const T>{X.data, n, in0, X.rs, X.cs}, p);
+        }
+        gemm_ex<T>(false, true, T(1), x_half[p], half_of(first.W, p), T(0),
+                   Matrix<T>{products[p], n, out0, out0, 1}, nullptr, 1, false, nullptr,
+                   nullptr, part_panels[p] ? part_packed + part_at[p] : nullptr);
+      }
+#pragma omp single
+      {
+        ln.loss = 0.0;
+        T* h = ln.act[0];  // = products[0]: each element read before it is written
+        for (int64_t i = 0; i < n * out0; ++i) {
+          T v = h[i] + split_p1[i];
+          if (first.b.data) v += first.b[i % out0];
+          if (first.relu) v = v > T(0) ? v : (v == v ? T(0) : v);  // NaN kept
+          h[i] = v;
+        }
+        const Matrix<const T> logits =
+            forward_from(layers, count, 1, Matrix<const T>{h, n, out0, out0, 1}, n, ln);
+        block_loss(layers, count, logits, n, labels, scale, ln);
+        for (int64_t l = count - 1; l >= 1; --l)
+          backward_layer(layers[l], l, n, true,
+                         Matrix<const T>{ln.act[l - 1], n, layers[l].W.cols, layers[l].W.cols, 1},
+                         ln.db + ln.db_at[l], ln, true);
+        backward_layer(first, 0, n, true, x_half[0], ln.db + ln.db_at[0], ln, false);
+      }
+#pragma omp for schedule(static)
+      for (int p = 0; p < 2; ++p)  // the weight gradient's halves
+        gemm_ex<T>(true, false, T(1), Matrix<const T>{ln.grad[0], n, out0, out0, 1}, x_half[p],
+                   T(0), half_of(first.dW, p), nullptr, 1, false);
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t k = 0; k < lanes; ++k)
+        run_lane(layers, count, X, x_rows, labels, k * lane_rows,
+                 std::min(batch, (k + 1) * lane_rows), scale, lane[size_t(k)]);
+    }
     // The lanes' partial weight gradients, added into lane 0's (the result) in lane order;
     // then the SGD update of the row, if asked, while it is in cache.
     for (int64_t l = 0; l < count; ++l) {

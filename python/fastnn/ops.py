@@ -532,7 +532,10 @@ def dense_step(
     ``dense_backward`` per layer, but the minibatch goes through in blocks of at most 128 rows
     that each travel forward and backward while in cache; the weight gradients are summed per
     block in a fixed number of lanes (set by B, not by the thread count), so they equal the
-    unfused ones to float rounding, and are bitwise the same for any thread count.
+    unfused ones to float rounding, and are bitwise the same for any thread count. Below 64
+    rows there is one lane, bitwise equal to the unfused kernels unless the first layer has
+    256 inputs or more: its two products are then cut into two fixed halves of the input
+    columns that two threads share (equal to float rounding).
 
     Parameters
     ----------
