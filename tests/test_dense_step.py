@@ -313,3 +313,22 @@ def test_bad_rows_and_update_arguments(rng):
         ops.dense_step(**valid(rng), lr="0.1")
     with pytest.raises(ValueError, match="finite"):
         ops.dense_step(**valid(rng), lr=float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels", "loss", "dbias"),
+    [
+        ([[1e8, 1e8]], [1], 0.6931471805599453, [0.5, -0.5]),  # C01: huge, equal logits
+        ([[1e4, -1e4]], [1], 20000.0, [1.0, -1.0]),  # C01: exact and finite at ±1e4
+        ([[0.0, 200.0], [0.0, 0.0]], [0, 1], 100.34657359027997, [-0.25, 0.25]),  # C03
+        ([[np.nan, 0.0], [1.0, 0.0]], [1, 0], np.nan, [np.nan, np.nan]),  # C05: NaN shows
+    ],
+)
+def test_handout_cross_entropy_cases_through_the_fused_step(logits, labels, loss, dbias):
+    """The loss of the fused step is the stable one: a layer with identity weights makes
+    the logits the inputs, and the bias gradient is Σ_rows dlogits."""
+    x = np.array(logits, np.float32)
+    eye = np.eye(2, dtype=np.float32)
+    got, _, dbs = run(x, np.array(labels), [(eye, np.zeros(2, np.float32))], [False])
+    np.testing.assert_allclose(got, loss, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dbs[0], dbias, atol=1e-6)
