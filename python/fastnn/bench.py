@@ -60,6 +60,7 @@ __all__ = [
     "kernel_suite",
     "main",
     "make_trainer",
+    "softmax_xent_numpy",
 ]
 
 SIZES = (784, 32, 10)
@@ -314,7 +315,9 @@ def make_trainer(impl: str, weights) -> _Trainer:
 
 
 # ---------------------------------------------------------------------------------- kernels
-def _softmax_xent_numpy(logits, labels):
+def softmax_xent_numpy(logits, labels):
+    """Softmax cross-entropy and its gradient the NumPy way (row maximum subtracted):
+    (mean loss, dlogits) for logits (B, C) and integer labels (B,)."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     total = e.sum(axis=1, keepdims=True)
@@ -384,7 +387,7 @@ def kernel_suite(impl: str, batch: int = 128, seed: int = 0) -> dict:
                     lambda: dy @ w2,
                     dense_forward,
                     lambda: (x.T @ dh, dh.sum(axis=0)),
-                    lambda: _softmax_xent_numpy(dy, labels),
+                    lambda: softmax_xent_numpy(dy, labels),
                 ),
                 strict=True,
             )
