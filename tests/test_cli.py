@@ -8,6 +8,8 @@ import sys
 import pytest
 from PIL import Image
 
+from fastnn import cli
+
 
 def fastnn(*args, cwd, timeout=300):
     return subprocess.run(
@@ -110,3 +112,11 @@ def test_output_names_are_checked(tmp_path, trained):
     (tmp_path / "afile").write_text("x")
     file_out = fastnn("train", "--out", "afile", cwd=tmp_path)
     assert file_out.returncode == 1 and "is a file" in file_out.stderr
+
+
+@pytest.mark.parametrize("lr", ["nan", "-1", "0", "inf"])
+def test_train_refuses_a_bad_learning_rate_before_loading_anything(lr, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--lr", lr, "--data", "/nonexistent"])
+    assert info.value.code == 2
+    assert "--lr" in capsys.readouterr().err

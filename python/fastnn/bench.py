@@ -732,9 +732,19 @@ def _write_text(path, text: str) -> None:
 
 # ---------------------------------------------------------------------------- orchestration
 def _available(impls) -> list[str]:
+    """The implementations to run: fastnn always (every ratio is against it), the others
+    asked for that are installed.
+
+    Raises
+    ------
+    RuntimeError
+        When only implementations that are not installed were asked for besides fastnn.
+    """
     out = []
     for impl in impls:
         if impl == "torch" and importlib.util.find_spec("torch") is None:
+            if [i for i in impls if i != "fastnn"] == ["torch"]:
+                raise RuntimeError("--impl torch: PyTorch is not installed (pip install torch)")
             print("PyTorch is not installed: skipping it (pip install torch)", file=sys.stderr)
             continue
         out.append(impl)
@@ -889,7 +899,11 @@ def main(argv=None) -> int:
     if args.worker:
         print("RESULT " + json.dumps(_worker(args)), flush=True)
         return 0
-    impls = _available(args.impl)
+    try:
+        impls = _available(args.impl)
+    except RuntimeError as err:
+        print(f"fastnn bench: error: {err}", file=sys.stderr)
+        return 1
     if args.yardstick:
         if not os.path.isfile(args.yardstick):
             parser.error(f"--yardstick: no such file {args.yardstick}")

@@ -198,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="B",
         help="minibatch size, or 'full' for all 60,000 images per step",
     )
-    p.add_argument("--lr", type=float, default=None, help="learning rate (sgd 0.1, adam 1e-3)")
+    p.add_argument(
+        "--lr", type=_positive_float, default=None, help="learning rate (sgd 0.1, adam 1e-3)"
+    )
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     p.add_argument("--hidden", type=_int_at_least(1), default=32, help="hidden units (32)")
     p.add_argument("--seed", type=_int_at_least(0), default=0)
