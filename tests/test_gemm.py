@@ -256,7 +256,9 @@ def test_gemm_square_of_itself(rng, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("trans_a", "trans_b"), [(False, False), (False, True), (True, False)])
-@pytest.mark.parametrize(("n", "k"), [(10, 16), (32, 10), (64, 7), (1, 1), (17, 3), (10, 32)])
+@pytest.mark.parametrize(
+    ("n", "k"), [(10, 16), (32, 10), (64, 7), (1, 1), (17, 3), (10, 32), (24, 31), (40, 33)]
+)
 def test_small_products_equal_rows_of_large_ones(rng, dtype, trans_a, trans_b, n, k):
     """A product small enough for the row-by-row path gives, bit for bit, the rows of a
     product large enough for the tiled, threaded path: the arithmetic never depends on the
@@ -265,8 +267,11 @@ def test_small_products_equal_rows_of_large_ones(rng, dtype, trans_a, trans_b, n
     a = rng.standard_normal((k, big_m) if trans_a else (big_m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
     c0 = rng.standard_normal((big_m, n)).astype(dtype)
-    big = ops.gemm(a, b, trans_a=trans_a, trans_b=trans_b, alpha=0.7, beta=0.3, out=c0.copy())
-    rows = slice(5, 12)
+    # An out with strided columns sends the large product down the tiled path at any size.
+    big = np.zeros((big_m, 2 * n), dtype)[:, ::2]
+    big[...] = c0
+    ops.gemm(a, b, trans_a=trans_a, trans_b=trans_b, alpha=0.7, beta=0.3, out=big)
+    rows = slice(5, 16)  # 11 rows: whole groups of rows and a partial one
     small_a = a[:, rows] if trans_a else a[rows]
     small = ops.gemm(
         small_a, b, trans_a=trans_a, trans_b=trans_b, alpha=0.7, beta=0.3, out=c0[rows].copy()

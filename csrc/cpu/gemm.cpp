@@ -303,14 +303,15 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
 #endif
 
 #ifdef FASTNN_X86
-// Small products (K ≤ 16, N ≤ 8 vectors, C with unit column stride): each row of
+// Small products (K ≤ 32, N ≤ 8 vectors, C with unit column stride): each row of
 // C from its row of op(A) and op(B)'s K rows (read in place when op(B) has unit column stride,
 // else packed once into `bp`), all in L1 — no panels and no tiles, whose set-up costs more
 // than such a product's arithmetic. The same FMAs in the same k order and the same update as
-// the micro-kernel, so the result does not depend on which path ran.
+// the micro-kernel, so the result does not depend on which path ran. R rows go together, so
+// that each vector of op(B) loaded serves R rows (R·NV accumulators + NV + 1 ≤ 16 registers).
 // kMaskB: op(B)'s rows end inside the last vector (read in place, N not a multiple of W), so
 // that vector is loaded masked; a packed op(B) is zero-padded instead.
-template <class T, int NV, bool kMaskB>
+template <class T, int NV, int R, bool kMaskB>
 FASTNN_TARGET void small_gemm_rows(int64_t M, int64_t N, int64_t K, T alpha, const T* a,
                                    const int64_t* a_rows, int64_t ars, int64_t acs, const T* b,
                                    int64_t brs, T beta, T* c, int64_t rs_c, const T* bias,
@@ -319,26 +320,44 @@ FASTNN_TARGET void small_gemm_rows(int64_t M, int64_t N, int64_t K, T alpha, con
   constexpr int64_t W = 32 / sizeof(T);
   const int64_t tail = N - (NV - 1) * W;
   const __m256i ones = _mm256_set1_epi32(-1), mtail = tail == W ? ones : vmask<T>(tail);
-  auto load = [&](const T* p, int v) {
-    return kMaskB && v == NV - 1 ? vmaskload(p, mtail) : vload(p);
-  };
   V bias_v[NV];
   for (int v = 0; v < NV; ++v)
     bias_v[v] = !bias ? vzero(T{}) : v == NV - 1 ? vmaskload(bias + v * W, mtail) : vload(bias + v * W);
   const Update<T> update{vset1(alpha), vset1(beta), beta != T(0), bias != nullptr, relu};
-  for (int64_t i = 0; i < M; ++i) {
-    const T* ar = a + (a_rows ? a_rows[i] : i) * ars;
-    V acc[NV];
-    for (int v = 0; v < NV; ++v) acc[v] = vzero(T{});
+  for (int64_t i = 0; i < M; i += R) {
+    const int64_t rows = std::min<int64_t>(R, M - i);
+    const T* ar[R];
+    for (int r = 0; r < R; ++r)  // rows past M repeat the last one (computed, not stored)
+      ar[r] = a + (a_rows ? a_rows[i + std::min<int64_t>(r, rows - 1)]
+                          : i + std::min<int64_t>(r, rows - 1)) * ars;
+    V acc[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = vzero(T{});
     for (int64_t k = 0; k < K; ++k) {
-      const V x = vbroadcast(ar + k * acs);
       const T* br = b + k * brs;
+      V bv[NV];
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[v] = vfma(x, load(br + v * W, v), acc[v]);
+      for (int v = 0; v < NV; ++v) {
+        bv[v] = kMaskB && v == NV - 1 ? vmaskload(br + v * W, mtail) : vload(br + v * W);
+        // Keep the vector in a register for the R rows: the compiler would otherwise fold
+        // a fresh load into every FMA, and loads, not FMAs, would set the pace.
+        if constexpr (R > 1) __asm__("" : "+x"(bv[v]));
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const V x = vbroadcast(ar[r] + k * acs);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[r][v] = vfma(x, bv[v], acc[r][v]);
+      }
     }
-    T* cr = c + i * rs_c;
-    for (int v = 0; v < NV; ++v)
-      update(cr + v * W, acc[v], bias_v[v], v == NV - 1 ? tail : W, v == NV - 1 ? mtail : ones);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {  // a constant trip count keeps acc in registers
+      if (r >= rows) break;
+      T* cr = c + (i + r) * rs_c;
+      for (int v = 0; v < NV; ++v)
+        update(cr + v * W, acc[r][v], bias_v[v], v == NV - 1 ? tail : W,
+               v == NV - 1 ? mtail : ones);
+    }
   }
 }
 
@@ -349,7 +368,7 @@ FASTNN_TARGET void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T*
                               const T* bias, bool relu) {
   constexpr int64_t W = 32 / sizeof(T);
   const int nv = static_cast<int>(ceil_div(N, W));
-  T packed[16 * 8 * W];  // op(B), K ≤ 16 rows of nv·W ≤ 8 vectors, zero-padded
+  T packed[32 * 8 * W];  // op(B), K ≤ 32 rows of nv·W ≤ 8 vectors, zero-padded
   if (bcs != 1) {
     std::fill(packed, packed + K * nv * W, T(0));
     for (int64_t j = 0; j < N; ++j)  // along op(B)'s columns: here its contiguous direction
@@ -359,12 +378,14 @@ FASTNN_TARGET void small_gemm(int64_t M, int64_t N, int64_t K, T alpha, const T*
   }
   const bool mask = bcs == 1 && N % W != 0;
   switch (nv) {
-#define FASTNN_SMALL(NV)                                                                      \
-  case NV:                                                                                    \
-    return mask ? small_gemm_rows<T, NV, true>(M, N, K, alpha, a, a_rows, ars, acs, b, brs,   \
-                                               beta, c, rs_c, bias, relu)                     \
-                : small_gemm_rows<T, NV, false>(M, N, K, alpha, a, a_rows, ars, acs, b, brs,  \
-                                                beta, c, rs_c, bias, relu);
+#define FASTNN_SMALL(NV)                                                                     \
+  case NV: {                                                                                 \
+    constexpr int R = NV <= 2 ? 4 : NV == 3 ? 3 : NV == 4 ? 2 : 1;                           \
+    return mask ? small_gemm_rows<T, NV, R, true>(M, N, K, alpha, a, a_rows, ars, acs, b,    \
+                                                  brs, beta, c, rs_c, bias, relu)            \
+                : small_gemm_rows<T, NV, R, false>(M, N, K, alpha, a, a_rows, ars, acs, b,   \
+                                                   brs, beta, c, rs_c, bias, relu);          \
+  }
     FASTNN_SMALL(1) FASTNN_SMALL(2) FASTNN_SMALL(3) FASTNN_SMALL(4)
     FASTNN_SMALL(5) FASTNN_SMALL(6) FASTNN_SMALL(7) FASTNN_SMALL(8)
 #undef FASTNN_SMALL
@@ -545,9 +566,9 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   const bool avx2 = use_avx2();
   const int nt = threads_for(2.0 * M * N * K);
 #ifdef FASTNN_X86
-  if (avx2 && K <= 16 && N <= 256 / int64_t(sizeof(T)) && C.cs == 1 && !b_rows &&
+  if (avx2 && K <= 32 && N <= 256 / int64_t(sizeof(T)) && C.cs == 1 && !b_rows &&
       !prepacked_b && (!ep || !ep->bias || ep->bias_inc == 1)) {
-    // Short K (dY·W2: K = 10): rows of C in chunks, each chunk by the row-by-row path.
+    // Short K (dY·W2: K = 10; H·W2ᵀ: K = 32): rows of C in chunks, each chunk by the row-by-row path.
     constexpr int64_t kRows = 512;
     const int64_t chunks = ceil_div(M, kRows);
     const T* bias = ep ? ep->bias : nullptr;
