@@ -46,6 +46,9 @@ SHAPES = [  # (M, N, K)
     (5, 3073, 4),  # N just over the float NC
     (121, 97, 257),  # over MC and KC at once, multi-threaded
     (13, 3100, 300),  # over the float NC and KC, multi-threaded
+    (8, 19, 40),  # M = MR + 2: two 4-row tiles
+    (32, 50, 300),  # dW's 32 rows: 6+6+6+6+4+4, over two K blocks
+    (146, 33, 40),  # two M blocks, the second ending in MR + 2 rows
 ]
 
 

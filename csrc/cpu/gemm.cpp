@@ -215,11 +215,13 @@ struct Update {
 
 // kPacked: A is a packed panel, so the row offsets (0..MR) and the k stride (MR) are
 // compile-time constants; otherwise they are read from the tile. kPackedB: likewise B's k
-// stride is NR.
-template <class T, bool kPacked, bool kPackedB>
+// stride is NR. R: the rows computed, MR (6) or 4 for a tile of at most 4 rows (the 4-row
+// kernel is still FMA-bound, so a short tile costs 4/6 of a full one, not all of it).
+template <class T, bool kPacked, bool kPackedB, int R>
 FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR;
   constexpr int64_t W = NR / 2;
+  static_assert(R <= MR, "a tile has at most MR rows");
   using V = decltype(vzero(T{}));
   int64_t off[MR];
   if constexpr (kPacked) {
@@ -227,15 +229,16 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   } else {
     row_offsets(t, off);
   }
-  V c00 = vzero(T{}), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-  V c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  V c[R][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = vzero(T{});
   // Ask for the C tile now, with intent to write: its rows usually come from far away (C is
   // revisited once per K block) and the k loop below hides the wait.
   if (t.kc >= 64) {  // a short loop could not hide the wait anyway
     for (int64_t r = 0; r < t.mr; ++r) {
-      const T* c = t.c + r * t.rs_c;
-      __builtin_prefetch(c, 1, 3);
-      __builtin_prefetch(c + (t.nr - 1) * t.cs_c, 1, 3);
+      const T* cr = t.c + r * t.rs_c;
+      __builtin_prefetch(cr, 1, 3);
+      __builtin_prefetch(cr + (t.nr - 1) * t.cs_c, 1, 3);
     }
   }
   const T* a = t.a;
@@ -248,28 +251,25 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
     // tile of a panel meets it in memory, the others in L1).
     if constexpr (!kPackedB) __builtin_prefetch(b + 16 * brs, 0, 3);
     const V b0 = vload(b), b1 = vload(b + W);
-    V ar = vbroadcast(a + off[0]);
-    c00 = vfma(ar, b0, c00);
-    c01 = vfma(ar, b1, c01);
-    ar = vbroadcast(a + off[1]);
-    c10 = vfma(ar, b0, c10);
-    c11 = vfma(ar, b1, c11);
-    ar = vbroadcast(a + off[2]);
-    c20 = vfma(ar, b0, c20);
-    c21 = vfma(ar, b1, c21);
-    ar = vbroadcast(a + off[3]);
-    c30 = vfma(ar, b0, c30);
-    c31 = vfma(ar, b1, c31);
-    ar = vbroadcast(a + off[4]);
-    c40 = vfma(ar, b0, c40);
-    c41 = vfma(ar, b1, c41);
-    ar = vbroadcast(a + off[5]);
-    c50 = vfma(ar, b0, c50);
-    c51 = vfma(ar, b1, c51);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {  // unrolled: the accumulators stay in registers
+      const V ar = vbroadcast(a + off[r]);
+      c[r][0] = vfma(ar, b0, c[r][0]);
+      c[r][1] = vfma(ar, b1, c[r][1]);
+    }
     a += acs;
     b += brs;
   }
-  V acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  // Copied out with constant indices, so that the loop's accumulators are never addressed
+  // by a run-time row number (which would keep them in memory instead of registers).
+  V acc[MR][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    acc[r][0] = c[r][0];
+    acc[r][1] = c[r][1];
+  }
+#pragma GCC unroll 6
+  for (int r = R; r < MR; ++r) acc[r][0] = acc[r][1] = vzero(T{});
   if (t.cs_c != 1 || (t.ep && t.ep->bias && t.ep->bias_inc != 1)) {
     alignas(32) T buf[MR * NR];
     for (int64_t r = 0; r < MR; ++r) {
@@ -429,9 +429,19 @@ inline void run_tile(const Tile<T>& t, bool avx2) {
 #ifdef FASTNN_X86
   if (avx2) {
     const bool packed_b = t.brs == Blocking<T>::NR;
+    constexpr int MR = Blocking<T>::MR;
+    if (t.mr <= 4) {
+      if (t.packed)
+        return packed_b ? microkernel_avx2<T, true, true, 4>(t)
+                        : microkernel_avx2<T, true, false, 4>(t);
+      return packed_b ? microkernel_avx2<T, false, true, 4>(t)
+                      : microkernel_avx2<T, false, false, 4>(t);
+    }
     if (t.packed)
-      return packed_b ? microkernel_avx2<T, true, true>(t) : microkernel_avx2<T, true, false>(t);
-    return packed_b ? microkernel_avx2<T, false, true>(t) : microkernel_avx2<T, false, false>(t);
+      return packed_b ? microkernel_avx2<T, true, true, MR>(t)
+                      : microkernel_avx2<T, true, false, MR>(t);
+    return packed_b ? microkernel_avx2<T, false, true, MR>(t)
+                    : microkernel_avx2<T, false, false, MR>(t);
   }
 #endif
   microkernel_portable<T>(t);
@@ -543,6 +553,23 @@ T* thread_scratch(int slot, int64_t n) {
   return static_cast<T*>(std::align(64, n * sizeof(T), p, space));
 }
 
+// Rows of tile p in an M block of mc rows: [*i, *i + *h). MR rows each, except that a block
+// ending in MR + 2 rows ends in two tiles of 4 rows (the 4-row kernel costs 4/6 of a full
+// tile each; a full tile and a 2-row tile would cost two full tiles). dW = dYᵀ·X with 32
+// rows: 6+6+6+6+4+4, not 6+6+6+6+6+2.
+template <class T>
+inline void tile_span(int64_t mc, int64_t p, int64_t* i, int64_t* h) {
+  constexpr int64_t MR = Blocking<T>::MR;
+  const int64_t full = mc / MR;
+  if (MR == 6 && mc % MR == 2 && full >= 1 && p >= full - 1) {
+    *i = (full - 1) * MR + (p - (full - 1)) * 4;
+    *h = 4;
+  } else {
+    *i = p * MR;
+    *h = std::min(MR, mc - p * MR);
+  }
+}
+
 // Skinny products whose whole packed op(B) fits in L2 can take K in one block.
 template <class T>
 bool fits_whole_k(int64_t K, int64_t N) {
@@ -646,7 +673,10 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
         }
         // Runs tile (ip, jp) of the M block that starts at row ic.
         auto tiles = [&](int64_t ic, int64_t ip, int64_t jp) {
-          const int64_t i = ic + ip * MR, j = jc + jp * NR;
+          int64_t i, mr;
+          tile_span<T>(std::min(mc_size, M - ic), ip, &i, &mr);
+          i += ic;
+          const int64_t j = jc + jp * NR;
           Tile<T> t;
           t.packed = packed_a;
           t.rows = nullptr;
@@ -672,7 +702,7 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           t.c = C.data + i * C.rs + j * C.cs;
           t.rs_c = C.rs;
           t.cs_c = C.cs;
-          t.mr = std::min(MR, M - i);
+          t.mr = mr;
           t.nr = std::min(NR, N - j);
           t.j0 = j;
           t.alpha = alpha;
@@ -681,9 +711,11 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           run_tile(t, avx2);
         };
         auto pack_a = [&](int64_t ic, int64_t p) {  // panel p of the M block at row ic
-          const int64_t i = ic + p * MR;
+          int64_t i, mr;
+          tile_span<T>(std::min(mc_size, M - ic), p, &i, &mr);
+          i += ic;
           pack_a_panel(ap + p * MR * kc, A.data + (a_rows ? 0 : i * ars) + pc * acs,
-                       a_rows ? a_rows + i : nullptr, ars, acs, std::min(MR, M - i), kc);
+                       a_rows ? a_rows + i : nullptr, ars, acs, mr, kc);
         };
         if (ic_parallel) {
 #pragma omp for schedule(static)
