@@ -134,6 +134,32 @@ def test_strided_inputs(rng, name):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("batch", [20, 256])  # one lane; several lanes summed into dweights
+@pytest.mark.parametrize("layout", ["fortran", "column_strided"])
+def test_strided_gradient_outputs(rng, batch, layout):
+    """dweights that are not C-contiguous get the same values, and the fused SGD update the
+    same weights, as C-contiguous ones."""
+    x = rng.standard_normal((batch, 12)).astype(np.float32)
+    labels = rng.integers(0, 4, batch)
+    layers = params(rng, (12, 8, 4), np.float32)
+    copies = [(w.copy(), b.copy()) for w, b in layers]
+    want = run(x, labels, copies, [True, False], lr=0.3)
+    if layout == "fortran":
+        dws = [np.asfortranarray(np.full_like(w, np.nan)) for w, _ in layers]
+    else:
+        dws = [np.full((w.shape[0], 2 * w.shape[1]), np.nan, np.float32)[:, ::2] for w, _ in layers]
+    dbs = [np.full_like(b, np.nan) for _, b in layers]
+    loss = ops.dense_step(
+        x, labels, [w for w, _ in layers], [b for _, b in layers], [True, False], dws, dbs, lr=0.3
+    )
+    assert loss == want[0]
+    for a, b in zip(dws + dbs, want[1] + want[2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    for (w, b), (w2, b2) in zip(layers, copies, strict=True):
+        np.testing.assert_array_equal(w, w2)
+        np.testing.assert_array_equal(b, b2)
+
+
 def test_an_empty_batch_gives_nan_loss_and_zero_gradients(rng):
     x = rng.standard_normal((4, 3)).astype(np.float32)
     layers = params(rng, (3, 2), np.float32)

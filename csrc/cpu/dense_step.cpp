@@ -288,12 +288,13 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
       {
         ln.loss = 0.0;
         T* h = ln.act[0];  // = products[0]: each element read before it is written
-        for (int64_t i = 0; i < n * out0; ++i) {
-          T v = h[i] + split_p1[i];
-          if (first.b.data) v += first.b[i % out0];
-          if (first.relu) v = v > T(0) ? v : (v == v ? T(0) : v);  // NaN kept
-          h[i] = v;
-        }
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < out0; ++j) {
+            T v = h[i * out0 + j] + split_p1[i * out0 + j];
+            if (first.b.data) v += first.b[j];
+            if (first.relu) v = v > T(0) ? v : (v == v ? T(0) : v);  // NaN kept
+            h[i * out0 + j] = v;
+          }
         const Matrix<const T> logits =
             forward_from(layers, count, 1, Matrix<const T>{h, n, out0, out0, 1}, n, ln);
         block_loss(layers, count, logits, n, labels, scale, ln);
@@ -318,15 +319,25 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
     for (int64_t l = 0; l < count; ++l) {
       const Matrix<T>& dW = layers[l].dW;
       if (lanes == 1 && !layers[l].W_sgd) continue;
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < dW.rows; ++i) {
+      // Row i of the result through at(j) = dW(i, j): a plain pointer for unit-stride rows
+      // (the common case), so that the loops vectorise.
+      auto reduce_row = [&](int64_t i, auto at) {
         for (int64_t k = 1; k < lanes; ++k) {
           const T* part = lane[size_t(k)].dW[l] + i * dW.cols;
-          for (int64_t j = 0; j < dW.cols; ++j) dW(i, j) += part[j];
+          for (int64_t j = 0; j < dW.cols; ++j) at(j) += part[j];
         }
         if (T* w = layers[l].W_sgd) {
           w += i * dW.cols;
-          for (int64_t j = 0; j < dW.cols; ++j) w[j] -= lr * (dW(i, j) + weight_decay * w[j]);
+          for (int64_t j = 0; j < dW.cols; ++j) w[j] -= lr * (at(j) + weight_decay * w[j]);
+        }
+      };
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < dW.rows; ++i) {
+        if (dW.cs == 1) {
+          T* g = &dW(i, 0);
+          reduce_row(i, [g](int64_t j) -> T& { return g[j]; });
+        } else {
+          reduce_row(i, [&dW, i](int64_t j) -> T& { return dW(i, j); });
         }
       }
     }

@@ -629,7 +629,7 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   // one block: B is packed once and each C tile is written once, not once per K block.
   // A prepacked op(B) holds whole-K panels; its K blocks are slices of them (KC rows each:
   // a panel slice that stays in L1 while the tiles of a block stream past it).
-  const bool whole_k = !prepacked_b && (!packed_a || a_rows) && fits_whole_k<T>(K, N);
+  const bool whole_k = (!packed_a || a_rows) && fits_whole_k<T>(K, N);
   const int64_t kc_block = whole_k ? K : KC;
   const int64_t kc_max = std::min(kc_block, K);
   const int64_t nc_max = std::min(NC, ceil_div(N, NR) * NR);
@@ -746,6 +746,14 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
             if (packed_a) {
 #pragma omp for schedule(static)
               for (int64_t p = 0; p < mpanels; ++p) pack_a(ic, p);
+            }
+            if (!packed_a) {
+              // A read in place: all the tiles of its rows in turn, so that each row panel
+              // comes from memory once and is reused from L1 for every B panel.
+#pragma omp for collapse(2) schedule(static)
+              for (int64_t ip = 0; ip < mpanels; ++ip)
+                for (int64_t jp = 0; jp < npanels; ++jp) tiles(ic, ip, jp);
+              continue;
             }
 #pragma omp for collapse(2) schedule(static)
             for (int64_t jp = 0; jp < npanels; ++jp)
