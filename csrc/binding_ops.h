@@ -8,7 +8,7 @@
 //
 // What a Dev provides (CpuDev in bindings_cpu.cpp, CudaDev in bindings_cuda.cpp):
 //   py::array array(handle, name)                     the object as an array header, or TypeError
-//   const int64_t* row_index(idx, rows)               x_rows' values checked in [0, rows)
+//   const int64_t* row_index(idx, rows, name)         row numbers checked in [0, rows)
 //   gemm<T>(trans_a, trans_b, alpha, A, B, beta, C, alias)
 //   dense_forward<T>, dense_backward<T>, relu<T>, relu_backward<T>, bias_add<T>, bias_grad<T>,
 //   softmax<T>, softmax_backward<T>, xent_labels<T>(L, D, X, labels), xent_soft<T>,
@@ -47,19 +47,21 @@ void gemm(const Dev& dev, const py::object& a_obj, const py::object& b_obj, py::
 // Row numbers of a minibatch inside x: an int64, 1-D, contiguous array of values in
 // [0, rows). Returns null for None; the batch size goes to *batch.
 template <class Dev>
-const int64_t* row_index(const Dev& dev, const py::object& obj, int64_t rows, int64_t* batch) {
+const int64_t* row_index(const Dev& dev, const py::object& obj, int64_t rows, int64_t* batch,
+                         const std::string& name = "x_rows") {
   if (obj.is_none()) return nullptr;
-  py::array idx = dev.array(obj, "x_rows");
+  py::array idx = dev.array(obj, name.c_str());
   if (!idx.dtype().is(py::dtype::of<int64_t>()))
-    type_error("x_rows must be an int64 array of row numbers, got " + dtype_str(idx));
+    type_error(name + " must be an int64 array of row numbers, got " + dtype_str(idx));
   if (idx.ndim() != 1 || !(idx.flags() & py::array::c_style))
-    value_error("x_rows must be a contiguous 1-D array, got shape " + shape_str(idx));
+    value_error(name + " must be a contiguous 1-D array, got shape " + shape_str(idx));
   *batch = idx.shape(0);
-  return dev.row_index(idx, rows);
+  return dev.row_index(idx, rows, name);
 }
 
-[[noreturn]] inline void row_index_error(int64_t rows, int64_t value, int64_t at) {
-  value_error("x_rows must lie in [0, " + std::to_string(rows) + ") (the rows of x), got " +
+[[noreturn]] inline void row_index_error(int64_t rows, int64_t value, int64_t at,
+                                         const std::string& name = "x_rows") {
+  value_error(name + " must lie in [0, " + std::to_string(rows) + ") (the rows of x), got " +
               std::to_string(value) + " at index " + std::to_string(at));
 }
 

@@ -58,10 +58,10 @@ struct CpuDev {
   py::array array(const py::handle& obj, const char* name) const { return as_ndarray(obj, name); }
   auto converter() const { return [](const py::handle& o, const char* n) { return as_ndarray(o, n); }; }
 
-  const int64_t* row_index(const py::array& idx, int64_t rows) const {
+  const int64_t* row_index(const py::array& idx, int64_t rows, const std::string& name) const {
     const int64_t* p = static_cast<const int64_t*>(idx.data());
     for (py::ssize_t i = 0; i < idx.shape(0); ++i)
-      if (p[i] < 0 || p[i] >= rows) row_index_error(rows, p[i], i);
+      if (p[i] < 0 || p[i] >= rows) row_index_error(rows, p[i], i, name);
     return p;
   }
 
@@ -190,7 +190,7 @@ std::vector<int64_t> class_labels(const py::array& target, int64_t batch, int64_
 double dense_step(const py::object& x_obj, const py::object& labels_obj, const py::list& weights,
                   const py::list& biases, const py::list& relu, const py::list& dweights,
                   const py::list& dbiases, const py::object& rows_obj, const py::object& lr_obj,
-                  double weight_decay) {
+                  double weight_decay, const py::object& next_rows_obj) {
   const bool sgd = !lr_obj.is_none();
   const double lr = sgd ? lr_obj.cast<double>() : 0.0;
   if (sgd && !(std::isfinite(lr) && std::isfinite(weight_decay)))
@@ -228,6 +228,8 @@ double dense_step(const py::object& x_obj, const py::object& labels_obj, const p
     const Matrix<const T> X = in_matrix<T>(x, "x");
     int64_t batch = X.rows;
     const int64_t* rows = row_index(CpuDev{}, rows_obj, X.rows, &batch);
+    cpu::NextStep next;
+    next.rows = row_index(CpuDev{}, next_rows_obj, X.rows, &next.batch, "next_rows");
     std::vector<cpu::DenseLayer<T>> layers(count);
     int64_t fan_in = X.cols;
     for (size_t l = 0; l < count; ++l) {
@@ -288,7 +290,7 @@ double dense_step(const py::object& x_obj, const py::object& labels_obj, const p
         "to match the minibatch of " + std::to_string(batch) + (rows ? " x_rows" : " rows of x"));
     py::gil_scoped_release release;
     result = double(cpu::dense_step<T>(layers.data(), int64_t(count), X, rows, batch,
-                                       labels.data(), T(lr), T(weight_decay)));
+                                       labels.data(), T(lr), T(weight_decay), next));
   });
   return result;
 }
@@ -301,7 +303,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("dense_step", &dense_step, py::arg("x"), py::arg("labels"), py::arg("weights"),
         py::arg("biases"), py::arg("relu"), py::arg("dweights"), py::arg("dbiases"),
         py::arg("x_rows") = py::none(), py::arg("lr") = py::none(),
-        py::arg("weight_decay") = 0.0,
+        py::arg("weight_decay") = 0.0, py::arg("next_rows") = py::none(),
         "Loss (returned) and dweights, dbiases of dense layers under softmax cross-entropy; "
         "with lr, also p -= lr·(g + weight_decay·p) for every weight and bias.");
   m.def("get_num_threads", &cpu::num_threads, "Threads the CPU kernels use.");

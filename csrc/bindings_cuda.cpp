@@ -129,7 +129,7 @@ class CudaDev {
     return [this](const py::handle& o, const char* n) { return array(o, n); };
   }
 
-  const int64_t* row_index(const py::array& idx, int64_t rows) const {
+  const int64_t* row_index(const py::array& idx, int64_t rows, const std::string& name) const {
     ready();
     const auto* p = static_cast<const int64_t*>(idx.data());
     const int64_t n = idx.shape(0);
@@ -141,7 +141,7 @@ class CudaDev {
     if (bad >= 0) {
       int64_t value = 0;
       cu::copy_to_host(&value, p + bad, sizeof value, stream_);
-      row_index_error(rows, value, bad);
+      row_index_error(rows, value, bad, name);
     }
     return p;
   }

@@ -44,6 +44,18 @@ void dense_backward(Matrix<T> dX, Matrix<T> dW, Vector<T> db, Matrix<const T> dY
                     Matrix<const T> X, Matrix<const T> W, bool accumulate,
                     const int64_t* x_rows = nullptr);
 
+// Rows of a matrix that a product brings toward the cache while it computes: one 64-byte
+// line every few steps of its inner loop, spread over its tiles (software prefetch), so that
+// the caller's next read of them (dense_step: the next block of the minibatch) finds them in
+// L2 instead of memory. Row r starts at base + (rows ? rows[r] : r) · stride bytes.
+struct PrefetchRows {
+  const char* base = nullptr;
+  const int64_t* rows = nullptr;  // null: consecutive rows
+  int64_t count = 0;              // rows to fetch
+  int64_t stride = 0;             // bytes from one row to the next
+  int64_t bytes = 0;              // bytes of each row
+};
+
 // The GEMM behind all of the above, for kernels built from it (dense_step.cpp): C =
 // act(alpha·op(A)·op(B) + beta·C + bias) with bias (N,) at bias[j·bias_inc] or null, act = relu
 // or identity, applied after the last K block; a_rows / b_rows (or null) are the physical
@@ -51,11 +63,13 @@ void dense_backward(Matrix<T> dX, Matrix<T> dW, Vector<T> db, Matrix<const T> dY
 // Inside an OpenMP parallel region it runs on the calling thread alone.
 // prepacked_b (or null): op(B) already packed by prepack_b_panel, for a product that takes K
 // whole (prepacked_b_panels > 0); a weight used by many products is then packed once.
+// prefetch (or null): rows to bring toward the cache meanwhile (a hint: the result does not
+// depend on it).
 template <class T>
 void gemm_ex(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T> B, T beta,
              Matrix<T> C, const T* bias, int64_t bias_inc, bool relu,
              const int64_t* a_rows = nullptr, const int64_t* b_rows = nullptr,
-             const T* prepacked_b = nullptr);
+             const T* prepacked_b = nullptr, const PrefetchRows* prefetch = nullptr);
 // Panels of a packed op(B) of K rows and N columns, each of K·NR elements (NR = 16 for float,
 // 8 for double); 0 when gemm_ex would not take K in one block (then it cannot be prepacked).
 template <class T>
@@ -125,6 +139,12 @@ struct DenseLayer {
   T* b_sgd;      // null, or b's own memory (contiguous) likewise
 };
 
+// The minibatch of the next training step: row numbers of the same X (or null).
+struct NextStep {
+  const int64_t* rows = nullptr;
+  int64_t batch = 0;
+};
+
 // Loss and gradients of a stack of dense layers under softmax cross-entropy, in one pass:
 // returns (1/B) Σ_rows (logsumexp(z_row) − z_row[label]) for the logits z of the last layer,
 // and writes every dW, db. The minibatch is X[x_rows] (B rows; x_rows null: X itself) with
@@ -144,10 +164,14 @@ struct DenseLayer {
 // With the layers' W_sgd / b_sgd set, the step also applies plain SGD to every weight and
 // bias, p -= lr · (g + weight_decay · p), the arithmetic of sgd_update, while each gradient
 // row is still in cache (the gradients are written all the same).
+//
+// next (a hint; the results do not depend on it): the row numbers (next.rows, next.batch of
+// them, in [0, X.rows)) that the next call will read. While its last block computes, each
+// lane fetches the rows it will take first next time, as it fetches its own next block.
 template <class T>
 T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
              const int64_t* x_rows, int64_t batch, const int64_t* labels, T lr = T(0),
-             T weight_decay = T(0));
+             T weight_decay = T(0), NextStep next = {});
 
 // ----------------------------------------------------------------- optim.cpp
 // In-place updates over `count` contiguous buffers in one call ("multi-tensor apply");

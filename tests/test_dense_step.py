@@ -339,6 +339,33 @@ def test_bad_rows_and_update_arguments(rng):
         ops.dense_step(**valid(rng), lr="0.1")
     with pytest.raises(ValueError, match="finite"):
         ops.dense_step(**valid(rng), lr=float("nan"))
+    with pytest.raises(ValueError, match=r"next_rows must lie in \[0, 6\)"):
+        ops.dense_step(**valid(rng), next_rows=np.array([0, -1]))
+    with pytest.raises(TypeError, match="next_rows must be an int64"):
+        ops.dense_step(**valid(rng), next_rows=np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="next_rows must be a contiguous 1-D"):
+        ops.dense_step(**valid(rng), next_rows=np.zeros((2, 2), np.int64))
+
+
+@pytest.mark.parametrize("batch", [20, 128, 600])  # one lane in halves; two lanes; blocks
+@pytest.mark.parametrize("next_batch", [0, 20, 128, 600])
+def test_next_rows_is_only_a_hint(rng, batch, next_batch):
+    """Prefetching the next step's rows (of any count) changes no result bit, with or
+    without the fused update."""
+    x = rng.standard_normal((700, 300)).astype(np.float32)
+    rows = rng.permutation(700)[:batch].astype(np.int64)
+    labels = rng.integers(0, 5, batch)
+    upcoming = rng.permutation(700)[:next_batch].astype(np.int64)
+    for lr in (None, 0.2):
+        layers = params(rng, (300, 9, 5), np.float32)
+        copies = [(w.copy(), b.copy()) for w, b in layers]
+        want = run(x, labels, layers, [True, False], rows, lr=lr)
+        got = run(x, labels, copies, [True, False], rows, lr=lr, next_rows=upcoming)
+        assert got[0] == want[0]
+        params_got = [a for layer in copies for a in layer]
+        params_want = [a for layer in layers for a in layer]
+        for a, b in zip(got[1] + got[2] + params_got, want[1] + want[2] + params_want, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize(

@@ -73,13 +73,14 @@ struct LaneBuffers {
 // `in`; returns the logits.
 template <class T>
 Matrix<const T> forward_from(const DenseLayer<T>* layers, int64_t count, int64_t from,
-                             Matrix<const T> in, int64_t n, const LaneBuffers<T>& lane) {
+                             Matrix<const T> in, int64_t n, const LaneBuffers<T>& lane,
+                             const PrefetchRows* prefetch = nullptr) {
   for (int64_t l = from; l < count; ++l) {
     const DenseLayer<T>& layer = layers[l];
     const int64_t out = layer.W.rows;
     Matrix<T> y{lane.act[l], n, out, out, 1};
     gemm_ex<T>(false, true, T(1), in, layer.W, T(0), y, layer.b.data, layer.b.inc, layer.relu,
-               nullptr, nullptr, lane.packed_w[l]);
+               nullptr, nullptr, lane.packed_w[l], l == from ? prefetch : nullptr);
     in = {y.data, n, out, out, 1};
   }
   return in;
@@ -92,7 +93,7 @@ Matrix<const T> forward_from(const DenseLayer<T>* layers, int64_t count, int64_t
 template <class T>
 void backward_layer(const DenseLayer<T>& layer, int64_t l, int64_t n, bool first,
                     Matrix<const T> x_l, double* db_acc, const LaneBuffers<T>& lane,
-                    bool weight_grad) {
+                    bool weight_grad, const PrefetchRows* prefetch = nullptr) {
   const int64_t out = layer.W.rows, fan_in = layer.W.cols;
   T* gl = lane.grad[l];
   if (layer.relu) {  // relu_backward on the output: 0 where it is not > 0 (NaN included)
@@ -103,7 +104,8 @@ void backward_layer(const DenseLayer<T>& layer, int64_t l, int64_t n, bool first
   if (weight_grad) {
     Matrix<T> dW{lane.dW[l], out, fan_in, fan_in, 1};
     if (lane.dW[l] == layer.dW.data) dW = layer.dW;  // lane 0 writes the result in place
-    gemm_ex<T>(true, false, T(1), gm, x_l, first ? T(0) : T(1), dW, nullptr, 1, false);
+    gemm_ex<T>(true, false, T(1), gm, x_l, first ? T(0) : T(1), dW, nullptr, 1, false, nullptr,
+               nullptr, nullptr, prefetch);
   }
   if (layer.b.data) {
     if (first) std::fill(db_acc, db_acc + out, 0.0);
@@ -125,11 +127,35 @@ void block_loss(const DenseLayer<T>* layers, int64_t count, Matrix<const T> logi
   lane.loss += softmax_cross_entropy_rows<T>(g, logits, labels, scale);
 }
 
+// Columns [c0, c1) of n rows of X (rows[0..n), or the rows from r0 on), as a prefetch hint;
+// none when X's rows are not contiguous.
+template <class T>
+PrefetchRows rows_ahead(Matrix<const T> X, const int64_t* rows, int64_t r0, int64_t n,
+                        int64_t c0, int64_t c1) {
+  PrefetchRows p;
+  if (X.cs != 1 || n <= 0) return p;
+  p.base = reinterpret_cast<const char*>(X.data + c0 + (rows ? 0 : r0 * X.rs));
+  p.rows = rows;
+  p.count = n;
+  p.stride = X.rs * int64_t(sizeof(T));
+  p.bytes = (c1 - c0) * int64_t(sizeof(T));
+  return p;
+}
+
+// Lane `index` of a step over `batch` rows: rows [*begin, *end) of the minibatch.
+void lane_range(int64_t batch, int64_t index, int64_t* begin, int64_t* end) {
+  const int64_t lane_rows = ceil_div(batch, lanes_for(batch));
+  *begin = std::min(batch, index * lane_rows);
+  *end = std::min(batch, *begin + lane_rows);
+}
+
 template <class T>
 void run_lane(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
-              const int64_t* x_rows, const int64_t* labels, int64_t begin, int64_t end,
-              double scale, LaneBuffers<T>& lane) {
+              const int64_t* x_rows, const int64_t* labels, int64_t index, int64_t batch,
+              const NextStep& next, double scale, LaneBuffers<T>& lane) {
   const int64_t in0 = X.cols;
+  int64_t begin, end;
+  lane_range(batch, index, &begin, &end);
   lane.loss = 0.0;
   for (int64_t r0 = begin; r0 < end; r0 += kBlockRows) {
     const int64_t n = std::min(kBlockRows, end - r0);
@@ -139,12 +165,31 @@ void run_lane(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
       gather_rows(lane.x, X, x_rows ? x_rows + r0 : nullptr, r0, n, 0, in0);
       xb = {lane.x, n, in0, in0, 1};
     }
-    const Matrix<const T> logits = forward_from(layers, count, 0, xb, n, lane);
+    // What this lane reads next, fetched while this block computes (half during the first
+    // layer's forward product, half during its weight gradient): its next block, or at its
+    // end the same lane's first block of the next step.
+    PrefetchRows ahead[2];
+    {
+      const int64_t* rows = x_rows ? x_rows + r0 + n : nullptr;
+      int64_t at = r0 + n, m = std::min(kBlockRows, end - at);
+      if (m <= 0 && next.rows) {
+        int64_t next_end;
+        lane_range(next.batch, index, &at, &next_end);
+        rows = next.rows + at;
+        m = std::min(kBlockRows, next_end - at);
+      }
+      if (m > 0) {
+        ahead[0] = rows_ahead(X, rows, at, m / 2, 0, in0);
+        ahead[1] = rows_ahead(X, rows ? rows + m / 2 : nullptr, at + m / 2, m - m / 2, 0, in0);
+      }
+    }
+    const Matrix<const T> logits = forward_from(layers, count, 0, xb, n, lane, &ahead[0]);
     block_loss(layers, count, logits, n, labels + r0, scale, lane);
     for (int64_t l = count - 1; l >= 0; --l) {
       const Matrix<const T> x_l =
           l ? Matrix<const T>{lane.act[l - 1], n, layers[l].W.cols, layers[l].W.cols, 1} : xb;
-      backward_layer(layers[l], l, n, first, x_l, lane.db + lane.db_at[l], lane, true);
+      backward_layer(layers[l], l, n, first, x_l, lane.db + lane.db_at[l], lane, true,
+                     l == 0 ? &ahead[1] : nullptr);
     }
   }
 }
@@ -163,7 +208,7 @@ T* step_scratch(int64_t n) {
 template <class T>
 T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
              const int64_t* x_rows, int64_t batch, const int64_t* labels, T lr,
-             T weight_decay) {
+             T weight_decay, NextStep next) {
   if (batch == 0) {  // the mean of nothing: NaN loss, zero gradients
     for (int64_t l = 0; l < count; ++l) {
       for (int64_t i = 0; i < layers[l].dW.rows; ++i)
@@ -280,9 +325,13 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
         } else {
           x_half[p] = half_of(Matrix<const T>{X.data, n, in0, X.rs, X.cs}, p);
         }
+        // The next step's rows of this half, fetched meanwhile.
+        const PrefetchRows ahead =
+            next.rows ? rows_ahead(X, next.rows, 0, std::min(block, next.batch), cut[p], cut[p + 1])
+                      : PrefetchRows{};
         gemm_ex<T>(false, true, T(1), x_half[p], half_of(first.W, p), T(0),
                    Matrix<T>{products[p], n, out0, out0, 1}, nullptr, 1, false, nullptr,
-                   nullptr, part_panels[p] ? part_packed + part_at[p] : nullptr);
+                   nullptr, part_panels[p] ? part_packed + part_at[p] : nullptr, &ahead);
       }
 #pragma omp single
       {
@@ -311,8 +360,7 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
     } else {
 #pragma omp for schedule(static)
       for (int64_t k = 0; k < lanes; ++k)
-        run_lane(layers, count, X, x_rows, labels, k * lane_rows,
-                 std::min(batch, (k + 1) * lane_rows), scale, lane[size_t(k)]);
+        run_lane(layers, count, X, x_rows, labels, k, batch, next, scale, lane[size_t(k)]);
     }
     // The lanes' partial weight gradients, added into lane 0's (the result) in lane order;
     // then the SGD update of the row, if asked, while it is in cache.
@@ -360,8 +408,10 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
 }
 
 template float dense_step<float>(const DenseLayer<float>*, int64_t, Matrix<const float>,
-                                 const int64_t*, int64_t, const int64_t*, float, float);
+                                 const int64_t*, int64_t, const int64_t*, float, float,
+                                 NextStep);
 template double dense_step<double>(const DenseLayer<double>*, int64_t, Matrix<const double>,
-                                   const int64_t*, int64_t, const int64_t*, double, double);
+                                   const int64_t*, int64_t, const int64_t*, double, double,
+                                   NextStep);
 
 }  // namespace fastnn::cpu

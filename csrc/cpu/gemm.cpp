@@ -86,6 +86,40 @@ struct Tile {
   int64_t j0;      // column of C, for the bias
   T alpha, beta;
   const Epilogue<T>* ep;  // null unless this is the last K block
+  const PrefetchRows* pf;  // null, or lines [pf_line0, pf_line1) of these rows to prefetch
+  int64_t pf_line0, pf_line1;
+};
+
+constexpr int kPrefetchEvery = 4;  // k steps of the micro-kernel per prefetched line
+
+// Walks the 64-byte lines of a PrefetchRows, line `line` first.
+struct LineCursor {
+  const PrefetchRows* pf;
+  int64_t lines_per_row, row, off, left;
+  const char* at;
+  LineCursor(const PrefetchRows* p, int64_t line0, int64_t line1)
+      : pf(p), lines_per_row(1), row(0), off(0), left(0), at(nullptr) {
+    if (!p || line1 <= line0 || p->bytes <= 0) return;
+    left = line1 - line0;
+    lines_per_row = ceil_div(p->bytes, 64);
+    row = line0 / lines_per_row;
+    off = line0 - row * lines_per_row;
+    at = row_start() + off * 64;
+  }
+  const char* row_start() const {
+    return pf->base + (pf->rows ? pf->rows[row] : row) * pf->stride;
+  }
+  void issue() {  // prefetch one line, move to the next
+    __builtin_prefetch(at, 0, 3);
+    --left;
+    if (++off < lines_per_row) {
+      at += 64;
+    } else if (left > 0) {
+      off = 0;
+      ++row;
+      at = row_start();
+    }
+  }
 };
 
 // Writes acc (MR×NR, row-major) into the tile: C = alpha·acc + beta·C (beta == 0: C is not
@@ -217,7 +251,8 @@ struct Update {
 // compile-time constants; otherwise they are read from the tile. kPackedB: likewise B's k
 // stride is NR. R: the rows computed, MR (6) or 4 for a tile of at most 4 rows (the 4-row
 // kernel is still FMA-bound, so a short tile costs 4/6 of a full one, not all of it).
-template <class T, bool kPacked, bool kPackedB, int R>
+// kPrefetch: the tile has lines of t.pf to prefetch.
+template <class T, bool kPacked, bool kPackedB, int R, bool kPrefetch>
 FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR;
   constexpr int64_t W = NR / 2;
@@ -245,11 +280,14 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   const T* b = t.b;
   const int64_t acs = kPacked ? MR : t.acs;
   const int64_t brs = kPackedB ? NR : t.brs;
+  LineCursor pf(t.pf, t.pf_line0, t.pf_line1);
 #pragma GCC unroll 4
   for (int64_t k = 0; k < t.kc; ++k) {
     // B read in place: its rows lie far apart; ask for the row 16 steps ahead (the first
     // tile of a panel meets it in memory, the others in L1).
     if constexpr (!kPackedB) __builtin_prefetch(b + 16 * brs, 0, 3);
+    if constexpr (kPrefetch)
+      if (pf.left > 0 && k % kPrefetchEvery == 0) pf.issue();
     const V b0 = vload(b), b1 = vload(b + W);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {  // unrolled: the accumulators stay in registers
@@ -424,25 +462,28 @@ FASTNN_TARGET void pack_b_panel_transposed_avx2(float* __restrict dst, const flo
 }
 #endif
 
+#ifdef FASTNN_X86
+// The micro-kernel instance for the tile's kinds of A, B, height and prefetch.
+template <class T, bool... kFixed>
+void run_avx2(const Tile<T>& t) {
+  if constexpr (sizeof...(kFixed) == 4) {
+    constexpr bool f[] = {kFixed...};
+    return microkernel_avx2<T, f[0], f[1], f[2] ? 4 : int(Blocking<T>::MR), f[3]>(t);
+  } else {
+    constexpr size_t i = sizeof...(kFixed);
+    const bool flag = i == 0   ? t.packed
+                      : i == 1 ? t.brs == Blocking<T>::NR
+                      : i == 2 ? t.mr <= 4
+                               : t.pf_line1 > t.pf_line0;
+    return flag ? run_avx2<T, kFixed..., true>(t) : run_avx2<T, kFixed..., false>(t);
+  }
+}
+#endif
+
 template <class T>
 inline void run_tile(const Tile<T>& t, bool avx2) {
 #ifdef FASTNN_X86
-  if (avx2) {
-    const bool packed_b = t.brs == Blocking<T>::NR;
-    constexpr int MR = Blocking<T>::MR;
-    if (t.mr <= 4) {
-      if (t.packed)
-        return packed_b ? microkernel_avx2<T, true, true, 4>(t)
-                        : microkernel_avx2<T, true, false, 4>(t);
-      return packed_b ? microkernel_avx2<T, false, true, 4>(t)
-                      : microkernel_avx2<T, false, false, 4>(t);
-    }
-    if (t.packed)
-      return packed_b ? microkernel_avx2<T, true, true, MR>(t)
-                      : microkernel_avx2<T, true, false, MR>(t);
-    return packed_b ? microkernel_avx2<T, false, true, MR>(t)
-                    : microkernel_avx2<T, false, false, MR>(t);
-  }
+  if (avx2) return run_avx2<T>(t);
 #endif
   microkernel_portable<T>(t);
 }
@@ -580,7 +621,8 @@ bool fits_whole_k(int64_t K, int64_t N) {
 template <class T>
 void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T> B, T beta,
           Matrix<T> C, const Epilogue<T>* ep, const int64_t* a_rows = nullptr,
-          const int64_t* b_rows = nullptr, const T* prepacked_b = nullptr) {
+          const int64_t* b_rows = nullptr, const T* prepacked_b = nullptr,
+          const PrefetchRows* prefetch = nullptr) {
   using Blk = Blocking<T>;
   constexpr int64_t MR = Blk::MR, NR = Blk::NR, KC = Blk::KC, MC = Blk::MC, NC = Blk::NC;
   const int64_t M = C.rows, N = C.cols, K = trans_a ? A.rows : A.cols;
@@ -708,6 +750,17 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           t.alpha = alpha;
           t.beta = beta_k;
           t.ep = ep_k;
+          t.pf = nullptr;
+          t.pf_line0 = t.pf_line1 = 0;
+          if (prefetch && prefetch->count > 0 && prefetch->bytes > 0 && jc == 0 && pc == 0) {  // tile q of Q takes lines [q·L/Q, (q+1)·L/Q)
+            const int64_t tiles_per_block = ceil_div(mc_size, MR);
+            const int64_t Q = m_blocks * tiles_per_block * npanels;
+            const int64_t q = ((ic / mc_size) * tiles_per_block + ip) * npanels + jp;
+            const int64_t L = prefetch->count * ceil_div(prefetch->bytes, 64);
+            t.pf = prefetch;
+            t.pf_line0 = q * L / Q;
+            t.pf_line1 = (q + 1) * L / Q;
+          }
           run_tile(t, avx2);
         };
         auto pack_a = [&](int64_t ic, int64_t p) {  // panel p of the M block at row ic
@@ -798,10 +851,10 @@ void dense_backward(Matrix<T> dX, Matrix<T> dW, Vector<T> db, Matrix<const T> dY
 template <class T>
 void gemm_ex(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T> B, T beta,
              Matrix<T> C, const T* bias, int64_t bias_inc, bool relu, const int64_t* a_rows,
-             const int64_t* b_rows, const T* prepacked_b) {
+             const int64_t* b_rows, const T* prepacked_b, const PrefetchRows* prefetch) {
   Epilogue<T> ep{bias, bias_inc, relu};
   gemm<T>(trans_a, trans_b, alpha, A, B, beta, C, (bias || relu) ? &ep : nullptr, a_rows,
-          b_rows, prepacked_b);
+          b_rows, prepacked_b, prefetch);
 }
 
 template <class T>
@@ -872,7 +925,8 @@ double fma_loop(int64_t iterations) {
 
 #define FASTNN_INSTANTIATE(T)                                                                   \
   template void gemm_ex<T>(bool, bool, T, Matrix<const T>, Matrix<const T>, T, Matrix<T>,      \
-                           const T*, int64_t, bool, const int64_t*, const int64_t*, const T*); \
+                           const T*, int64_t, bool, const int64_t*, const int64_t*, const T*,  \
+                           const PrefetchRows*);                                               \
   template int64_t prepacked_b_panels<T>(int64_t, int64_t);                                    \
   template void prepack_b_panel<T>(T*, Matrix<const T>, bool, int64_t);
 FASTNN_INSTANTIATE(float)

@@ -538,7 +538,18 @@ def softmax_cross_entropy(logits, labels, *, compute_grad=True, dlogits=None, ch
 
 
 def dense_step(
-    x, labels, weights, biases, relu, dweights, dbiases, *, rows=None, lr=None, weight_decay=0.0
+    x,
+    labels,
+    weights,
+    biases,
+    relu,
+    dweights,
+    dbiases,
+    *,
+    rows=None,
+    lr=None,
+    weight_decay=0.0,
+    next_rows=None,
 ) -> float:
     """Loss and gradients of a stack of dense layers under softmax cross-entropy, fused.
 
@@ -574,6 +585,11 @@ def dense_step(
         C-contiguous and separate from every other array here.
     weight_decay : float
         L2 penalty of that update.
+    next_rows : ndarray of int64, shape (B',), optional
+        A hint: the row numbers of ``x`` that the next call will read (its ``rows``). While
+        this step computes, the rows each thread takes first next time are fetched toward
+        its cache (software prefetch), so that the next step's gather reads them from L2
+        rather than from memory. The results do not depend on it. ``fit`` passes it.
 
     Returns
     -------
@@ -585,17 +601,20 @@ def dense_step(
     TypeError
         A non-array, mixed or non-float dtypes, non-integer labels, a relu entry not a bool.
     ValueError
-        Lists of different lengths, shapes that do not chain, a label or row out of range,
-        an output that overlaps an input or another output, or a read-only output.
+        Lists of different lengths, shapes that do not chain, a label or row (of ``rows``
+        or ``next_rows``) out of range, an output that overlaps an input or another output,
+        or a read-only output.
     """
-    native = native_for(x=x, labels=labels, rows=rows)
+    native = native_for(x=x, labels=labels, rows=rows, next_rows=next_rows)
     lists = (weights, biases, relu, dweights, dbiases)
     if not all(isinstance(v, list | tuple) for v in lists):
         raise TypeError("weights, biases, relu, dweights and dbiases must be lists")
     if lr is not None:
         lr = _scalar(lr, "lr")
     weight_decay = _scalar(weight_decay, "weight_decay")
-    return native.dense_step(x, labels, *(list(v) for v in lists), rows, lr, weight_decay)
+    return native.dense_step(
+        x, labels, *(list(v) for v in lists), rows, lr, weight_decay, next_rows
+    )
 
 
 def sgd_update(params: Sequence, grads: Sequence, *, lr: float, weight_decay: float = 0.0):

@@ -113,10 +113,11 @@ class DenseStep:
             and all(a.out_features == b.in_features for a, b in itertools.pairwise(layers))
         )
 
-    def __call__(self, x, y, optimizer, rows=None) -> float:
+    def __call__(self, x, y, optimizer, rows=None, next_rows=None) -> float:
         """One step on the minibatch (x, y), or on (x[rows], y) when ``rows`` (int64 row
         numbers) is given: the first layer then reads those rows of x in place, no gathered
-        copy. Returns the minibatch loss before the update."""
+        copy. ``next_rows``, the next step's rows, are fetched toward the cache meanwhile
+        (a hint, for integer labels). Returns the minibatch loss before the update."""
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)  # the layer's edge cast, as Dense.forward does
         if getattr(y, "ndim", 0) == 1 and y.dtype.kind in "iu":  # class labels: one fused call
@@ -135,6 +136,7 @@ class DenseStep:
                 rows=rows,
                 lr=optimizer.lr if fuse_sgd else None,
                 weight_decay=optimizer.weight_decay if fuse_sgd else 0.0,
+                next_rows=next_rows,
             )
             for layer, (dweight, dbias) in zip(layers, self._grads, strict=True):
                 layer.weight.grad, layer.bias.grad = dweight, dbias
@@ -326,15 +328,15 @@ def fit(
         if size < n:  # shuffled minibatches: pass row numbers
             source = np.arange(n, dtype=np.int64)
 
-            def step_fn(rows, yb):
-                return dense_step(data, yb, optimizer, rows=rows)
+            def step_fn(rows, yb, next_rows=None):
+                return dense_step(data, yb, optimizer, rows=rows, next_rows=next_rows)
 
             def inputs_of(rows):
                 return data[rows]
         else:  # one batch of everything, in order: the data itself
             source = data
 
-            def step_fn(xb, yb):
+            def step_fn(xb, yb, next_rows=None):
                 return dense_step(xb, yb, optimizer)
 
             def inputs_of(xb):
@@ -342,7 +344,7 @@ def fit(
     else:
         source = x
 
-        def step_fn(xb, yb):
+        def step_fn(xb, yb, next_rows=None):
             return train_step(model, xb, yb, loss, optimizer)
 
         def inputs_of(xb):
@@ -399,8 +401,12 @@ def _epoch(
         # One batch of everything needs no shuffling (the mean over it does not depend on order)
         # and no 190 MB gather.
         order = batches(source, y, size, shuffle=size < len(y), rng=generator)
-        for step, (xb, yb) in enumerate(order, 1):
-            value = step_fn(xb, yb)
+        upcoming = next(order, None)
+        step = 0
+        while upcoming is not None:  # one batch of lookahead: the step may prefetch it
+            (xb, yb), upcoming = upcoming, next(order, None)
+            step += 1
+            value = step_fn(xb, yb, None if upcoming is None else upcoming[0])
             if not math.isfinite(value):
                 message = _blow_up_message(value, epoch, step, inputs_of(xb), last_good)
                 raise FloatingPointError(message)
