@@ -15,6 +15,7 @@
 
 #include "binding_ops.h"
 #include "cpu/parallel.h"
+#include "cpu/simd.h"
 #include "ops.h"
 
 namespace py = pybind11;
@@ -315,13 +316,15 @@ PYBIND11_MODULE(_cpu, m) {
       },
       py::arg("n"));
   m.def(
-      "set_gemm_isa",
+      "set_isa",
       [](const std::string& isa) {
         if (isa != "auto" && isa != "portable")
           value_error("isa must be 'auto' or 'portable', got '" + isa + "'");
-        cpu::set_gemm_force_portable(isa == "portable");
+        cpu::set_force_portable(isa == "portable");
       },
-      py::arg("isa"), "Force the portable GEMM micro-kernel ('portable') or pick by CPU ('auto').");
+      py::arg("isa"),
+      "Force the portable code of the kernels that have SIMD code (the GEMM micro-kernel, "
+      "the softmax exp) ('portable'), or pick by CPU ('auto').");
   m.def(
       "fma_loop",
       [](int64_t iterations) {

@@ -78,9 +78,9 @@ int64_t prepacked_b_panels(int64_t K, int64_t N);
 template <class T>
 void prepack_b_panel(T* dst, Matrix<const T> B, bool trans_b, int64_t panel);
 
-// "avx2+fma" where the CPU has AVX2 + FMA, else "portable"; force_portable is for testing.
+// The GEMM micro-kernel in use: "avx2+fma" where the CPU has AVX2 + FMA and the portable code
+// is not forced (cpu/simd.h), else "portable".
 const char* gemm_isa();
-void set_gemm_force_portable(bool force);
 // Peak-rate probe: `iterations` rounds of independent FMAs on every kernel thread; returns
 // the flops performed (for benchmarks/sgemm_sweep.py's % of peak).
 double fma_loop(int64_t iterations);

@@ -55,13 +55,13 @@ SHAPES = [  # (M, N, K)
 @pytest.fixture(params=["auto", "portable"])
 def gemm_isa(request):
     """Run the test with the micro-kernel picked by CPU ('auto') and with the portable one."""
-    fastnn._cpu.set_gemm_isa(request.param)
+    fastnn._cpu.set_isa(request.param)
     try:
         if request.param == "portable":
             assert fastnn._cpu.config()["gemm_isa"] == "portable"
         yield request.param
     finally:
-        fastnn._cpu.set_gemm_isa("auto")
+        fastnn._cpu.set_isa("auto")
 
 
 def operands(rng, m, n, k, trans_a, trans_b, dtype):

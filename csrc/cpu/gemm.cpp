@@ -15,12 +15,8 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "cpu/simd.h"
 #include "ops.h"
-
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#define FASTNN_X86 1
-#include <immintrin.h>
-#endif
 
 #ifdef FASTNN_OPENMP
 #include <omp.h>
@@ -56,18 +52,6 @@ inline T relu_keep_nan(T x) {
   return x > T(0) ? x : (x == x ? T(0) : x);  // NaN fails both tests and is passed through
 }
 
-std::atomic<bool> g_force_portable{false};
-
-#ifdef FASTNN_X86
-bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-#else
-bool cpu_has_avx2_fma() { return false; }
-#endif
-
-bool use_avx2() { return cpu_has_avx2_fma() && !g_force_portable.load(std::memory_order_relaxed); }
 
 // One MR×NR tile of the product: where op(A)'s tile lives (element (r, k) at a[r*ars + k*acs],
 // a packed panel being ars = 1, acs = MR), the packed B panel, and where it goes in C.
@@ -172,7 +156,6 @@ void microkernel_portable(const Tile<T>& t) {
 }
 
 #ifdef FASTNN_X86
-#define FASTNN_TARGET __attribute__((target("avx2,fma")))
 // AVX2 vectors of T (8 floats or 4 doubles): the few operations the micro-kernel needs,
 // overloaded on the element type.
 FASTNN_TARGET inline __m256 vzero(float) { return _mm256_setzero_ps(); }
@@ -873,7 +856,22 @@ void prepack_b_panel(T* dst, Matrix<const T> B, bool trans_b, int64_t panel) {
 
 const char* gemm_isa() { return use_avx2() ? "avx2+fma" : "portable"; }
 
-void set_gemm_force_portable(bool force) { g_force_portable.store(force); }
+namespace {
+std::atomic<bool> g_force_portable{false};
+}  // namespace
+
+#ifdef FASTNN_X86
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#else
+bool cpu_has_avx2_fma() { return false; }
+#endif
+
+bool use_avx2() { return cpu_has_avx2_fma() && !g_force_portable.load(std::memory_order_relaxed); }
+
+void set_force_portable(bool force) { g_force_portable.store(force); }
 
 namespace {
 

@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: MIT
+// Which SIMD code the CPU kernels run: AVX2 + FMA where the CPU has it, chosen at run time
+// (one build runs on any x86-64; nothing is compiled with -march=native), else portable C++.
+// Functions with AVX2 code carry FASTNN_TARGET; they are called only when use_avx2().
+#pragma once
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define FASTNN_X86 1
+#include <immintrin.h>
+#define FASTNN_TARGET __attribute__((target("avx2,fma")))
+#endif
+
+namespace fastnn::cpu {
+
+bool cpu_has_avx2_fma();  // what the CPU offers
+bool use_avx2();          // what the kernels use: the CPU's offer, unless forced portable
+void set_force_portable(bool force);  // tests: run the portable paths on any CPU
+
+}  // namespace fastnn::cpu
