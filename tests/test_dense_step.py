@@ -170,11 +170,12 @@ def test_an_empty_batch_gives_nan_loss_and_zero_gradients(rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [20, 256])
-def test_the_fused_sgd_update_is_sgd_update(rng, dtype, batch):
+@pytest.mark.parametrize("d_in", [12, 300])  # 300 at batch 20: the first layer in two halves
+def test_the_fused_sgd_update_is_sgd_update(rng, dtype, batch, d_in):
     """lr=...: the parameters end exactly where dense_step + sgd_update puts them."""
-    x = rng.standard_normal((batch, 12)).astype(dtype)
+    x = rng.standard_normal((batch, d_in)).astype(dtype)
     labels = rng.integers(0, 4, batch)
-    layers = params(rng, (12, 8, 4), dtype)
+    layers = params(rng, (d_in, 8, 4), dtype)
     copies = [(w.copy(), b.copy()) for w, b in layers]
     loss, dws, dbs = run(x, labels, layers, [True, False], lr=0.3, weight_decay=0.01)
     want_loss, gw, gb = run(x, labels, copies, [True, False])

@@ -194,6 +194,16 @@ void run_lane(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
   }
 }
 
+// p[j] -= lr · (g[j·gs] + weight_decay · p[j]) for j < n: sgd_update's arithmetic.
+template <class T>
+void sgd_span(T* p, const T* g, int64_t gs, int64_t n, T lr, T weight_decay) {
+  if (gs == 1) {  // the common case, as plain pointers so that the loop vectorises
+    for (int64_t j = 0; j < n; ++j) p[j] -= lr * (g[j] + weight_decay * p[j]);
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) p[j] -= lr * (g[j * gs] + weight_decay * p[j]);
+}
+
 // Growing scratch memory owned by the calling thread, reused from step to step (a fresh
 // allocation would fault in its pages on every step).
 template <class T>
@@ -301,23 +311,23 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
     return std::decay_t<decltype(m)>{m.data + cut[p] * m.cs, m.rows, width[p], m.rs, m.cs};
   };
   Matrix<const T> x_half[2];
+  // With the fused update: rows [i0, i1) × columns [c0, c1) of layer l's weight, from its
+  // finished gradient.
+  auto sgd_rows = [&](int64_t l, int64_t i0, int64_t i1, int64_t c0, int64_t c1) {
+    const Matrix<T>& dW = layers[l].dW;
+    if (T* w = layers[l].W_sgd)
+      for (int64_t i = i0; i < i1; ++i)
+        sgd_span(w + i * dW.cols + c0, &dW(i, c0), dW.cs, c1 - c0, lr, weight_decay);
+  };
   run_team(nt, flops / 50e9, [&] {
-#pragma omp for schedule(static)
-    for (size_t job = 0; job < pack_jobs.size(); ++job) {
-      const auto [l, p] = pack_jobs[job];
-      prepack_b_panel<T>(packed + packed_at[l], layers[l].W, true, p);
-    }
     if (split) {
-#pragma omp for schedule(static)
-      for (size_t job = 0; job < part_jobs.size(); ++job) {
-        const auto [p, q] = part_jobs[job];
-        prepack_b_panel<T>(part_packed + part_at[p], half_of(first.W, int(p)), true, q);
-      }
       LaneBuffers<T>& ln = lane[0];
       const int64_t n = batch;
       T* products[2] = {ln.act[0], split_p1};
 #pragma omp for schedule(static)
-      for (int p = 0; p < 2; ++p) {  // each half: its columns of the rows, its product
+      for (int p = 0; p < 2; ++p) {  // each half: its part of W1ᵀ packed, its rows, its product
+        for (int64_t q = 0; q < part_panels[p]; ++q)
+          prepack_b_panel<T>(part_packed + part_at[p], half_of(first.W, p), true, q);
         if (gather) {
           T* stage = p == 0 ? ln.x : split_x1;
           gather_rows(stage, X, x_rows, 0, n, cut[p], cut[p + 1]);
@@ -335,6 +345,8 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
       }
 #pragma omp single
       {
+        for (const auto& [l, p] : pack_jobs)  // the other layers' weights (small)
+          prepack_b_panel<T>(packed + packed_at[l], layers[l].W, true, p);
         ln.loss = 0.0;
         T* h = ln.act[0];  // = products[0]: each element read before it is written
         for (int64_t i = 0; i < n; ++i)
@@ -347,46 +359,47 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
         const Matrix<const T> logits =
             forward_from(layers, count, 1, Matrix<const T>{h, n, out0, out0, 1}, n, ln);
         block_loss(layers, count, logits, n, labels, scale, ln);
-        for (int64_t l = count - 1; l >= 1; --l)
+        for (int64_t l = count - 1; l >= 1; --l) {
           backward_layer(layers[l], l, n, true,
                          Matrix<const T>{ln.act[l - 1], n, layers[l].W.cols, layers[l].W.cols, 1},
                          ln.db + ln.db_at[l], ln, true);
+          sgd_rows(l, 0, layers[l].W.rows, 0, layers[l].W.cols);  // W_l is no longer read
+        }
         backward_layer(first, 0, n, true, x_half[0], ln.db + ln.db_at[0], ln, false);
       }
 #pragma omp for schedule(static)
-      for (int p = 0; p < 2; ++p)  // the weight gradient's halves
+      for (int p = 0; p < 2; ++p) {  // the weight gradient's halves, and their update
         gemm_ex<T>(true, false, T(1), Matrix<const T>{ln.grad[0], n, out0, out0, 1}, x_half[p],
                    T(0), half_of(first.dW, p), nullptr, 1, false);
-    } else {
-#pragma omp for schedule(static)
-      for (int64_t k = 0; k < lanes; ++k)
-        run_lane(layers, count, X, x_rows, labels, k, batch, next, scale, lane[size_t(k)]);
+        sgd_rows(0, 0, out0, cut[p], cut[p + 1]);
+      }
+      return;
     }
+#pragma omp for schedule(static)
+    for (size_t job = 0; job < pack_jobs.size(); ++job) {
+      const auto [l, p] = pack_jobs[job];
+      prepack_b_panel<T>(packed + packed_at[l], layers[l].W, true, p);
+    }
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < lanes; ++k)
+      run_lane(layers, count, X, x_rows, labels, k, batch, next, scale, lane[size_t(k)]);
     // The lanes' partial weight gradients, added into lane 0's (the result) in lane order;
     // then the SGD update of the row, if asked, while it is in cache.
     for (int64_t l = 0; l < count; ++l) {
       const Matrix<T>& dW = layers[l].dW;
       if (lanes == 1 && !layers[l].W_sgd) continue;
-      // Row i of the result through at(j) = dW(i, j): a plain pointer for unit-stride rows
-      // (the common case), so that the loops vectorise.
-      auto reduce_row = [&](int64_t i, auto at) {
-        for (int64_t k = 1; k < lanes; ++k) {
-          const T* part = lane[size_t(k)].dW[l] + i * dW.cols;
-          for (int64_t j = 0; j < dW.cols; ++j) at(j) += part[j];
-        }
-        if (T* w = layers[l].W_sgd) {
-          w += i * dW.cols;
-          for (int64_t j = 0; j < dW.cols; ++j) w[j] -= lr * (at(j) + weight_decay * w[j]);
-        }
-      };
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < dW.rows; ++i) {
-        if (dW.cs == 1) {
-          T* g = &dW(i, 0);
-          reduce_row(i, [g](int64_t j) -> T& { return g[j]; });
-        } else {
-          reduce_row(i, [&dW, i](int64_t j) -> T& { return dW(i, j); });
+        for (int64_t k = 1; k < lanes; ++k) {
+          const T* part = lane[size_t(k)].dW[l] + i * dW.cols;
+          if (dW.cs == 1) {  // plain pointers, so that the loop vectorises
+            T* g = &dW(i, 0);
+            for (int64_t j = 0; j < dW.cols; ++j) g[j] += part[j];
+          } else {
+            for (int64_t j = 0; j < dW.cols; ++j) dW(i, j) += part[j];
+          }
         }
+        sgd_rows(l, i, i + 1, 0, dW.cols);
       }
     }
   });
