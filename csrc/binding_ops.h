@@ -48,7 +48,7 @@ void gemm(const Dev& dev, const py::object& a_obj, const py::object& b_obj, py::
 // [0, rows). Returns null for None; the batch size goes to *batch.
 template <class Dev>
 const int64_t* row_index(const Dev& dev, const py::object& obj, int64_t rows, int64_t* batch,
-                         const std::string& name = "x_rows") {
+                         const std::string& name = "rows") {
   if (obj.is_none()) return nullptr;
   py::array idx = dev.array(obj, name.c_str());
   if (!idx.dtype().is(py::dtype::of<int64_t>()))
@@ -60,7 +60,7 @@ const int64_t* row_index(const Dev& dev, const py::object& obj, int64_t rows, in
 }
 
 [[noreturn]] inline void row_index_error(int64_t rows, int64_t value, int64_t at,
-                                         const std::string& name = "x_rows") {
+                                         const std::string& name = "rows") {
   value_error(name + " must lie in [0, " + std::to_string(rows) + ") (the rows of x), got " +
               std::to_string(value) + " at index " + std::to_string(at));
 }
@@ -112,9 +112,9 @@ void dense_backward(const Dev& dev, const py::object& dy_obj, const py::object& 
     int64_t batch = X.rows;
     const int64_t* rows = row_index(dev, rows_obj, X.rows, &batch);
     if (X.cols != W.cols || dY.rows != batch || dY.cols != W.rows)
-      value_error("dense_backward: expected dy (B, out), x (B, in) (or x_rows of length B), "
+      value_error("dense_backward: expected dy (B, out), x (B, in) (or rows of length B), "
                   "weight (out, in); got dy " + shape_str(dy) + ", x " + shape_str(x) +
-                  (rows ? " with " + std::to_string(batch) + " x_rows" : std::string()) +
+                  (rows ? " with " + std::to_string(batch) + " rows" : std::string()) +
                   ", weight " + shape_str(w));
     Matrix<T> dW = out_matrix<T>(dw, "dweight", W.rows, W.cols);
     Matrix<T> dX{nullptr, batch, X.cols, X.cols, 1};

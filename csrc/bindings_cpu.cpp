@@ -288,7 +288,7 @@ double dense_step(const py::object& x_obj, const py::object& labels_obj, const p
     }
     const std::vector<int64_t> labels = class_labels(
         target, batch, fan_in,
-        "to match the minibatch of " + std::to_string(batch) + (rows ? " x_rows" : " rows of x"));
+        "to match the minibatch of " + std::to_string(batch) + (rows ? " row numbers in rows" : " rows of x"));
     py::gil_scoped_release release;
     result = double(cpu::dense_step<T>(layers.data(), int64_t(count), X, rows, batch,
                                        labels.data(), T(lr), T(weight_decay), next));

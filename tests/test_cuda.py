@@ -249,7 +249,7 @@ def test_dense_backward_at_a_large_batch_splits_k(xp, rng):
 
 def test_dense_forward_rows_out_of_range(xp):
     x, w = xp.ones((4, 3), F32), xp.ones((2, 3), F32)
-    with pytest.raises(ValueError, match=r"x_rows must lie in \[0, 4\).*got 4 at index 1"):
+    with pytest.raises(ValueError, match=r"^rows must lie in \[0, 4\).*got 4 at index 1"):
         ops.dense_forward(x, w, rows=xp.asarray([0, 4], dtype=np.int64))
 
 

@@ -326,7 +326,7 @@ def test_bad_input_is_a_clear_error(rng, case):
 
 def test_bad_rows_and_update_arguments(rng):
     args = valid(rng)
-    with pytest.raises(ValueError, match=r"x_rows must lie in \[0, 6\)"):
+    with pytest.raises(ValueError, match=r"^rows must lie in \[0, 6\)"):
         ops.dense_step(**args, rows=np.array([0, 6]))
     args["weights"][0].setflags(write=False)
     with pytest.raises(ValueError, match=r"weights\[0\] is read-only"):

@@ -130,6 +130,7 @@ def cmd_train(args) -> int:
         predicted = model(test.x[:32]).argmax(axis=1)
     viz.prediction_grid(out / "predictions.png", test.x[:32], predicted, test.y[:32], test.classes)
     (out / "history.json").write_text(json.dumps(dict(history), indent=1))
+    saved.append(out / "history.json")
     print(f"saved {', '.join(map(str, saved))}")
     return 0
 
@@ -188,9 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the article's MLP with softmax cross-entropy and "
         "save the model, the loss/accuracy curves and a grid of predictions.",
     )
-    p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    p.add_argument(
+        "--dataset", choices=DATASETS, default="fashion-mnist", help="which images (fashion-mnist)"
+    )
     p.add_argument("--data", metavar="DIR", help="folder with the IDX files (default: search)")
-    p.add_argument("--epochs", type=_int_at_least(0), default=5)
+    p.add_argument(
+        "--epochs",
+        type=_int_at_least(0),
+        default=5,
+        help="passes over the data (5; 0 saves the untrained model)",
+    )
     p.add_argument(
         "--batch-size",
         type=_batch_size,
@@ -201,11 +209,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lr", type=_positive_float, default=None, help="learning rate (sgd 0.1, adam 1e-3)"
     )
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    p.add_argument(
+        "--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd (the default) or adam"
+    )
     p.add_argument("--hidden", type=_int_at_least(1), default=32, help="hidden units (32)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0)
-    p.add_argument("--threads", type=_int_at_least(1), default=None)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--seed", type=_int_at_least(0), default=0, help="initial weights and batch order (0)"
+    )
+    p.add_argument(
+        "--threads", type=_int_at_least(1), default=None, help="CPU threads (default: all cores)"
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="(cpu); cuda: the kernels run on CuPy arrays, but training on a GPU is not "
+        "supported yet and says so",
+    )
     p.add_argument(
         "--out",
         default="run",
@@ -221,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the predicted class and save the image as PNG.",
     )
     p.add_argument("model", help="a model file saved by 'fastnn train'")
-    p.add_argument("--index", type=_int_at_least(0), required=True, metavar="N")
-    p.add_argument("--data", metavar="DIR")
+    p.add_argument(
+        "--index", type=_int_at_least(0), required=True, metavar="N", help="test image, from 0"
+    )
+    p.add_argument("--data", metavar="DIR", help="folder with the IDX files (default: search)")
     p.add_argument("--out", default="image.png", help="image file (.png, .jpg, ...)")
     p.set_defaults(func=cmd_predict)
 
@@ -233,9 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
         "saves an animated GIF.",
     )
     p.add_argument("--out", default="chain.gif", help="animation file (.gif, or .png for APNG)")
-    p.add_argument("--steps", type=_int_at_least(0), default=100)
-    p.add_argument("--step-size", type=_positive_float, default=0.01)
-    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--steps", type=_int_at_least(0), default=100, help="descent steps (100)")
+    p.add_argument("--step-size", type=_positive_float, default=0.01, help="learning rate (0.01)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="initial angles (0)")
     p.set_defaults(func=cmd_chain)
 
     # Listed for --help; main() hands "fastnn bench ..." to fastnn.bench.main.
