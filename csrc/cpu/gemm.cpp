@@ -218,9 +218,8 @@ struct Update {
   static constexpr int64_t W = 32 / sizeof(T);
   V alpha, beta;
   bool use_beta, has_bias, relu;
-  bool use_alpha;  // alpha != 1 (1·v is v exactly: the multiply is skipped)
   FASTNN_TARGET void operator()(T* c, V v, const V& bias, int64_t n, __m256i mask) const {
-    if (use_alpha) v = vmul(alpha, v);
+    v = vmul(alpha, v);
     if (use_beta) v = vadd(v, vmul(beta, n == W ? vload(c) : vmaskload(c, mask)));
     if (has_bias) v = vadd(v, bias);
     if (relu) v = vrelu(v);
@@ -322,7 +321,7 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
     bias0 = vmaskload(t.ep->bias + t.j0, m0);
     if (n1 > 0) bias1 = vmaskload(t.ep->bias + t.j0 + W, m1);
   }
-  const Update<T> update{alpha, beta, t.beta != T(0), has_bias, relu, t.alpha != T(1)};
+  const Update<T> update{alpha, beta, t.beta != T(0), has_bias, relu};
   for (int64_t r = 0; r < t.mr; ++r) {
     T* c = t.c + r * t.rs_c;
     update(c, acc[r][0], bias0, n0, m0);
@@ -352,8 +351,7 @@ FASTNN_TARGET void small_gemm_rows(int64_t M, int64_t N, int64_t K, T alpha, con
   V bias_v[NV];
   for (int v = 0; v < NV; ++v)
     bias_v[v] = !bias ? vzero(T{}) : v == NV - 1 ? vmaskload(bias + v * W, mtail) : vload(bias + v * W);
-  const Update<T> update{vset1(alpha), vset1(beta), beta != T(0), bias != nullptr, relu,
-                         alpha != T(1)};
+  const Update<T> update{vset1(alpha), vset1(beta), beta != T(0), bias != nullptr, relu};
   for (int64_t i = 0; i < M; i += R) {
     const int64_t rows = std::min<int64_t>(R, M - i);
     const T* ar[R];
