@@ -340,6 +340,10 @@ def test_bad_rows_and_update_arguments(rng):
         ops.dense_step(**valid(rng), lr="0.1")
     with pytest.raises(ValueError, match="finite"):
         ops.dense_step(**valid(rng), lr=float("nan"))
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+        ops.dense_step(**valid(rng), lr=-1.0)
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
+        ops.dense_step(**valid(rng), lr=0.1, weight_decay=-0.5)
     with pytest.raises(ValueError, match=r"next_rows must lie in \[0, 6\)"):
         ops.dense_step(**valid(rng), next_rows=np.array([0, -1]))
     with pytest.raises(TypeError, match="next_rows must be an int64"):

@@ -579,12 +579,13 @@ def dense_step(
     rows : ndarray of int64, shape (B,), optional
         The minibatch is ``x[rows]``, read in place (no gathered copy); default ``x`` itself.
     lr : float, optional
-        When given, also apply plain SGD to every weight and bias in place,
+        A finite number >= 0, as for ``sgd_update``. When given, also apply plain SGD to
+        every weight and bias in place,
         ``p -= lr · (g + weight_decay · p)`` — the arithmetic of ``sgd_update``, done while
         each gradient row is still in cache. The parameters must then be writeable,
         C-contiguous and separate from every other array here.
     weight_decay : float
-        L2 penalty of that update.
+        L2 penalty of that update (finite, >= 0).
     next_rows : ndarray of int64, shape (B',), optional
         A hint: the row numbers of ``x`` that the next call will read (its ``rows``). While
         this step computes, the rows each thread takes first next time are fetched toward
@@ -603,15 +604,15 @@ def dense_step(
     ValueError
         Lists of different lengths, shapes that do not chain, a label or row (of ``rows``
         or ``next_rows``) out of range, an output that overlaps an input or another output,
-        or a read-only output.
+        a read-only output, or an ``lr`` / ``weight_decay`` that is negative or not finite.
     """
     native = native_for(x=x, labels=labels, rows=rows, next_rows=next_rows)
     lists = (weights, biases, relu, dweights, dbiases)
     if not all(isinstance(v, list | tuple) for v in lists):
         raise TypeError("weights, biases, relu, dweights and dbiases must be lists")
     if lr is not None:
-        lr = _scalar(lr, "lr")
-    weight_decay = _scalar(weight_decay, "weight_decay")
+        lr = _hyper(lr, "lr")
+    weight_decay = _hyper(weight_decay, "weight_decay")
     return native.dense_step(
         x, labels, *(list(v) for v in lists), rows, lr, weight_decay, next_rows
     )
