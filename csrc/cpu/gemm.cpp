@@ -52,7 +52,6 @@ inline T relu_keep_nan(T x) {
   return x > T(0) ? x : (x == x ? T(0) : x);  // NaN fails both tests and is passed through
 }
 
-
 // One MR×NR tile of the product: where op(A)'s tile lives (element (r, k) at a[r*ars + k*acs],
 // a packed panel being ars = 1, acs = MR), the packed B panel, and where it goes in C.
 template <class T>
@@ -627,7 +626,8 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
 #ifdef FASTNN_X86
   if (avx2 && K <= 32 && N <= 256 / int64_t(sizeof(T)) && C.cs == 1 && !b_rows &&
       !prepacked_b && (!ep || !ep->bias || ep->bias_inc == 1)) {
-    // Short K (dY·W2: K = 10; H·W2ᵀ: K = 32): rows of C in chunks, each chunk by the row-by-row path.
+    // Short K (dY·W2: K = 10; H·W2ᵀ: K = 32): rows of C in chunks, each chunk by the
+    // row-by-row path.
     constexpr int64_t kRows = 512;
     const int64_t chunks = ceil_div(M, kRows);
     const T* bias = ep ? ep->bias : nullptr;
@@ -659,8 +659,9 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   const bool packed_a = ceil_div(std::min(N, NC), NR) > 2 || a_rows != nullptr;
   // Skinny products whose whole op(B) fits in L2 (the MLP's X·W1ᵀ, H·W2ᵀ, dY·W2) take K in
   // one block: B is packed once and each C tile is written once, not once per K block.
-  // A prepacked op(B) holds whole-K panels; its K blocks are slices of them (KC rows each:
-  // a panel slice that stays in L1 while the tiles of a block stream past it).
+  // A prepacked op(B) holds whole-K panels: taken whole like that, or, when A is packed, in
+  // K blocks that are slices of them (KC rows each: a panel slice that stays in L1 while the
+  // tiles of a block stream past it).
   const bool whole_k = (!packed_a || a_rows) && fits_whole_k<T>(K, N);
   const int64_t kc_block = whole_k ? K : KC;
   const int64_t kc_max = std::min(kc_block, K);
