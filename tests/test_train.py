@@ -231,3 +231,27 @@ def test_fit_refuses_inputs_and_labels_of_different_lengths(rng):
     for labels in (np.zeros(11, np.int64), np.zeros(9, np.int64)):
         with pytest.raises(ValueError, match=r"train has 10 inputs but \d+ labels"):
             fnn.fit(model, (x, labels), optimizer=opt, epochs=1, verbose=0)
+
+
+def test_dense_step_follows_parameters_that_are_replaced_or_made_read_only(rng):
+    """The fused update remembers which parameter arrays it has checked: an array replaced
+    between steps (load_state_dict-style) is checked and updated in its turn, and one made
+    read-only is refused with a clear error."""
+    x = rng.standard_normal((64, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    models = [
+        fnn.Sequential(fnn.Dense(6, 5, fnn.relu, rng=0), fnn.Dense(5, 3, rng=0)) for _ in "ab"
+    ]
+    opts = [fnn.optim.SGD(model.parameters(), lr=0.1) for model in models]
+    steps = [fnn.train.DenseStep(model) for model in models]
+    for i in range(4):
+        if i == 2:  # a fresh array with the same values
+            models[1][0].weight.data = models[1][0].weight.data.copy()
+        for step, opt in zip(steps, opts, strict=True):
+            step(x, y, opt, rows=np.arange(64, dtype=np.int64))
+    assert opts[1].step_count == 4
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        np.testing.assert_array_equal(a.data, b.data)
+    models[0][1].bias.data.setflags(write=False)
+    with pytest.raises(ValueError, match=r"biases\[1\] is read-only"):
+        steps[0](x, y, opts[0])

@@ -606,6 +606,25 @@ def dense_step(
         or ``next_rows``) out of range, an output that overlaps an input or another output,
         a read-only output, or an ``lr`` / ``weight_decay`` that is negative or not finite.
     """
+    if (
+        type(x) is np.ndarray
+        and type(labels) is np.ndarray
+        and (rows is None or type(rows) is np.ndarray)
+        and (next_rows is None or type(next_rows) is np.ndarray)
+        and type(weights) is list
+        and type(biases) is list
+        and type(relu) is list
+        and type(dweights) is list
+        and type(dbiases) is list
+        and (lr is None or (type(lr) is float and 0.0 <= lr < math.inf))
+        and type(weight_decay) is float
+        and 0.0 <= weight_decay < math.inf
+    ):
+        # The training loop's call, recognised cheaply (a small step costs a few µs); the
+        # binding checks everything else.
+        return _cpu.dense_step(
+            x, labels, weights, biases, relu, dweights, dbiases, rows, lr, weight_decay, next_rows
+        )
     native = native_for(x=x, labels=labels, rows=rows, next_rows=next_rows)
     lists = (weights, biases, relu, dweights, dbiases)
     if not all(isinstance(v, list | tuple) for v in lists):

@@ -13,6 +13,7 @@ import math
 import numbers
 import sys
 import time
+from operator import is_
 
 import numpy as np
 
@@ -77,10 +78,13 @@ class DenseStep:
         self.relu = [nn._activation_name(layer.activation) == "relu" for layer in self.layers]
         self._buffers: dict[int, tuple[list, list]] = {}
         self._sgd_checked = None  # the optimizer last found to hold exactly our parameters
+        self._sgd_arrays = None  # the parameter arrays last found C-contiguous and writeable
         self._grads = [
             (np.empty_like(layer.weight.data), np.empty_like(layer.bias.data))
             for layer in self.layers
         ]
+        self._dweights = [g[0] for g in self._grads]
+        self._dbiases = [g[1] for g in self._grads]
 
     def _plain_sgd(self, optimizer, arrays) -> bool:
         """True when ``optimizer.step()`` would be plain SGD (no momentum) on exactly this
@@ -95,7 +99,15 @@ class DenseStep:
             ):
                 return False
             self._sgd_checked = optimizer
-        return all(a.flags.c_contiguous and a.flags.writeable for a in arrays)
+        # The same arrays as last time need no second look (a step costs only microseconds;
+        # contiguity never changes, and an array made read-only since is refused by the
+        # binding with a clear error, as sgd_update would refuse it).
+        cached = self._sgd_arrays
+        if cached is not None and len(cached) == len(arrays) and all(map(is_, arrays, cached)):
+            return True
+        ok = all(a.flags.c_contiguous and a.flags.writeable for a in arrays)
+        self._sgd_arrays = arrays if ok else None
+        return ok
 
     @staticmethod
     def supports(model, loss) -> bool:
@@ -131,8 +143,8 @@ class DenseStep:
                 weights,
                 biases,
                 self.relu,
-                [g[0] for g in self._grads],
-                [g[1] for g in self._grads],
+                self._dweights,
+                self._dbiases,
                 rows=rows,
                 lr=optimizer.lr if fuse_sgd else None,
                 weight_decay=optimizer.weight_decay if fuse_sgd else 0.0,
