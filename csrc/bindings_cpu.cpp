@@ -187,11 +187,14 @@ std::vector<int64_t> class_labels(const py::array& target, int64_t batch, int64_
 }
 
 // ------------------------------------------------------------- dense step
-// Loss and gradients of a stack of dense layers under softmax cross-entropy (cpu::dense_step).
-double dense_step(const py::object& x_obj, const py::object& labels_obj, const py::list& weights,
-                  const py::list& biases, const py::list& relu, const py::list& dweights,
-                  const py::list& dbiases, const py::object& rows_obj, const py::object& lr_obj,
-                  double weight_decay, const py::object& next_rows_obj) {
+// The arguments of cpu::dense_step checked and turned into layers; then
+// run(layers, count, X, rows, batch, labels, lr, weight_decay, next) with the GIL held (run
+// releases it around the kernel).
+template <class Run>
+void dense_call(const py::object& x_obj, const py::object& labels_obj, const py::list& weights,
+                const py::list& biases, const py::list& relu, const py::list& dweights,
+                const py::list& dbiases, const py::object& rows_obj, const py::object& lr_obj,
+                double weight_decay, const py::object& next_rows_obj, Run&& run) {
   const bool sgd = !lr_obj.is_none();
   const double lr = sgd ? lr_obj.cast<double>() : 0.0;
   if (sgd && !(std::isfinite(lr) && std::isfinite(weight_decay)))
@@ -223,7 +226,6 @@ double dense_step(const py::object& x_obj, const py::object& labels_obj, const p
         type_error(name + idx + " has dtype " + dtype_str(*a) + " but x has dtype " +
                    dtype_str(x) + "; fastnn does not mix dtypes");
   }
-  double result = 0.0;
   dispatch(kind, [&](auto zero) {
     using T = decltype(zero);
     const Matrix<const T> X = in_matrix<T>(x, "x");
@@ -289,11 +291,48 @@ double dense_step(const py::object& x_obj, const py::object& labels_obj, const p
     const std::vector<int64_t> labels = class_labels(
         target, batch, fan_in,
         "to match the minibatch of " + std::to_string(batch) + (rows ? " row numbers in rows" : " rows of x"));
-    py::gil_scoped_release release;
-    result = double(cpu::dense_step<T>(layers.data(), int64_t(count), X, rows, batch,
-                                       labels.data(), T(lr), T(weight_decay), next));
+    run(layers.data(), int64_t(count), X, rows, batch, labels.data(), T(lr), T(weight_decay),
+        next);
   });
+}
+
+// Loss and gradients of a stack of dense layers under softmax cross-entropy (cpu::dense_step).
+double dense_step(const py::object& x_obj, const py::object& labels_obj, const py::list& weights,
+                  const py::list& biases, const py::list& relu, const py::list& dweights,
+                  const py::list& dbiases, const py::object& rows_obj, const py::object& lr_obj,
+                  double weight_decay, const py::object& next_rows_obj) {
+  double result = 0.0;
+  dense_call(x_obj, labels_obj, weights, biases, relu, dweights, dbiases, rows_obj, lr_obj,
+             weight_decay, next_rows_obj, [&](auto... args) {
+               py::gil_scoped_release release;
+               result = double(cpu::dense_step(args...));
+             });
   return result;
+}
+
+// Consecutive SGD steps over minibatches of `rows` (cpu::dense_steps); losses[s] per step.
+int64_t dense_steps(const py::object& x_obj, const py::object& labels_obj,
+                    const py::list& weights, const py::list& biases, const py::list& relu,
+                    const py::list& dweights, const py::list& dbiases,
+                    const py::object& rows_obj, int64_t batch_size, const py::object& lr_obj,
+                    double weight_decay, const py::object& next_rows_obj, py::array losses) {
+  if (batch_size < 1) value_error("batch_size must be >= 1, got " + std::to_string(batch_size));
+  if (lr_obj.is_none()) value_error("lr must be given: every step ends with its SGD update");
+  int64_t done = 0;
+  dense_call(x_obj, labels_obj, weights, biases, relu, dweights, dbiases, rows_obj, lr_obj,
+             weight_decay, next_rows_obj,
+             [&](const auto* layers, int64_t count, auto X, const int64_t* rows, int64_t total,
+                 const int64_t* labels, auto lr, auto wd, cpu::NextStep next) {
+               if (!losses.dtype().is(py::dtype::of<double>()))
+                 type_error("losses must be float64, got " + dtype_str(losses));
+               const int64_t steps = fastnn::ceil_div(total, batch_size);
+               Vector<double> out = out_vector<double>(losses, "losses", steps);
+               if (out.inc != 1 && steps > 1) value_error("losses must be contiguous");
+               py::gil_scoped_release release;
+               done = cpu::dense_steps(layers, count, X, rows, total, batch_size, labels, lr, wd,
+                                       next, out.data);
+             });
+  return done;
 }
 
 }  // namespace
@@ -307,6 +346,13 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("weight_decay") = 0.0, py::arg("next_rows") = py::none(),
         "Loss (returned) and dweights, dbiases of dense layers under softmax cross-entropy; "
         "with lr, also p -= lr·(g + weight_decay·p) for every weight and bias.");
+  m.def("dense_steps", &dense_steps, py::arg("x"), py::arg("labels"), py::arg("weights"),
+        py::arg("biases"), py::arg("relu"), py::arg("dweights"), py::arg("dbiases"),
+        py::arg("x_rows"), py::arg("batch_size"), py::arg("lr"), py::arg("weight_decay"),
+        py::arg("next_rows"), py::arg("losses"),
+        "dense_step with its SGD update on each minibatch of batch_size rows of x_rows in "
+        "turn; losses[s] per step; returns the steps done (it stops after a loss that is "
+        "not finite).");
   m.def("get_num_threads", &cpu::num_threads, "Threads the CPU kernels use.");
   m.def(
       "set_num_threads",

@@ -173,6 +173,18 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
              const int64_t* x_rows, int64_t batch, const int64_t* labels, T lr = T(0),
              T weight_decay = T(0), NextStep next = {});
 
+// Training steps in one call: the minibatches rows[0, batch), rows[batch, 2·batch), ... of
+// total row numbers (the last one shorter; x_rows null: X's rows in order), one dense_step
+// each with its SGD update (lr, weight_decay; the layers' W_sgd / b_sgd must be set), each
+// step prefetching the next one's rows and the last one `next`. labels[total] follow rows.
+// losses[s] receives step s's loss; stops after the first loss that is not finite (NaN or
+// inf) and returns the number of steps done. The arithmetic is that of dense_step called
+// once per minibatch, so the weights are bitwise the same.
+template <class T>
+int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
+                    const int64_t* x_rows, int64_t total, int64_t batch, const int64_t* labels,
+                    T lr, T weight_decay, NextStep next, double* losses);
+
 // ----------------------------------------------------------------- optim.cpp
 // In-place updates over `count` contiguous buffers in one call ("multi-tensor apply");
 // buffer i has size[i] elements. g = grad + weight_decay · p in every rule below.

@@ -56,8 +56,8 @@ OPTIMIZERS = ["sgd_update", "momentum_update", "adam_update"]
 
 
 def test_the_table_covers_every_op():
-    # dense_step takes lists of arrays: its own tests are in test_dense_step.py
-    assert set(FLOAT_ARGS) | set(OPTIMIZERS) | {"dense_step"} == set(ops.__all__)
+    # dense_step(s) take lists of arrays: their own tests are in test_dense_step.py
+    assert set(FLOAT_ARGS) | set(OPTIMIZERS) | {"dense_step", "dense_steps"} == set(ops.__all__)
 
 
 def valid_args(op: str, dtype=F32) -> dict:

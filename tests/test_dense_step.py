@@ -390,3 +390,124 @@ def test_handout_cross_entropy_cases_through_the_fused_step(logits, labels, loss
     got, _, dbs = run(x, np.array(labels), [(eye, np.zeros(2, np.float32))], [False])
     np.testing.assert_allclose(got, loss, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(dbs[0], dbias, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ dense_steps
+def steps_loop(x, labels, layers, relu, rows, batch_size, lr, weight_decay=0.0):
+    """dense_steps' definition: one dense_step with its update per minibatch, stopping
+    after the first loss that is not finite."""
+    dws = [np.empty_like(w) for w, _ in layers]
+    dbs = [np.empty_like(b) for _, b in layers]
+    total = len(x) if rows is None else len(rows)
+    losses = []
+    for i in range(0, total, batch_size):
+        j = min(total, i + batch_size)
+        xb, rb = (x[i:j], None) if rows is None else (x, rows[i:j])
+        w, b = [w for w, _ in layers], [b for _, b in layers]
+        losses.append(
+            ops.dense_step(
+                xb, labels[i:j], w, b, relu, dws, dbs, rows=rb, lr=lr, weight_decay=weight_decay
+            )
+        )
+        if not np.isfinite(losses[-1]):
+            break
+    return np.array(losses), dws, dbs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("n", "batch_size", "d_in", "shuffled"),
+    [
+        (100, 7, 5, True),  # a last minibatch of 2 rows
+        (300, 32, 300, True),  # one lane in halves
+        (700, 128, 50, True),  # two lanes
+        (260, 128, 20, False),  # x's rows in order
+        (40, 64, 9, True),  # one step
+        (0, 8, 3, True),  # no rows: no steps
+    ],
+)
+def test_dense_steps_is_a_loop_of_dense_steps(rng, dtype, n, batch_size, d_in, shuffled):
+    """Bit for bit the weights, gradients and losses of one dense_step + update per
+    minibatch."""
+    x = rng.standard_normal((max(n, 1), d_in)).astype(dtype)[:n]
+    rows = rng.permutation(n).astype(np.int64) if shuffled else None
+    labels = rng.integers(0, 4, n)
+    layers = params(rng, (d_in, 9, 4), dtype)
+    copies = [(w.copy(), b.copy()) for w, b in layers]
+    want_losses, want_dw, want_db = steps_loop(
+        x, labels, copies, [True, False], rows, batch_size, 0.2, 0.01
+    )
+    dws = [np.full_like(w, np.nan) for w, _ in layers]
+    dbs = [np.full_like(b, np.nan) for _, b in layers]
+    w, b = [w for w, _ in layers], [b for _, b in layers]
+    upcoming = rng.permutation(max(n, 1))[:batch_size].astype(np.int64) if shuffled and n else None
+    losses = ops.dense_steps(
+        x,
+        labels,
+        w,
+        b,
+        [True, False],
+        dws,
+        dbs,
+        rows=rows,
+        batch_size=batch_size,
+        lr=0.2,
+        weight_decay=0.01,
+        next_rows=upcoming,
+    )
+    assert losses.dtype == np.float64 and losses.shape == (-(-n // batch_size),)
+    np.testing.assert_array_equal(losses, want_losses)
+    params_got = [a for layer in layers for a in layer]
+    params_want = [a for layer in copies for a in layer]
+    for a, c in zip(params_got, params_want, strict=True):
+        np.testing.assert_array_equal(a, c)
+    if n:
+        for a, c in zip(dws + dbs, want_dw + want_db, strict=True):
+            np.testing.assert_array_equal(a, c)
+
+
+def test_dense_steps_stop_after_a_loss_that_is_not_finite(rng):
+    """A row of inf in the third minibatch: three losses come back, the last not finite, and
+    the weights are those after three steps (the step that saw it is applied, as a loop of
+    dense_step calls applies it); the later minibatches are not run."""
+    x = rng.standard_normal((50, 6)).astype(np.float32)
+    rows = rng.permutation(50).astype(np.int64)
+    x[rows[23]] = np.inf
+    labels = rng.integers(0, 3, 50)
+    layers = params(rng, (6, 5, 3), np.float32)
+    copies = [(w.copy(), b.copy()) for w, b in layers]
+    want, _, _ = steps_loop(x, labels, copies, [True, False], rows, 10, 0.1)
+    args = valid(rng)
+    args.update(x=x, labels=labels, weights=[w for w, _ in layers], biases=[b for _, b in layers])
+    args["dweights"] = [np.empty_like(w) for w, _ in layers]
+    args["dbiases"] = [np.empty_like(b) for _, b in layers]
+    args["relu"] = [True, False]
+    losses = ops.dense_steps(**args, rows=rows, batch_size=10, lr=0.1)
+    assert len(losses) == len(want) == 3 and not np.isfinite(losses[-1])
+    np.testing.assert_array_equal(losses[:2], want[:2])
+    for (w, b), (w2, b2) in zip(layers, copies, strict=True):
+        np.testing.assert_array_equal(w, w2)
+        np.testing.assert_array_equal(b, b2)
+
+
+def test_dense_steps_bad_arguments(rng):
+    for bad, exc, words in [
+        (dict(batch_size=0), ValueError, "batch_size must be >= 1, got 0"),
+        (dict(batch_size=True), TypeError, "batch_size must be an int"),
+        (dict(batch_size=2.0), TypeError, "batch_size must be an int"),
+        (dict(lr=-0.1), ValueError, "lr must be a finite number >= 0"),
+        (dict(lr=None), TypeError, "lr"),
+        (dict(rows=np.array([0, 6])), ValueError, r"rows must lie in \[0, 6\)"),
+        (dict(rows=[0, 1]), TypeError, "rows must be a numpy.ndarray"),
+        (dict(next_rows=np.array([7])), ValueError, r"next_rows must lie in \[0, 6\)"),
+    ]:
+        kw = {"batch_size": 2, "lr": 0.1, **bad}
+        with pytest.raises(exc, match=words):
+            ops.dense_steps(**valid(rng), **kw)
+    args = valid(rng)
+    with pytest.raises(ValueError, match=r"labels must have shape \(3,\)"):
+        ops.dense_steps(**args, rows=np.array([0, 1, 2]), batch_size=2, lr=0.1)
+    args = valid(rng)
+    args["weights"][1].setflags(write=False)
+    with pytest.raises(ValueError, match=r"weights\[1\] is read-only"):
+        ops.dense_steps(**args, batch_size=2, lr=0.1)

@@ -255,3 +255,37 @@ def test_dense_step_follows_parameters_that_are_replaced_or_made_read_only(rng):
     models[0][1].bias.data.setflags(write=False)
     with pytest.raises(ValueError, match=r"biases\[1\] is read-only"):
         steps[0](x, y, opts[0])
+
+
+@pytest.mark.parametrize("rows_per_call", [1, 40, 10**6])
+def test_fit_runs_several_steps_per_native_call_with_the_same_result(
+    rng, monkeypatch, rows_per_call
+):
+    """fit's fused path takes ``_ROWS_PER_CALL // batch_size`` minibatches per native call
+    (here 1, 4 or all): weights, epoch losses and the step named on a blow-up are those of
+    one call per step."""
+    x = rng.standard_normal((203, 6)).astype(np.float32)
+    y = rng.integers(0, 4, 203)
+
+    def train(data):
+        model = fnn.Sequential(fnn.Dense(6, 9, fnn.relu, rng=4), fnn.Dense(9, 4, rng=5))
+        opt = fnn.optim.SGD(list(model.parameters()), lr=0.1)
+        history = fnn.fit(model, data, optimizer=opt, epochs=2, batch_size=10, rng=1, verbose=0)
+        assert opt.step_count == 2 * 21
+        return history["loss"], [p.data for p in model.parameters()]
+
+    monkeypatch.setattr(fnn.train, "_ROWS_PER_CALL", 1)
+    want_loss, want_params = train((x, y))
+    monkeypatch.setattr(fnn.train, "_ROWS_PER_CALL", rows_per_call)
+    got_loss, got_params = train((x, y))
+    assert got_loss == want_loss
+    for a, b in zip(got_params, want_params, strict=True):
+        np.testing.assert_array_equal(a, b)
+    x[117] = np.nan
+    messages = []
+    for per_call in (1, rows_per_call):
+        monkeypatch.setattr(fnn.train, "_ROWS_PER_CALL", per_call)
+        with pytest.raises(FloatingPointError, match="input batch itself holds NaN") as err:
+            train((x, y))
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]

@@ -420,11 +420,42 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
   return static_cast<T>(loss / double(batch));  // as softmax_cross_entropy: a division
 }
 
+template <class T>
+int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
+                    const int64_t* x_rows, int64_t total, int64_t batch, const int64_t* labels,
+                    T lr, T weight_decay, NextStep next, double* losses) {
+  int64_t done = 0;
+  for (int64_t r0 = 0; r0 < total; r0 += batch) {
+    const int64_t n = std::min(batch, total - r0), at = r0 + n;
+    NextStep ahead = next;
+    if (at < total) ahead = {x_rows ? x_rows + at : nullptr, std::min(batch, total - at)};
+    // Rows in order: a view of X's next rows (the hardware prefetcher's job; `next` numbers
+    // rows of X, not of the view).
+    Matrix<const T> Xs = X;
+    if (!x_rows) {
+      Xs = {X.data + r0 * X.rs, n, X.cols, X.rs, X.cs};
+      ahead = {};
+    }
+    const double loss = double(dense_step<T>(layers, count, Xs, x_rows ? x_rows + r0 : nullptr,
+                                             n, labels + r0, lr, weight_decay, ahead));
+    losses[done++] = loss;
+    if (!std::isfinite(loss)) break;
+  }
+  return done;
+}
+
 template float dense_step<float>(const DenseLayer<float>*, int64_t, Matrix<const float>,
                                  const int64_t*, int64_t, const int64_t*, float, float,
                                  NextStep);
 template double dense_step<double>(const DenseLayer<double>*, int64_t, Matrix<const double>,
                                    const int64_t*, int64_t, const int64_t*, double, double,
                                    NextStep);
+
+template int64_t dense_steps<float>(const DenseLayer<float>*, int64_t, Matrix<const float>,
+                                     const int64_t*, int64_t, int64_t, const int64_t*, float,
+                                     float, NextStep, double*);
+template int64_t dense_steps<double>(const DenseLayer<double>*, int64_t, Matrix<const double>,
+                                      const int64_t*, int64_t, int64_t, const int64_t*, double,
+                                      double, NextStep, double*);
 
 }  // namespace fastnn::cpu

@@ -41,6 +41,7 @@ __all__ = [
     "dense_backward",
     "dense_forward",
     "dense_step",
+    "dense_steps",
     "gemm",
     "momentum_update",
     "relu",
@@ -635,6 +636,82 @@ def dense_step(
     return native.dense_step(
         x, labels, *(list(v) for v in lists), rows, lr, weight_decay, next_rows
     )
+
+
+def dense_steps(
+    x,
+    labels,
+    weights,
+    biases,
+    relu,
+    dweights,
+    dbiases,
+    *,
+    rows=None,
+    batch_size: int,
+    lr: float,
+    weight_decay=0.0,
+    next_rows=None,
+):
+    """Several SGD training steps of a dense stack in one call: ``dense_step`` with ``lr`` on
+    each minibatch in turn, without returning to Python in between.
+
+    The minibatches are ``rows[0:batch_size]``, ``rows[batch_size:2 * batch_size]``, ... (the
+    last one shorter when ``batch_size`` does not divide ``len(rows)``), and ``labels`` has one
+    label per entry of ``rows``. Each step is exactly ``dense_step(x, labels[i:j], ...,
+    rows=rows[i:j], lr=lr, weight_decay=weight_decay)``, so the weights end bitwise where that
+    loop of calls puts them; while a step computes, the next step's rows are fetched toward
+    the cache. ``fit`` uses it for plain SGD on class labels.
+
+    Parameters
+    ----------
+    x, labels, weights, biases, relu, dweights, dbiases, weight_decay
+        As for ``dense_step``; ``labels`` has shape (R,), R = ``len(rows)`` (or ``len(x)``).
+        ``dweights`` / ``dbiases`` end holding the last step's gradients.
+    rows : ndarray of int64, shape (R,), optional
+        Row numbers of ``x``; default ``x``'s rows in order.
+    batch_size : int
+        Rows per step, >= 1.
+    lr : float
+        Learning rate, a finite number >= 0 (required: each step ends with its update).
+    next_rows : ndarray of int64, optional
+        A hint, as for ``dense_step``: the rows of the call after this one.
+
+    Returns
+    -------
+    ndarray of float64, shape (steps,)
+        The loss of each step before its update. Steps stop after the first loss that is NaN
+        or infinite, which is then the last entry: fewer than ``ceil(R / batch_size)`` entries
+        mean training diverged there.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for ``dense_step``; also a ``batch_size`` that is not an int >= 1.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(f"batch_size must be an int, got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    native = native_for(x=x, labels=labels, rows=rows, next_rows=next_rows)
+    index = x if rows is None else rows  # a wrong shape is the binding's to report
+    total = index.shape[0] if index.ndim else 0
+    losses = np.empty(-(-total // int(batch_size)), np.float64)
+    lists = (weights, biases, relu, dweights, dbiases)
+    if not all(isinstance(v, list | tuple) for v in lists):
+        raise TypeError("weights, biases, relu, dweights and dbiases must be lists")
+    done = native.dense_steps(
+        x,
+        labels,
+        *(list(v) for v in lists),
+        rows,
+        int(batch_size),
+        _hyper(lr, "lr"),
+        _hyper(weight_decay, "weight_decay"),
+        next_rows,
+        losses,
+    )
+    return losses[:done]
 
 
 def sgd_update(params: Sequence, grads: Sequence, *, lr: float, weight_decay: float = 0.0):

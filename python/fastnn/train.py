@@ -31,6 +31,11 @@ def _xy(data, name: str):
     raise TypeError(f"{name} must be a Dataset (with .x and .y) or an (x, y) pair")
 
 
+# fit's shuffled DenseStep path runs this many rows of steps per native call (a few ms:
+# progress and Ctrl-C stay prompt, Python's share of a step is gone).
+_ROWS_PER_CALL = 8192
+
+
 def train_step(model, x, y, loss, optimizer) -> float:
     """One step of gradient descent: forward, loss, backward, update.
 
@@ -125,6 +130,48 @@ class DenseStep:
             and all(a.out_features == b.in_features for a, b in itertools.pairwise(layers))
         )
 
+    def _fused_args(self, x, y):
+        """ops.dense_step's positional arguments for class labels y, else None."""
+        if getattr(y, "ndim", 0) != 1 or y.dtype.kind not in "iu":
+            return None
+        weights = [layer.weight.data for layer in self.layers]
+        biases = [layer.bias.data for layer in self.layers]
+        return x, y, weights, biases, self.relu, self._dweights, self._dbiases
+
+    def _publish_grads(self):
+        for layer, (dweight, dbias) in zip(self.layers, self._grads, strict=True):
+            layer.weight.grad, layer.bias.grad = dweight, dbias
+
+    def steps(self, x, y, optimizer, rows, batch_size: int, next_rows=None) -> np.ndarray:
+        """Consecutive steps on the minibatches ``rows[0:batch_size]``,
+        ``rows[batch_size:2 * batch_size]``, ... of ``x`` (labels ``y``, one per entry of
+        ``rows``): with class labels and plain SGD one native call, ``ops.dense_steps``,
+        otherwise one ``__call__`` per minibatch; the same weights either way. Returns each
+        step's loss, stopping after the first that is not finite."""
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
+        args = self._fused_args(x, y)
+        if args is not None and self._plain_sgd(optimizer, args[2] + args[3]):
+            losses = ops.dense_steps(
+                *args,
+                rows=rows,
+                batch_size=batch_size,
+                lr=optimizer.lr,
+                weight_decay=optimizer.weight_decay,
+                next_rows=next_rows,
+            )
+            self._publish_grads()
+            optimizer.step_count += len(losses)
+            return losses
+        losses = []
+        for i in range(0, len(rows), batch_size):
+            j = i + batch_size
+            ahead = rows[j : j + batch_size] if j < len(rows) else next_rows
+            losses.append(self(x, y[i:j], optimizer, rows=rows[i:j], next_rows=ahead))
+            if not math.isfinite(losses[-1]):
+                break
+        return np.array(losses, np.float64)
+
     def __call__(self, x, y, optimizer, rows=None, next_rows=None) -> float:
         """One step on the minibatch (x, y), or on (x[rows], y) when ``rows`` (int64 row
         numbers) is given: the first layer then reads those rows of x in place, no gathered
@@ -132,26 +179,17 @@ class DenseStep:
         (a hint, for integer labels). Returns the minibatch loss before the update."""
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)  # the layer's edge cast, as Dense.forward does
-        if getattr(y, "ndim", 0) == 1 and y.dtype.kind in "iu":  # class labels: one fused call
-            layers = self.layers
-            weights = [layer.weight.data for layer in layers]
-            biases = [layer.bias.data for layer in layers]
-            fuse_sgd = self._plain_sgd(optimizer, weights + biases)
+        args = self._fused_args(x, y)
+        if args is not None:  # class labels: one fused call
+            fuse_sgd = self._plain_sgd(optimizer, args[2] + args[3])
             loss = ops.dense_step(
-                x,
-                y,
-                weights,
-                biases,
-                self.relu,
-                self._dweights,
-                self._dbiases,
+                *args,
                 rows=rows,
                 lr=optimizer.lr if fuse_sgd else None,
                 weight_decay=optimizer.weight_decay if fuse_sgd else 0.0,
                 next_rows=next_rows,
             )
-            for layer, (dweight, dbias) in zip(layers, self._grads, strict=True):
-                layer.weight.grad, layer.bias.grad = dweight, dbias
+            self._publish_grads()
             if fuse_sgd:  # the update is done: count it as optimizer.step() would
                 optimizer.step_count += 1
             else:
@@ -327,21 +365,22 @@ def fit(
         raise ValueError("fit: the training data has no samples")
     size = _batch_size(batch_size, n)
     generator = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
-    steps = math.ceil(n / size)
     history = History()
     last_good = None
     show_bar = verbose >= 1 and sys.stderr.isatty()
+    per_call = 1  # steps per step_fn call
     dense_step = DenseStep(model) if fused and DenseStep.supports(model, loss) else None
     if dense_step is not None:
         # Minibatches are row numbers: the first layer reads those rows of x in place, so no
         # batch is ever gathered; the step's buffers become the parameters' gradients.
         optimizer.zero_grad()
         data = x if x.dtype == dense_step.dtype else x.astype(dense_step.dtype)  # once
-        if size < n:  # shuffled minibatches: pass row numbers
+        if size < n:  # shuffled minibatches: pass row numbers, many steps per call
             source = np.arange(n, dtype=np.int64)
+            per_call = max(1, _ROWS_PER_CALL // size)
 
             def step_fn(rows, yb, next_rows=None):
-                return dense_step(data, yb, optimizer, rows=rows, next_rows=next_rows)
+                return dense_step.steps(data, yb, optimizer, rows, size, next_rows=next_rows)
 
             def inputs_of(rows):
                 return data[rows]
@@ -349,7 +388,7 @@ def fit(
             source = data
 
             def step_fn(xb, yb, next_rows=None):
-                return dense_step(xb, yb, optimizer)
+                return (dense_step(xb, yb, optimizer),)
 
             def inputs_of(xb):
                 return xb
@@ -357,7 +396,7 @@ def fit(
         source = x
 
         def step_fn(xb, yb, next_rows=None):
-            return train_step(model, xb, yb, loss, optimizer)
+            return (train_step(model, xb, yb, loss, optimizer),)
 
         def inputs_of(xb):
             return xb
@@ -370,10 +409,10 @@ def fit(
                 source,
                 y,
                 size,
+                per_call,
                 generator,
                 epoch,
                 epochs,
-                steps,
                 show_bar,
                 last_good,
             )
@@ -398,13 +437,15 @@ def fit(
 
 
 def _epoch(
-    step_fn, inputs_of, source, y, size, generator, epoch, epochs, steps, show_bar, last_good
+    step_fn, inputs_of, source, y, size, per_call, generator, epoch, epochs, show_bar, last_good
 ) -> dict:
-    """One pass over the shuffled data (``source``: the inputs, or their row numbers);
-    returns the epoch's loss and timing record."""
+    """One pass over the shuffled data (``source``: the inputs, or their row numbers), in
+    calls of ``step_fn`` on ``per_call`` consecutive minibatches of ``size`` (it returns
+    their losses); returns the epoch's loss and timing record."""
     from tqdm.auto import tqdm
 
     total, seen = 0.0, 0
+    steps = math.ceil(len(y) / size)
     bar = tqdm(
         total=steps, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not show_bar, unit="step"
     )
@@ -412,20 +453,24 @@ def _epoch(
     try:
         # One batch of everything needs no shuffling (the mean over it does not depend on order)
         # and no 190 MB gather.
-        order = batches(source, y, size, shuffle=size < len(y), rng=generator)
+        # One permutation orders the epoch whatever the chunk, so per_call minibatches of
+        # size rows are exactly the consecutive size-row batches of the same order.
+        order = batches(source, y, size * per_call, shuffle=size < len(y), rng=generator)
         upcoming = next(order, None)
         step = 0
-        while upcoming is not None:  # one batch of lookahead: the step may prefetch it
+        while upcoming is not None:  # one call of lookahead: the step may prefetch it
             (xb, yb), upcoming = upcoming, next(order, None)
-            step += 1
-            value = step_fn(xb, yb, None if upcoming is None else upcoming[0])
-            if not math.isfinite(value):
-                message = _blow_up_message(value, epoch, step, inputs_of(xb), last_good)
-                raise FloatingPointError(message)
-            total += value * len(yb)
-            seen += len(yb)
-            bar.update()
-            if step % 50 == 0:
+            values = step_fn(xb, yb, None if upcoming is None else upcoming[0][:size])
+            for i, value in enumerate(values):
+                step += 1
+                if not math.isfinite(value):
+                    batch = inputs_of(xb[i * size : (i + 1) * size])
+                    raise FloatingPointError(_blow_up_message(value, epoch, step, batch, last_good))
+                count = min(size, len(yb) - i * size)
+                total += float(value) * count
+                seen += count
+            if show_bar:
+                bar.update(len(values))
                 bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
     finally:
         bar.close()
