@@ -21,8 +21,9 @@ namespace {
 constexpr int64_t kBlockRows = 128;     // rows per block: 128 × 784 floats is 400 KB of L2
 constexpr int64_t kRowsPerLane = 8192;  // a lane per this many rows, 2 to 8 lanes
 constexpr int64_t kPrefetchRows = 2;    // gather: rows requested ahead of the one copied
-constexpr int64_t kSplitColumns = 256;  // one lane: a first layer this wide is cut in two
-constexpr int64_t kMinLaneSplit = 64;  // smaller batches: one lane (small blocks make poor products)
+constexpr int64_t kSplitColumns = 256;  // one lane: a first layer this wide is shared ...
+constexpr int64_t kSplitUnits = 16;     // ... by its units, when it has at least this many
+constexpr int64_t kMinLaneSplit = 64;   // smaller batches: one lane (small blocks: poor products)
 
 // Lanes depend on the batch size only, so the sums do not depend on the thread count.
 int64_t lanes_for(int64_t batch) {
@@ -87,13 +88,13 @@ Matrix<const T> forward_from(const DenseLayer<T>* layers, int64_t count, int64_t
 }
 
 // The backward step of layer l for a block of n rows whose input to the layer was x_l:
-// relu's mask on lane.grad[l], the weight gradient added into the lane's partial (unless
-// weight_grad is false: the caller does it), the bias gradient into db_acc, and the gradient
-// of the layer's input into lane.grad[l − 1].
+// relu's mask on lane.grad[l], the weight gradient added into the lane's partial and the bias
+// gradient into db_acc (unless param_grads is false: another thread does them), and the
+// gradient of the layer's input into lane.grad[l − 1].
 template <class T>
 void backward_layer(const DenseLayer<T>& layer, int64_t l, int64_t n, bool first,
                     Matrix<const T> x_l, double* db_acc, const LaneBuffers<T>& lane,
-                    bool weight_grad, const PrefetchRows* prefetch = nullptr) {
+                    bool param_grads, const PrefetchRows* prefetch = nullptr) {
   const int64_t out = layer.W.rows, fan_in = layer.W.cols;
   T* gl = lane.grad[l];
   if (layer.relu) {  // relu_backward on the output: 0 where it is not > 0 (NaN included)
@@ -101,13 +102,13 @@ void backward_layer(const DenseLayer<T>& layer, int64_t l, int64_t n, bool first
     for (int64_t i = 0; i < n * out; ++i) gl[i] = y[i] > T(0) ? gl[i] : T(0);
   }
   const Matrix<const T> gm{gl, n, out, out, 1};
-  if (weight_grad) {
+  if (param_grads) {
     Matrix<T> dW{lane.dW[l], out, fan_in, fan_in, 1};
     if (lane.dW[l] == layer.dW.data) dW = layer.dW;  // lane 0 writes the result in place
     gemm_ex<T>(true, false, T(1), gm, x_l, first ? T(0) : T(1), dW, nullptr, 1, false, nullptr,
                nullptr, nullptr, prefetch);
   }
-  if (layer.b.data) {
+  if (layer.b.data && param_grads) {
     if (first) std::fill(db_acc, db_acc + out, 0.0);
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < out; ++j) db_acc[j] += gl[i * out + j];
@@ -231,12 +232,16 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
   const int64_t lanes = lanes_for(batch), lane_rows = ceil_div(batch, lanes);
   const int64_t block = std::min(kBlockRows, lane_rows);
   // A small batch is one lane of one block. When its first layer is wide, that layer's two
-  // products are cut by input columns into two fixed halves (set by the width alone), so that
-  // two threads share them: the forward sums the halves' products, the weight gradient's
-  // halves are independent. Every other piece of the step is small and runs on one thread.
+  // products are cut by its units (rows of W1) into two fixed halves that two threads share:
+  // each thread gathers the rows and computes its half of the first layer's output, forward,
+  // then after one barrier runs the small layers after it on the whole output itself (cheaper
+  // than passing their results between cores; weight and bias gradients on thread 0 only), and
+  // computes its half of the first layer's weight gradient. Every element of every product is
+  // the same sum as without the cut: the results are those of one thread bit for bit.
   const int64_t in0 = X.cols, out0 = layers[0].W.rows;
-  const bool split = lanes == 1 && in0 >= kSplitColumns;
-  const int64_t cut[3] = {0, split ? round_up(in0 / 2, 16) : in0, in0};
+  const bool split = lanes == 1 && in0 >= kSplitColumns && out0 >= kSplitUnits;
+  const int64_t cut[3] = {0, split ? round_up(ceil_div(out0, 2), 8) : out0, out0};
+  const int64_t buffers = split ? 2 : lanes;  // LaneBuffers: one per lane, or per thread
   const bool gather = x_rows || X.cs != 1;
   constexpr int64_t kAlign = 64 / sizeof(T);  // lanes' buffers start on their own cache lines
 
@@ -249,8 +254,11 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
     outs += layers[l].W.rows;
     flops += 6.0 * double(batch) * double(layers[l].W.rows) * double(layers[l].W.cols);
   }
-  // Each weight, transposed into the forward product's panels once per step (not per block).
-  std::vector<int64_t> panels(static_cast<size_t>(count)), packed_at(static_cast<size_t>(count) + 1, 0);
+  // Each weight, transposed into the forward product's panels once per step (not per block);
+  // when split, the first layer's per half.
+  const int64_t width[2] = {cut[1] - cut[0], cut[2] - cut[1]};
+  std::vector<int64_t> panels(static_cast<size_t>(count));
+  std::vector<int64_t> packed_at(static_cast<size_t>(count) + 1, 0);
   for (int64_t l = 0; l < count; ++l) {
     panels[l] = split && l == 0 ? 0 : prepacked_b_panels<T>(layers[l].W.cols, layers[l].W.rows);
     // room for panels of NR ≤ 16 columns
@@ -259,28 +267,21 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
   std::vector<std::pair<int64_t, int64_t>> pack_jobs;  // (layer, panel)
   for (int64_t l = 0; l < count; ++l)
     for (int64_t p = 0; p < panels[l]; ++p) pack_jobs.push_back({l, p});
-  // Split: the second half's gathered rows and product, and each half of W1ᵀ packed.
-  const int64_t width[2] = {cut[1] - cut[0], cut[2] - cut[1]};
-  int64_t part_panels[2] = {0, 0}, split_extra = 0, part_at[3] = {0, 0, 0};
-  if (split) {
-    split_extra = round_up(block * width[1], kAlign) + round_up(block * out0, kAlign);
-    for (int p = 0; p < 2; ++p) {
-      part_panels[p] = prepacked_b_panels<T>(width[p], out0);
-      part_at[p + 1] = part_at[p] + round_up(part_panels[p] * 16 * width[p], kAlign);
-    }
+  int64_t part_panels[2] = {0, 0}, part_at[3] = {0, 0, 0};
+  for (int p = 0; split && p < 2; ++p) {
+    part_panels[p] = prepacked_b_panels<T>(in0, width[p]);
+    part_at[p + 1] = part_at[p] + round_up(part_panels[p] * 16 * in0, kAlign);
   }
-  T* scratch =
-      step_scratch<T>(lanes * (per_lane + weights) + packed_at[count] + split_extra + part_at[2]);
-  T* packed = scratch + lanes * (per_lane + weights);
-  T* split_x1 = packed + packed_at[count];  // the second half's gathered rows
-  T* split_p1 = split_x1 + round_up(block * width[1], kAlign);  // the second half's product
-  T* part_packed = split_x1 + split_extra;
-  std::vector<std::pair<int64_t, int64_t>> part_jobs;  // (half, panel)
-  for (int p = 0; p < 2; ++p)
-    for (int64_t q = 0; q < part_panels[p]; ++q) part_jobs.push_back({p, q});
-  std::vector<double> db_sums(size_t(lanes * outs));
-  std::vector<LaneBuffers<T>> lane(static_cast<size_t>(lanes));
-  for (int64_t k = 0; k < lanes; ++k) {
+  // 64 bytes of slack: the area starts on a cache line, so that no two threads' buffers
+  // share one.
+  T* scratch = step_scratch<T>(buffers * (per_lane + weights) + packed_at[count] + part_at[2] +
+                               kAlign);
+  scratch += (kAlign - (reinterpret_cast<uintptr_t>(scratch) / sizeof(T)) % kAlign) % kAlign;
+  T* packed = scratch + buffers * (per_lane + weights);
+  T* part_packed = packed + packed_at[count];
+  std::vector<double> db_sums(size_t(buffers * outs));
+  std::vector<LaneBuffers<T>> lane(static_cast<size_t>(buffers));
+  for (int64_t k = 0; k < buffers; ++k) {
     T* p = scratch + k * (per_lane + weights);
     LaneBuffers<T>& b = lane[size_t(k)];
     b.x = p;
@@ -303,14 +304,14 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
 
   const double scale = 1.0 / double(batch);
   const int nt = static_cast<int>(std::min<int64_t>(threads_for(flops), split ? 2 : lanes));
-  // One lane not split: its products are too small to share, so it runs here alone.
+  // One lane not split: its products are too small to share, so it runs here alone (as does
+  // any step given one thread: its kernels start no teams of their own).
   std::optional<SerialScope> serial;
-  if (lanes == 1 && !split) serial.emplace();
+  if ((lanes == 1 && !split) || nt == 1) serial.emplace();
   const DenseLayer<T>& first = layers[0];
-  auto half_of = [&](const auto& m, int p) {  // columns [cut[p], cut[p+1]) of a matrix
-    return std::decay_t<decltype(m)>{m.data + cut[p] * m.cs, m.rows, width[p], m.rs, m.cs};
+  auto units = [&](const auto& m, int p) {  // rows [cut[p], cut[p+1]) of a matrix
+    return std::decay_t<decltype(m)>{m.data + cut[p] * m.rs, width[p], m.cols, m.rs, m.cs};
   };
-  Matrix<const T> x_half[2];
   // With the fused update: rows [i0, i1) × columns [c0, c1) of layer l's weight, from its
   // finished gradient.
   auto sgd_rows = [&](int64_t l, int64_t i0, int64_t i1, int64_t c0, int64_t c1) {
@@ -321,57 +322,56 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
   };
   run_team(nt, flops / 50e9, [&] {
     if (split) {
-      LaneBuffers<T>& ln = lane[0];
+      const int t = team_index(), team = team_size();
+      LaneBuffers<T>& own = lane[size_t(t)];
       const int64_t n = batch;
-      T* products[2] = {ln.act[0], split_p1};
-#pragma omp for schedule(static)
-      for (int p = 0; p < 2; ++p) {  // each half: its part of W1ᵀ packed, its rows, its product
+      T* h = lane[0].act[0];  // the first layer's output: each thread writes its half
+      Matrix<const T> xb{X.data, n, in0, X.rs, X.cs};
+      if (gather) {
+        gather_rows(own.x, X, x_rows, 0, n, 0, in0);
+        xb = {own.x, n, in0, in0, 1};
+      }
+      // The next step's rows, all of which each thread reads, fetched during its product.
+      const PrefetchRows ahead =
+          next.rows ? rows_ahead(X, next.rows, 0, std::min(block, next.batch), 0, in0)
+                    : PrefetchRows{};
+      for (int p = t; p < 2; p += team) {
         for (int64_t q = 0; q < part_panels[p]; ++q)
-          prepack_b_panel<T>(part_packed + part_at[p], half_of(first.W, p), true, q);
-        if (gather) {
-          T* stage = p == 0 ? ln.x : split_x1;
-          gather_rows(stage, X, x_rows, 0, n, cut[p], cut[p + 1]);
-          x_half[p] = {stage, n, width[p], width[p], 1};
-        } else {
-          x_half[p] = half_of(Matrix<const T>{X.data, n, in0, X.rs, X.cs}, p);
-        }
-        // The next step's rows of this half, fetched meanwhile.
-        const PrefetchRows ahead =
-            next.rows ? rows_ahead(X, next.rows, 0, std::min(block, next.batch), cut[p], cut[p + 1])
-                      : PrefetchRows{};
-        gemm_ex<T>(false, true, T(1), x_half[p], half_of(first.W, p), T(0),
-                   Matrix<T>{products[p], n, out0, out0, 1}, nullptr, 1, false, nullptr,
-                   nullptr, part_panels[p] ? part_packed + part_at[p] : nullptr, &ahead);
+          prepack_b_panel<T>(part_packed + part_at[p], units(first.W, p), true, q);
+        gemm_ex<T>(false, true, T(1), xb, units(first.W, p), T(0),
+                   Matrix<T>{h + cut[p], n, width[p], out0, 1},
+                   first.b.data ? first.b.data + cut[p] * first.b.inc : nullptr, first.b.inc,
+                   first.relu, nullptr, nullptr,
+                   part_panels[p] ? part_packed + part_at[p] : nullptr, p == t ? &ahead : nullptr);
       }
-#pragma omp single
-      {
-        for (const auto& [l, p] : pack_jobs)  // the other layers' weights (small)
-          prepack_b_panel<T>(packed + packed_at[l], layers[l].W, true, p);
-        ln.loss = 0.0;
-        T* h = ln.act[0];  // = products[0]: each element read before it is written
+      if (t == team - 1)
+        for (const auto& [l, q] : pack_jobs)  // the other layers' weights (small)
+          prepack_b_panel<T>(packed + packed_at[l], layers[l].W, true, q);
+#pragma omp barrier
+      const Matrix<const T> h_all{h, n, out0, out0, 1};
+      own.loss = 0.0;
+      block_loss(layers, count, forward_from(layers, count, 1, h_all, n, own), n, labels, scale,
+                 own);
+      for (int64_t l = count - 1; l >= 1; --l) {
+        const Matrix<const T> x_l =
+            l > 1 ? Matrix<const T>{own.act[l - 1], n, layers[l].W.cols, layers[l].W.cols, 1}
+                  : h_all;
+        backward_layer(layers[l], l, n, true, x_l, lane[0].db + lane[0].db_at[l], own, t == 0);
+      }
+      T* g = own.grad[0];  // the gradient of h: each thread has all of it
+      double* db = lane[0].db + lane[0].db_at[0];
+      for (int p = t; p < 2; p += team) {  // this half's relu mask, bias and weight gradients
         for (int64_t i = 0; i < n; ++i)
-          for (int64_t j = 0; j < out0; ++j) {
-            T v = h[i * out0 + j] + split_p1[i * out0 + j];
-            if (first.b.data) v += first.b[j];
-            if (first.relu) v = v > T(0) ? v : (v == v ? T(0) : v);  // NaN kept
-            h[i * out0 + j] = v;
-          }
-        const Matrix<const T> logits =
-            forward_from(layers, count, 1, Matrix<const T>{h, n, out0, out0, 1}, n, ln);
-        block_loss(layers, count, logits, n, labels, scale, ln);
-        for (int64_t l = count - 1; l >= 1; --l) {
-          backward_layer(layers[l], l, n, true,
-                         Matrix<const T>{ln.act[l - 1], n, layers[l].W.cols, layers[l].W.cols, 1},
-                         ln.db + ln.db_at[l], ln, true);
-          sgd_rows(l, 0, layers[l].W.rows, 0, layers[l].W.cols);  // W_l is no longer read
+          for (int64_t j = cut[p]; j < cut[p + 1]; ++j)
+            if (first.relu && !(h[i * out0 + j] > T(0))) g[i * out0 + j] = T(0);
+        if (first.b.data) {
+          std::fill(db + cut[p], db + cut[p + 1], 0.0);
+          for (int64_t i = 0; i < n; ++i)
+            for (int64_t j = cut[p]; j < cut[p + 1]; ++j) db[j] += g[i * out0 + j];
         }
-        backward_layer(first, 0, n, true, x_half[0], ln.db + ln.db_at[0], ln, false);
-      }
-#pragma omp for schedule(static)
-      for (int p = 0; p < 2; ++p) {  // the weight gradient's halves, and their update
-        gemm_ex<T>(true, false, T(1), Matrix<const T>{ln.grad[0], n, out0, out0, 1}, x_half[p],
-                   T(0), half_of(first.dW, p), nullptr, 1, false);
-        sgd_rows(0, 0, out0, cut[p], cut[p + 1]);
+        gemm_ex<T>(true, false, T(1), Matrix<const T>{g + cut[p], n, width[p], out0, 1}, xb,
+                   T(0), units(first.dW, p), nullptr, 1, false);
+        sgd_rows(0, cut[p], cut[p + 1], 0, in0);
       }
       return;
     }
@@ -403,6 +403,9 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
       }
     }
   });
+  // Split: the later layers' weights, read by both threads until the region's end.
+  for (int64_t l = 1; split && l < count; ++l)
+    sgd_rows(l, 0, layers[l].W.rows, 0, layers[l].W.cols);
   int64_t offset = 0;
   for (int64_t l = 0; l < count; ++l) {
     const int64_t out = layers[l].W.rows;

@@ -96,6 +96,22 @@ bool in_parallel() {
 #endif
 }
 
+int team_index() {
+#ifdef FASTNN_OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+int team_size() {
+#ifdef FASTNN_OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 bool openmp_enabled() {
 #ifdef FASTNN_OPENMP
   return true;

@@ -14,6 +14,8 @@ namespace fastnn::cpu {
 
 int num_threads();                 // threads a large kernel uses (>= 1)
 bool in_parallel();                // inside an OpenMP parallel region (no nested teams)
+int team_index();                  // this thread's number in its team (0 outside a team)
+int team_size();                   // threads in the current team (1 outside a team)
 
 // While one lives, kernels called from this thread run on it alone (a fused kernel whose
 // pieces are too small to share: waking a team per piece costs more than it saves).

@@ -563,9 +563,9 @@ def dense_step(
     that each travel forward and backward while in cache; the weight gradients are summed per
     block in a fixed number of lanes (set by B, not by the thread count), so they equal the
     unfused ones to float rounding, and are bitwise the same for any thread count. Below 64
-    rows there is one lane, bitwise equal to the unfused kernels unless the first layer has
-    256 inputs or more: its two products are then cut into two fixed halves of the input
-    columns that two threads share (equal to float rounding).
+    rows there is one lane, bitwise equal to the unfused kernels when the first layer has
+    fewer than 256 inputs (with more, its products sum all of K at once, where
+    ``dense_forward`` sums it in blocks; two threads then share that layer by its units).
 
     Parameters
     ----------
