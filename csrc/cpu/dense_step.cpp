@@ -375,7 +375,7 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
       }
       return;
     }
-#pragma omp for schedule(static)
+#pragma omp for schedule(static, 1)  // panel p of W1 by the thread that updated its rows
     for (size_t job = 0; job < pack_jobs.size(); ++job) {
       const auto [l, p] = pack_jobs[job];
       prepack_b_panel<T>(packed + packed_at[l], layers[l].W, true, p);
