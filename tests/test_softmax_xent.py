@@ -281,3 +281,26 @@ def test_cross_entropy_strided(rng, dtype, logits_view, dlogits_view):
     check_ce(
         views_2d(logits, rng)[logits_view], views_2d(targets, rng)["fortran"], dtype, dlogits=out
     )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("classes", [1, 10, 32, 33])
+def test_cross_entropy_rows_do_not_depend_on_their_neighbours(rng, dtype, classes):
+    """Float rows go eight at a time, a row per vector lane, and the rest one by one; with
+    the same arithmetic, a row's dlogits are bitwise the same wherever it sits in the batch
+    (at an offset that puts it in a block of eight, or among the rest), NaN rows and
+    extreme logits included."""
+    rows = rng.standard_normal((16, classes)).astype(dtype) * 30
+    rows[3, 0] = np.nan
+    rows[12] = 1e30
+    filler = rng.standard_normal((7, classes)).astype(dtype)
+    labels = rng.integers(0, classes, 16)
+    other = rng.integers(0, classes, 7)
+    _, d_first = ops.softmax_cross_entropy(
+        np.concatenate([rows, filler]), np.concatenate([labels, other])
+    )
+    _, d_last = ops.softmax_cross_entropy(
+        np.concatenate([filler, rows]), np.concatenate([other, labels])
+    )
+    np.testing.assert_array_equal(d_first[:16], d_last[7:])
+    assert np.isnan(d_first[3]).all() and np.isfinite(np.delete(d_first, 3, axis=0)).all()

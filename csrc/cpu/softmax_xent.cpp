@@ -165,6 +165,86 @@ double xent_row_label(const Matrix<const T>& x, const Matrix<T>& dlogits, int64_
   return log_s - (double(x(i, label)) - double(m));
 }
 
+#ifdef FASTNN_X86
+constexpr int64_t kLabelBlockCols = 32;  // widest rows the 8-row form below takes
+
+// xent_row_label for the 8 rows i0 .. i0+7 of float logits at once, a row per vector lane
+// (C ≤ kLabelBlockCols classes): the same arithmetic lane by lane — the max, exp_avx2, the
+// sum in double in column order, std::log, the same products — so each row's loss and
+// dlogits equal xent_row_label's bit for bit (tests compare both). A block holding a NaN
+// goes row by row (it keeps that row's own NaN, as row_max does). Returns false then.
+FASTNN_TARGET bool xent_8rows_label_avx2(const Matrix<const float>& x,
+                                         const Matrix<float>& dlogits, int64_t i0,
+                                         double scale, const int64_t* labels, double* loss) {
+  const int64_t C = x.cols;
+  alignas(32) float v[kLabelBlockCols][8];
+  // Column j of the 8 rows, gathered (the caller checks that 8 row strides fit an int32).
+  const __m256i at = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                        _mm256_set1_epi32(int(x.rs)));
+  __m256 m = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
+  for (int64_t j = 0; j < C; ++j) {
+    const __m256 vj = _mm256_i32gather_ps(&x(i0, j), at, 4);
+    _mm256_store_ps(v[j], vj);
+    m = _mm256_max_ps(vj, m);  // vj > m ? vj : m, as row_max (NaN handled below)
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(vj, vj, _CMP_UNORD_Q));
+  }
+  if (_mm256_movemask_ps(nan)) return false;
+  __m256d s_lo = _mm256_setzero_pd(), s_hi = _mm256_setzero_pd();
+  for (int64_t j = 0; j < C; ++j) {  // e_j = exp(x_j − m), kept in v
+    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_load_ps(v[j]), m));
+    _mm256_store_ps(v[j], e);
+    s_lo = _mm256_add_pd(s_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    s_hi = _mm256_add_pd(s_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  alignas(32) double sum[8], p_scale[8];
+  alignas(32) float max[8];
+  _mm256_store_pd(sum, s_lo);
+  _mm256_store_pd(sum + 4, s_hi);
+  _mm256_store_ps(max, m);
+  const __m256d one = _mm256_set1_pd(1.0), sc = _mm256_set1_pd(scale);
+  const __m256d p_lo = _mm256_div_pd(one, s_lo), p_hi = _mm256_div_pd(one, s_hi);
+  _mm256_store_pd(p_scale, p_lo);
+  _mm256_store_pd(p_scale + 4, p_hi);
+  for (int r = 0; r < 8; ++r) {
+    const int64_t label = labels[i0 + r];
+    loss[r] = std::log(sum[r]) - (double(x(i0 + r, label)) - double(max[r]));
+  }
+  if (!dlogits.data) return true;
+  alignas(32) float d[kLabelBlockCols][8];
+  for (int64_t j = 0; j < C; ++j) {  // e_j · (1/s) · scale, in double, rounded once
+    const __m256 e = _mm256_load_ps(v[j]);
+    const __m256d e_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(e));
+    const __m256d e_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1));
+    const __m256d lo = _mm256_mul_pd(_mm256_mul_pd(e_lo, p_lo), sc);
+    const __m256d hi = _mm256_mul_pd(_mm256_mul_pd(e_hi, p_hi), sc);
+    _mm256_store_ps(d[j], _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo)));
+  }
+  for (int r = 0; r < 8; ++r) {
+    const int64_t label = labels[i0 + r];
+    d[label][r] = static_cast<float>((double(v[label][r]) * p_scale[r] - 1.0) * scale);
+    for (int64_t j = 0; j < C; ++j) dlogits(i0 + r, j) = d[j][r];
+  }
+  return true;
+}
+#endif
+
+// Rows [begin, end) with class labels: each row's loss into loss[i − begin], dlogits written.
+template <class T>
+void xent_rows_label(const Matrix<const T>& x, const Matrix<T>& dlogits, int64_t begin,
+                     int64_t end, double scale, const int64_t* labels, double* loss) {
+  int64_t i = begin;
+#ifdef FASTNN_X86
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2() && x.cols <= kLabelBlockCols && x.rs >= 0 && x.rs <= (int64_t(1) << 27))
+      for (; i + 8 <= end; i += 8)
+        if (!xent_8rows_label_avx2(x, dlogits, i, scale, labels, loss + (i - begin)))
+          for (int64_t r = i; r < i + 8; ++r)
+            loss[r - begin] = xent_row_label(x, dlogits, r, scale, labels[r]);
+  }
+#endif
+  for (; i < end; ++i) loss[i - begin] = xent_row_label(x, dlogits, i, scale, labels[i]);
+}
+
 template <class T>
 T mean_of(const std::vector<double>& row_loss) {
   if (row_loss.empty()) return std::numeric_limits<T>::quiet_NaN();  // mean of nothing
@@ -206,8 +286,10 @@ void softmax_cross_entropy(T* loss, Matrix<T> dlogits, Matrix<const T> logits,
   const int64_t B = logits.rows;
   std::vector<double> row_loss(static_cast<size_t>(B));
   const double scale = B > 0 ? 1.0 / double(B) : 0.0;
-  for_rows(B, logits.cols, [&](int64_t i) {
-    row_loss[i] = xent_row_label(logits, dlogits, i, scale, labels[i]);
+  // chunks of a multiple of 8 rows (the 8-row form); fixed by the shape alone
+  const int64_t grain = 8 * ceil_div(kGrain / std::max<int64_t>(logits.cols, 1), 8) + 8;
+  parallel_for(B, grain, 8.0 * double(logits.cols), [&](int64_t b, int64_t e) {
+    xent_rows_label(logits, dlogits, b, e, scale, labels, row_loss.data() + b);
   });
   *loss = mean_of<T>(row_loss);
 }
@@ -215,9 +297,12 @@ void softmax_cross_entropy(T* loss, Matrix<T> dlogits, Matrix<const T> logits,
 template <class T>
 double softmax_cross_entropy_rows(Matrix<T> dlogits, Matrix<const T> logits,
                                   const int64_t* labels, double scale) {
-  double total = 0.0;
-  for (int64_t i = 0; i < logits.rows; ++i)
-    total += xent_row_label(logits, dlogits, i, scale, labels[i]);
+  double row_loss[64], total = 0.0;
+  for (int64_t i = 0; i < logits.rows; i += 64) {
+    const int64_t n = std::min<int64_t>(64, logits.rows - i);
+    xent_rows_label(logits, dlogits, i, i + n, scale, labels, row_loss);
+    for (int64_t r = 0; r < n; ++r) total += row_loss[r];
+  }
   return total;
 }
 
