@@ -151,7 +151,7 @@ struct NextStep {
 // labels[B] in [0, classes) (checked by the binding).
 //
 // The minibatch is cut into a fixed number of lanes (by B alone, never by the thread count)
-// and each lane into blocks of at most 128 rows. For each block, the rows are gathered once
+// and each lane into blocks of at most 192 rows. For each block, the rows are gathered once
 // into a contiguous buffer, then forward, loss gradient and backward run while the block is in
 // cache, each lane adding its blocks' weight gradients into its own partial; the partials are
 // summed in lane order. Each lane's activations are a block, never the batch. The products

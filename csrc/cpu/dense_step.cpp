@@ -18,7 +18,7 @@
 namespace fastnn::cpu {
 namespace {
 
-constexpr int64_t kBlockRows = 128;     // rows per block: 128 × 784 floats is 400 KB of L2
+constexpr int64_t kBlockRows = 192;     // rows per block: 192 × 784 floats is 600 KB of L2
 constexpr int64_t kRowsPerLane = 8192;  // a lane per this many rows, 2 to 8 lanes
 constexpr int64_t kPrefetchRows = 2;    // gather: rows requested ahead of the one copied
 constexpr int64_t kSplitColumns = 256;  // one lane: a first layer this wide is shared ...

@@ -559,7 +559,7 @@ def dense_step(
     ``z`` the last layer's output: returns ``(1/B) Σ_rows (logsumexp(z_row) − z_row[label])``
     and writes ``dweights[l] = ∂loss/∂weights[l]``, ``dbiases[l] = ∂loss/∂biases[l]``. The
     same math as ``dense_forward`` → ``softmax_cross_entropy`` → ``relu_backward`` /
-    ``dense_backward`` per layer, but the minibatch goes through in blocks of at most 128 rows
+    ``dense_backward`` per layer, but the minibatch goes through in blocks of at most 192 rows
     that each travel forward and backward while in cache; the weight gradients are summed per
     block in a fixed number of lanes (set by B, not by the thread count), so they equal the
     unfused ones to float rounding, and are bitwise the same for any thread count. Below 64
