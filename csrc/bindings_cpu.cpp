@@ -199,6 +199,9 @@ void dense_call(const py::object& x_obj, const py::object& labels_obj, const py:
   const double lr = sgd ? lr_obj.cast<double>() : 0.0;
   if (sgd && !(std::isfinite(lr) && std::isfinite(weight_decay)))
     value_error("lr and weight_decay must be finite");
+  if (!sgd && weight_decay != 0.0)
+    value_error("weight_decay belongs to the fused SGD update: give lr too (without lr "
+                "nothing is updated)");
   py::array x = as_ndarray(x_obj, "x"), target = as_ndarray(labels_obj, "labels");
   const size_t count = weights.size();
   if (count == 0) value_error("weights must hold at least one layer's weight");
@@ -218,7 +221,9 @@ void dense_call(const py::object& x_obj, const py::object& labels_obj, const py:
       value_error("dbiases" + idx + " must be given exactly when biases" + idx + " is");
     if (!dbiases[l].is_none()) db[l] = as_ndarray(dbiases[l], ("dbiases" + idx).c_str());
     dw[l] = as_ndarray(dweights[l], ("dweights" + idx).c_str());
-    if (!py::isinstance<py::bool_>(relu[l])) type_error("relu" + idx + " must be a bool");
+    if (!py::isinstance<py::bool_>(relu[l]) &&
+        !py::isinstance(relu[l], py::module_::import("numpy").attr("bool_")))
+      type_error("relu" + idx + " must be a bool");
     const bool has_b = !biases[l].is_none();
     for (const auto& [a, name] : {std::pair{&w[l], "weights"}, std::pair{&b[l], "biases"},
                                   std::pair{&dw[l], "dweights"}, std::pair{&db[l], "dbiases"}})

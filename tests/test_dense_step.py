@@ -514,3 +514,20 @@ def test_dense_steps_bad_arguments(rng):
     args["weights"][1].setflags(write=False)
     with pytest.raises(ValueError, match=r"weights\[1\] is read-only"):
         ops.dense_steps(**args, batch_size=2, lr=0.1)
+
+
+def test_weight_decay_needs_lr_and_numpy_bools_are_bools(rng):
+    """weight_decay without lr would be ignored (there is no update): refused. relu entries
+    may be NumPy bools (list(np.array([True, False])))."""
+    with pytest.raises(ValueError, match="weight_decay belongs to the fused SGD update"):
+        ops.dense_step(**valid(rng), weight_decay=0.5)
+    args = valid(rng)
+    layers = list(zip(args["weights"], args["biases"], strict=True))
+    want = run(args["x"], args["labels"], layers, [True, False])
+    args["relu"] = list(np.array([True, False]))
+    assert ops.dense_step(**args) == want[0]
+
+
+def test_dense_steps_batch_size_beyond_the_rows_is_one_step(rng):
+    losses = ops.dense_steps(**valid(rng), batch_size=2**64, lr=0.1)
+    assert losses.shape == (1,)

@@ -289,3 +289,34 @@ def test_fit_runs_several_steps_per_native_call_with_the_same_result(
             train((x, y))
         messages.append(str(err.value))
     assert messages[0] == messages[1]
+
+
+def test_fit_checks_its_arguments_up_front(rng):
+    """Mistakes a newcomer makes are named before any training: a label out of range by
+    its index in the data (not in a shuffled minibatch), validation data that do not match,
+    lists instead of arrays, a tuple of layers; a model ending in softmax warns."""
+    x = rng.standard_normal((40, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    layers = (fnn.Dense(5, 8, fnn.relu, rng=1), fnn.Dense(8, 3, rng=2))
+    model = fnn.Sequential(*layers)
+    before = [p.data.copy() for p in model.parameters()]
+    opt = fnn.optim.SGD(list(model.parameters()), lr=0.1)
+    bad = y.copy()
+    bad[7] = 3
+    with pytest.raises(ValueError, match=r"train labels must lie in \[0, 3\).*got 3 at index 7"):
+        fnn.fit(model, (x, bad), optimizer=opt, batch_size=8, verbose=0)
+    with pytest.raises(ValueError, match="validation has 10 inputs but 9 labels"):
+        fnn.fit(model, (x, y), optimizer=opt, validation=(x[:10], y[:9]), verbose=0)
+    with pytest.raises(ValueError, match=r"validation inputs have shape \(10, 4\)"):
+        fnn.fit(model, (x, y), optimizer=opt, validation=(x[:10, :4], y[:10]), verbose=0)
+    with pytest.raises(ValueError, match=r"validation labels must lie in \[0, 3\)"):
+        fnn.fit(model, (x, y), optimizer=opt, validation=(x[:3], np.array([0, 1, 5])), verbose=0)
+    with pytest.raises(TypeError, match="train inputs must be an array"):
+        fnn.fit(model, (x.tolist(), y), optimizer=opt, verbose=0)
+    with pytest.raises(TypeError, match=r"model must be a fastnn Module.*Sequential\(\*layers\)"):
+        fnn.fit(layers, (x, y), optimizer=opt, verbose=0)
+    for a, b in zip(model.parameters(), before, strict=True):
+        np.testing.assert_array_equal(a.data, b)  # nothing trained
+    ends_in_softmax = fnn.Sequential(*layers, fnn.Softmax())
+    with pytest.warns(UserWarning, match="ends in softmax"):
+        fnn.fit(ends_in_softmax, (x, y), optimizer=opt, epochs=1, verbose=0)

@@ -586,7 +586,7 @@ def dense_step(
         each gradient row is still in cache. The parameters must then be writeable,
         C-contiguous and separate from every other array here.
     weight_decay : float
-        L2 penalty of that update (finite, >= 0).
+        L2 penalty of that update (finite, >= 0); nonzero only together with ``lr``.
     next_rows : ndarray of int64, shape (B',), optional
         A hint: the row numbers of ``x`` that the next call will read (its ``rows``). While
         this step computes, the rows each thread takes first next time are fetched toward
@@ -696,7 +696,8 @@ def dense_steps(
     native = native_for(x=x, labels=labels, rows=rows, next_rows=next_rows)
     index = x if rows is None else rows  # a wrong shape is the binding's to report
     total = index.shape[0] if index.ndim else 0
-    losses = np.empty(-(-total // int(batch_size)), np.float64)
+    batch_size = min(int(batch_size), max(total, 1))  # larger: one step of everything
+    losses = np.empty(-(-total // batch_size), np.float64)
     lists = (weights, biases, relu, dweights, dbiases)
     if not all(isinstance(v, list | tuple) for v in lists):
         raise TypeError("weights, biases, relu, dweights and dbiases must be lists")
@@ -705,7 +706,7 @@ def dense_steps(
         labels,
         *(list(v) for v in lists),
         rows,
-        int(batch_size),
+        batch_size,
         _hyper(lr, "lr"),
         _hyper(weight_decay, "weight_decay"),
         next_rows,

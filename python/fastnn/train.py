@@ -13,6 +13,7 @@ import math
 import numbers
 import sys
 import time
+import warnings
 from operator import is_
 
 import numpy as np
@@ -25,10 +26,58 @@ __all__ = ["DenseStep", "History", "evaluate", "fit", "train_step"]
 
 def _xy(data, name: str):
     if hasattr(data, "x") and hasattr(data, "y"):
-        return data.x, data.y
-    if isinstance(data, tuple | list) and len(data) == 2:
-        return data[0], data[1]
-    raise TypeError(f"{name} must be a Dataset (with .x and .y) or an (x, y) pair")
+        x, y = data.x, data.y
+    elif isinstance(data, tuple | list) and len(data) == 2:
+        x, y = data
+    else:
+        raise TypeError(f"{name} must be a Dataset (with .x and .y) or an (x, y) pair")
+    for a, part in ((x, "inputs"), (y, "labels")):
+        if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+            raise TypeError(
+                f"{name} {part} must be an array (NumPy or CuPy), got {type(a).__name__};"
+                " convert it with numpy.asarray"
+            )
+    if len(x) != len(y):
+        raise ValueError(f"{name} has {len(x)} inputs but {len(y)} labels; they must be equal")
+    return x, y
+
+
+def _check_labels(model, loss, y, name: str) -> None:
+    """Class labels of a model whose width is known (a Sequential of Dense layers under
+    softmax cross-entropy) must lie in [0, classes): checked up front, so that the message
+    gives the label's own index, not its place in a shuffled minibatch."""
+    if getattr(y, "ndim", 0) != 1 or y.dtype.kind not in "iu" or len(y) == 0:
+        return
+    if not DenseStep.supports(model, loss) or not isinstance(y, np.ndarray):
+        return
+    classes = list(model)[-1].out_features
+    bad = np.flatnonzero((y < 0) | (y >= classes))
+    if len(bad):
+        raise ValueError(
+            f"fit: {name} labels must lie in [0, {classes}) (the model has {classes} outputs);"
+            f" got {y[bad[0]]} at index {bad[0]}"
+        )
+
+
+def _warn_double_softmax(model, loss) -> None:
+    """softmax_cross_entropy takes logits: a model ending in softmax would apply it twice
+    (training then barely moves), a classic silent mistake."""
+    if loss is not losses.softmax_cross_entropy or not isinstance(model, nn.Sequential):
+        return
+    layers = list(model)
+    if not layers:
+        return
+    last = layers[-1]
+    if (
+        isinstance(last, nn.Softmax)
+        or last is autograd.softmax
+        or (isinstance(last, nn.Dense) and nn._activation_name(last.activation) == "softmax")
+    ):
+        warnings.warn(
+            "fit: the model ends in softmax, but losses.softmax_cross_entropy takes logits "
+            "and applies softmax itself; drop the final softmax (use it for predictions)",
+            stacklevel=3,
+        )
 
 
 # fit's shuffled DenseStep path runs this many rows of steps per native call (a few ms:
@@ -344,12 +393,24 @@ def fit(
     FloatingPointError
         When a minibatch loss is NaN or infinite; the message names the epoch and step, the
         last good checkpoint (left as it was) and whether the input itself was not finite.
+        The model in memory keeps the parameters after that step, which may hold NaN:
+        reload the checkpoint (``fastnn.io.load``) to go on.
     KeyboardInterrupt
         On Ctrl-C, with a message naming the epoch and what the checkpoint holds.
     ValueError
-        For epochs < 0, a batch size < 1, empty training data, or no optimizer.
+        For epochs < 0, a batch size < 1, empty training data, no optimizer, inputs and
+        labels of different lengths, validation samples shaped unlike the training ones, or
+        (for a Sequential of Dense layers under softmax cross-entropy) a label outside
+        [0, classes), named by its index in the data.
     TypeError
-        For a batch size that is not an int or "full".
+        For a batch size that is not an int or "full", a model that is not a Module (a tuple
+        of layers: wrap it in ``Sequential``), or data that are not arrays.
+
+    Warns
+    -----
+    UserWarning
+        When a Sequential ends in softmax under ``softmax_cross_entropy`` (which takes
+        logits): softmax would be applied twice.
     """
     if optimizer is None:
         raise ValueError(
@@ -357,12 +418,25 @@ def fit(
         )
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"fit: model must be a fastnn Module such as fastnn.Sequential(...), got "
+            f"{type(model).__name__}; a tuple of layers becomes one with Sequential(*layers)"
+        )
     x, y = _xy(train, "train")
     n = len(y)
-    if len(x) != n:
-        raise ValueError(f"fit: train has {len(x)} inputs but {n} labels; they must be equal")
     if n == 0:
         raise ValueError("fit: the training data has no samples")
+    _check_labels(model, loss, y, "train")
+    if validation is not None:
+        vx, vy = _xy(validation, "validation")
+        if vx.shape[1:] != x.shape[1:]:
+            raise ValueError(
+                f"fit: validation inputs have shape {tuple(vx.shape)} but train inputs "
+                f"{tuple(x.shape)}; each sample must have the same shape"
+            )
+        _check_labels(model, loss, vy, "validation")
+    _warn_double_softmax(model, loss)
     size = _batch_size(batch_size, n)
     generator = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
     history = History()
