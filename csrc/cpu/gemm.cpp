@@ -60,7 +60,8 @@ struct Tile {
   const int64_t* rows;  // null, or the tile's physical row numbers in op(A) (a gathered batch)
   int64_t ars, acs;
   bool packed;  // a is a packed MR×kc panel (ars = 1, acs = MR)
-  const T* b;  // KC×NR panel of op(B), row k at b + k*brs (packed: brs = NR)
+  const T* b;  // KC×NR panel of op(B), row k at b + k*brs (packed: brs = NR) ...
+  const int64_t* b_rows;  // ... or, when given (B read in place), at b + b_rows[k]*brs
   int64_t brs;
   int64_t kc;
   T* c;  // C(i0, j0)
@@ -144,9 +145,10 @@ void microkernel_portable(const Tile<T>& t) {
   const T* a = t.a;
   const T* b = t.b;
   for (int64_t k = 0; k < t.kc; ++k) {
+    const T* bk = t.b_rows ? t.b + t.b_rows[k] * t.brs : b;
     for (int64_t r = 0; r < MR; ++r) {
       const T ar = a[off[r]];
-      for (int64_t j = 0; j < NR; ++j) c[r][j] += ar * b[j];
+      for (int64_t j = 0; j < NR; ++j) c[r][j] += ar * bk[j];
     }
     a += t.acs;
     b += t.brs;
@@ -233,8 +235,8 @@ struct Update {
 // compile-time constants; otherwise they are read from the tile. kPackedB: likewise B's k
 // stride is NR. R: the rows computed, MR (6) or 4 for a tile of at most 4 rows (the 4-row
 // kernel is still FMA-bound, so a short tile costs 4/6 of a full one, not all of it).
-// kPrefetch: the tile has lines of t.pf to prefetch.
-template <class T, bool kPacked, bool kPackedB, int R, bool kPrefetch>
+// kPrefetch: the tile has lines of t.pf to prefetch. kBRows: B's rows come from t.b_rows.
+template <class T, bool kPacked, bool kPackedB, int R, bool kPrefetch, bool kBRows>
 FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   constexpr int64_t MR = Blocking<T>::MR, NR = Blocking<T>::NR;
   constexpr int64_t W = NR / 2;
@@ -267,7 +269,12 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   for (int64_t k = 0; k < t.kc; ++k) {
     // B read in place: its rows lie far apart; ask for the row 16 steps ahead (the first
     // tile of a panel meets it in memory, the others in L1).
-    if constexpr (!kPackedB) __builtin_prefetch(b + 16 * brs, 0, 3);
+    if constexpr (kBRows) {
+      b = t.b + t.b_rows[k] * brs;
+      __builtin_prefetch(t.b + t.b_rows[std::min(k + 16, t.kc - 1)] * brs, 0, 3);
+    } else if constexpr (!kPackedB) {
+      __builtin_prefetch(b + 16 * brs, 0, 3);
+    }
     if constexpr (kPrefetch)
       if (pf.left > 0 && k % kPrefetchEvery == 0) pf.issue();
     const V b0 = vload(b), b1 = vload(b + W);
@@ -452,18 +459,21 @@ FASTNN_TARGET void pack_b_panel_transposed_avx2(float* __restrict dst, const flo
 #endif
 
 #ifdef FASTNN_X86
-// The micro-kernel instance for the tile's kinds of A, B, height and prefetch.
+// The micro-kernel instance for the tile's kinds of A, B, height, prefetch and B rows (a row
+// table only ever comes with B read in place).
 template <class T, bool... kFixed>
 void run_avx2(const Tile<T>& t) {
-  if constexpr (sizeof...(kFixed) == 4) {
+  if constexpr (sizeof...(kFixed) == 5) {
     constexpr bool f[] = {kFixed...};
-    return microkernel_avx2<T, f[0], f[1], f[2] ? 4 : int(Blocking<T>::MR), f[3]>(t);
+    if constexpr (!(f[1] && f[4]))
+      return microkernel_avx2<T, f[0], f[1], f[2] ? 4 : int(Blocking<T>::MR), f[3], f[4]>(t);
   } else {
     constexpr size_t i = sizeof...(kFixed);
     const bool flag = i == 0   ? t.packed
-                      : i == 1 ? t.brs == Blocking<T>::NR
+                      : i == 1 ? !t.b_rows && t.brs == Blocking<T>::NR
                       : i == 2 ? t.mr <= 4
-                               : t.pf_line1 > t.pf_line0;
+                      : i == 3 ? t.pf_line1 > t.pf_line0
+                               : t.b_rows != nullptr;
     return flag ? run_avx2<T, kFixed..., true>(t) : run_avx2<T, kFixed..., false>(t);
   }
 }
@@ -653,24 +663,25 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   // so 8 blocks against 7 would leave one idle for a block's time.
   const int64_t m_blocks = ic_parallel ? ceil_div(ceil_div(M, MC), nt) * nt : ceil_div(M, MC);
   const int64_t mc_size = ceil_div(ceil_div(M, m_blocks), MR) * MR;
-  // A is read in place when few B panels would reuse a packed copy.
-  // A gathered minibatch (a_rows) is always packed: its rows lie at random places, and
-  // packing reads each row front to back once, which the hardware prefetcher follows.
-  const bool packed_a = ceil_div(std::min(N, NC), NR) > 2 || a_rows != nullptr;
+  // A is read in place when few B panels would reuse a packed copy, a gathered minibatch
+  // (a_rows) too: each tile then reads its rows in place through the row table.
+  const bool packed_a = ceil_div(std::min(N, NC), NR) > 2;
   // Skinny products whose whole op(B) fits in L2 (the MLP's X·W1ᵀ, H·W2ᵀ, dY·W2) take K in
   // one block: B is packed once and each C tile is written once, not once per K block.
   // A prepacked op(B) holds whole-K panels: taken whole like that, or, when A is packed, in
   // K blocks that are slices of them (KC rows each: a panel slice that stays in L1 while the
-  // tiles of a block stream past it).
-  const bool whole_k = (!packed_a || a_rows) && fits_whole_k<T>(K, N);
+  // tiles of a block stream past it). The choice never depends on a_rows, so a minibatch
+  // read through its row table gives the same bits as the same rows gathered first.
+  const bool whole_k = !packed_a && fits_whole_k<T>(K, N);
   const int64_t kc_block = whole_k ? K : KC;
   const int64_t kc_max = std::min(kc_block, K);
   const int64_t nc_max = std::min(NC, ceil_div(N, NR) * NR);
   // A short, wide product (one M block: dW = dYᵀ·X) reads B's rows in place when they are
-  // contiguous and hold whole panels: packing B would copy every element for at most MC/MR
-  // uses. Each thread then packs its own copy of the small A block and keeps the same tiles
-  // in every K block, so the K blocks need no barrier at all.
-  const bool direct_b = bcs == 1 && m_blocks == 1 && N % NR == 0 && !b_rows && !prepacked_b;
+  // contiguous and hold whole panels (through the row table b_rows for a gathered
+  // minibatch): packing B would copy every element for at most MC/MR uses. Each thread then
+  // packs its own copy of the small A block and keeps the same tiles in every K block, so
+  // the K blocks need no barrier at all.
+  const bool direct_b = bcs == 1 && m_blocks == 1 && N % NR == 0 && !prepacked_b;
   T* bp = direct_b || prepacked_b ? const_cast<T*>(prepacked_b)
                                   : thread_scratch<T>(0, kc_max * nc_max);
   const bool own_ap = ic_parallel || direct_b;
@@ -723,8 +734,9 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
             t.ars = ars;
             t.acs = acs;
           }
+          t.b_rows = direct_b && b_rows ? b_rows + pc : nullptr;
           if (direct_b) {
-            t.b = B.data + pc * brs + j;
+            t.b = B.data + (b_rows ? 0 : pc * brs) + j;
           } else if (prepacked_b) {
             t.b = prepacked_b + (jc / NR + jp) * NR * K + pc * NR;
           } else {
