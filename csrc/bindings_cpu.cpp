@@ -369,13 +369,13 @@ PYBIND11_MODULE(_cpu, m) {
   m.def(
       "set_isa",
       [](const std::string& isa) {
-        if (isa != "auto" && isa != "portable")
-          value_error("isa must be 'auto' or 'portable', got '" + isa + "'");
-        cpu::set_force_portable(isa == "portable");
+        if (isa != "auto" && isa != "avx2" && isa != "portable")
+          value_error("isa must be 'auto', 'avx2' or 'portable', got '" + isa + "'");
+        cpu::set_isa_level(isa == "auto" ? 0 : isa == "avx2" ? 1 : 2);
       },
       py::arg("isa"),
-      "Force the portable code of the kernels that have SIMD code (the GEMM micro-kernel, "
-      "the softmax exp) ('portable'), or pick by CPU ('auto').");
+      "Which SIMD code the kernels run: picked by CPU ('auto'), at most AVX2 + FMA ('avx2': "
+      "no AVX-512 GEMM tiles), or the portable code ('portable').");
   m.def(
       "fma_loop",
       [](int64_t iterations) {

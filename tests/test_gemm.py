@@ -52,9 +52,10 @@ SHAPES = [  # (M, N, K)
 ]
 
 
-@pytest.fixture(params=["auto", "portable"])
+@pytest.fixture(params=["auto", "avx2", "portable"])
 def gemm_isa(request):
-    """Run the test with the micro-kernel picked by CPU ('auto') and with the portable one."""
+    """Run the test with the micro-kernel picked by CPU ('auto': AVX-512 wide tiles for float
+    where the CPU has them), with AVX2 + FMA at most, and with the portable one."""
     fastnn._cpu.set_isa(request.param)
     try:
         if request.param == "portable":
@@ -280,3 +281,55 @@ def test_small_products_equal_rows_of_large_ones(rng, dtype, trans_a, trans_b, n
         small_a, b, trans_a=trans_a, trans_b=trans_b, alpha=0.7, beta=0.3, out=c0[rows].copy()
     )
     np.testing.assert_array_equal(small, big[rows])
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "k"),
+    [
+        (1, 17, 3),
+        (7, 33, 64),
+        (32, 784, 64),
+        (146, 48, 300),
+        (64, 32, 784),
+        (13, 100, 257),
+        (6, 31, 10),
+    ],
+)
+@pytest.mark.parametrize(("trans_a", "trans_b"), TRANS, ids=TRANS_IDS)
+def test_wide_avx512_tiles_give_the_avx2_bits(rng, m, n, k, trans_a, trans_b):
+    """float32 on a CPU with AVX-512F runs tiles of 32 columns (two 16-column panels in zmm
+    registers); the same FMA per element per k and the same update of C make them bitwise
+    equal to AVX2's 16-column tiles: alpha and beta, strided C, the dense layer's bias + relu
+    epilogue, and a minibatch read through row tables. (Equal trivially without AVX-512F.)"""
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
+    c0 = rng.standard_normal((m, 2 * n)).astype(np.float32)
+    w, bias = (
+        rng.standard_normal((n, k)).astype(np.float32),
+        rng.standard_normal(n).astype(np.float32),
+    )
+    x = rng.standard_normal((m + 3, k)).astype(np.float32)
+    rows = rng.integers(0, m + 3, m)
+    dy = rng.standard_normal((m, n)).astype(np.float32)
+    results = []
+    for isa in ("avx2", "auto"):
+        fastnn._cpu.set_isa(isa)
+        try:
+            c = c0.copy()  # C strided by columns, and C with unit columns (rows apart)
+            c0c = c0.copy()[:, :n]
+            ops.gemm(op_a, op_b, out=c[:, ::2], alpha=0.75, beta=1.25)
+            ops.gemm(op_a[:, :], op_b[:, :], out=c0c, alpha=-1.5, beta=0.5)
+            results.append(
+                [
+                    ops.gemm(op_a, op_b),
+                    c,
+                    c0c,
+                    ops.dense_forward(x, w, bias, activation="relu", rows=rows),
+                    *ops.dense_backward(dy, x, w, rows=rows),
+                ]
+            )
+        finally:
+            fastnn._cpu.set_isa("auto")
+    for got, want in zip(results[1], results[0], strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -63,6 +63,7 @@ struct Tile {
   const T* b;  // KC×NR panel of op(B), row k at b + k*brs (packed: brs = NR) ...
   const int64_t* b_rows;  // ... or, when given (B read in place), at b + b_rows[k]*brs
   int64_t brs;
+  int64_t b_step;  // wide tiles (nr > NR): columns NR.. of row k lie b_step after columns 0..
   int64_t kc;
   T* c;  // C(i0, j0)
   int64_t rs_c, cs_c;
@@ -133,6 +134,28 @@ void row_offsets(const Tile<T>& t, int64_t* off) {
   for (int64_t r = 0; r < MR; ++r) {
     const int64_t row = std::min(r, t.mr - 1);
     off[r] = (t.rows ? t.rows[row] : row) * t.ars;
+  }
+}
+
+// A's row offsets for the SIMD kernels: 0..MR for a packed panel, else from the tile.
+template <class T, bool kPacked>
+inline void tile_offsets(const Tile<T>& t, int64_t* off) {
+  if constexpr (kPacked) {
+    for (int64_t r = 0; r < Blocking<T>::MR; ++r) off[r] = r;
+  } else {
+    row_offsets(t, off);
+  }
+}
+
+// Asks for the C tile early, with intent to write: its rows usually come from far away (C is
+// revisited once per K block) and a long enough k loop hides the wait.
+template <class T>
+inline void prefetch_c_tile(const Tile<T>& t) {
+  if (t.kc < 64) return;  // a short loop could not hide the wait anyway
+  for (int64_t r = 0; r < t.mr; ++r) {
+    const T* cr = t.c + r * t.rs_c;
+    __builtin_prefetch(cr, 1, 3);
+    __builtin_prefetch(cr + (t.nr - 1) * t.cs_c, 1, 3);
   }
 }
 
@@ -243,23 +266,11 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   static_assert(R <= MR, "a tile has at most MR rows");
   using V = decltype(vzero(T{}));
   int64_t off[MR];
-  if constexpr (kPacked) {
-    for (int64_t r = 0; r < MR; ++r) off[r] = r;
-  } else {
-    row_offsets(t, off);
-  }
+  tile_offsets<T, kPacked>(t, off);
   V c[R][2];
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = vzero(T{});
-  // Ask for the C tile now, with intent to write: its rows usually come from far away (C is
-  // revisited once per K block) and the k loop below hides the wait.
-  if (t.kc >= 64) {  // a short loop could not hide the wait anyway
-    for (int64_t r = 0; r < t.mr; ++r) {
-      const T* cr = t.c + r * t.rs_c;
-      __builtin_prefetch(cr, 1, 3);
-      __builtin_prefetch(cr + (t.nr - 1) * t.cs_c, 1, 3);
-    }
-  }
+  prefetch_c_tile(t);
   const T* a = t.a;
   const T* b = t.b;
   const int64_t acs = kPacked ? MR : t.acs;
@@ -459,14 +470,115 @@ FASTNN_TARGET void pack_b_panel_transposed_avx2(float* __restrict dst, const flo
 #endif
 
 #ifdef FASTNN_X86
+// The wide tile for float on CPUs with AVX-512F: 6 rows × 32 columns (two B panels, t.b and
+// t.b + t.b_step), one 16-float zmm vector per panel, the same FMA per (row, column) per k
+// as microkernel_avx2 and the same update of C after it (a multiply and an add, never
+// fused), so its results are bitwise those of two 16-column tiles. Each A element is
+// broadcast once for 32 columns instead of twice, and a product has half the tiles.
+template <bool kPacked, bool kPackedB, int R, bool kPrefetch, bool kBRows>
+FASTNN_TARGET_AVX512 void microkernel_avx512(const Tile<float>& t) {
+  constexpr int64_t MR = Blocking<float>::MR, NR = Blocking<float>::NR;
+  int64_t off[MR];
+  tile_offsets<float, kPacked>(t, off);
+  __m512 c[R][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = _mm512_setzero_ps();
+  prefetch_c_tile(t);
+  const float* a = t.a;
+  const float* b = t.b;
+  const int64_t acs = kPacked ? MR : t.acs;
+  const int64_t brs = kPackedB ? NR : t.brs, step = t.b_step;
+  LineCursor pf(t.pf, t.pf_line0, t.pf_line1);
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < t.kc; ++k) {
+    if constexpr (kBRows) {  // B in place: both 64-byte halves of the row 16 steps ahead
+      b = t.b + t.b_rows[k] * brs;
+      const float* ahead = t.b + t.b_rows[std::min(k + 16, t.kc - 1)] * brs;
+      __builtin_prefetch(ahead, 0, 3);
+      __builtin_prefetch(ahead + step, 0, 3);
+    } else if constexpr (!kPackedB) {
+      __builtin_prefetch(b + 16 * brs, 0, 3);
+      __builtin_prefetch(b + 16 * brs + step, 0, 3);
+    }
+    if constexpr (kPrefetch)
+      if (pf.left > 0 && k % kPrefetchEvery == 0) pf.issue();
+    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + step);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const __m512 ar = _mm512_set1_ps(a[off[r]]);
+      c[r][0] = _mm512_fmadd_ps(ar, b0, c[r][0]);
+      c[r][1] = _mm512_fmadd_ps(ar, b1, c[r][1]);
+    }
+    a += acs;
+    b += brs;
+  }
+  __m512 acc[MR][2];  // constant indices in the loop above, as in microkernel_avx2
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    acc[r][0] = c[r][0];
+    acc[r][1] = c[r][1];
+  }
+#pragma GCC unroll 6
+  for (int r = R; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  const int64_t n1 = t.nr - NR;  // 1..16 columns in the second panel
+  if (t.cs_c != 1 || (t.ep && t.ep->bias && t.ep->bias_inc != 1)) {
+    alignas(64) float buf[2][MR * NR];  // the two 16-column tiles, stored as such
+    for (int64_t r = 0; r < MR; ++r) {
+      _mm512_store_ps(buf[0] + r * NR, acc[r][0]);
+      _mm512_store_ps(buf[1] + r * NR, acc[r][1]);
+    }
+    Tile<float> half = t;
+    half.nr = NR;
+    store_tile(half, buf[0]);
+    half.c = t.c + NR * t.cs_c;
+    half.j0 = t.j0 + NR;
+    half.nr = n1;
+    return store_tile(half, buf[1]);
+  }
+  const bool has_bias = t.ep && t.ep->bias, relu = t.ep && t.ep->relu;
+  if (n1 == NR && t.alpha == 1.0f && t.beta == 0.0f && !has_bias && !relu) {
+    for (int64_t r = 0; r < t.mr; ++r) {
+      _mm512_storeu_ps(t.c + r * t.rs_c, acc[r][0]);
+      _mm512_storeu_ps(t.c + r * t.rs_c + NR, acc[r][1]);
+    }
+    return;
+  }
+  const __mmask16 m[2] = {__mmask16(0xFFFF), __mmask16((1u << n1) - 1u)};
+  const __m512 alpha = _mm512_set1_ps(t.alpha), beta = _mm512_set1_ps(t.beta);
+  __m512 bias[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  if (has_bias)
+    for (int h = 0; h < 2; ++h) bias[h] = _mm512_maskz_loadu_ps(m[h], t.ep->bias + t.j0 + h * NR);
+  for (int64_t r = 0; r < t.mr; ++r)
+    for (int h = 0; h < 2; ++h) {  // Update's arithmetic, lane for lane
+      float* cp = t.c + r * t.rs_c + h * NR;
+      __m512 v = _mm512_mul_ps(alpha, acc[r][h]);
+      if (t.beta != 0.0f)
+        v = _mm512_add_ps(v, _mm512_mul_ps(beta, _mm512_maskz_loadu_ps(m[h], cp)));
+      if (has_bias) v = _mm512_add_ps(v, bias[h]);
+      if (relu) {  // v where v > 0 or NaN, else +0
+        const __mmask16 keep = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ) |
+                               _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        v = _mm512_maskz_mov_ps(keep, v);
+      }
+      _mm512_mask_storeu_ps(cp, m[h], v);
+    }
+}
+#endif
+
+#ifdef FASTNN_X86
 // The micro-kernel instance for the tile's kinds of A, B, height, prefetch and B rows (a row
-// table only ever comes with B read in place).
-template <class T, bool... kFixed>
-void run_avx2(const Tile<T>& t) {
+// table only ever comes with B read in place); kWide: the 32-column AVX-512 tile (float).
+template <class T, bool kWide, bool... kFixed>
+void run_simd(const Tile<T>& t) {
   if constexpr (sizeof...(kFixed) == 5) {
     constexpr bool f[] = {kFixed...};
-    if constexpr (!(f[1] && f[4]))
-      return microkernel_avx2<T, f[0], f[1], f[2] ? 4 : int(Blocking<T>::MR), f[3], f[4]>(t);
+    constexpr int R = f[2] ? 4 : int(Blocking<T>::MR);
+    if constexpr (!(f[1] && f[4])) {
+      if constexpr (kWide && std::is_same_v<T, float>)
+        return microkernel_avx512<f[0], f[1], R, f[3], f[4]>(t);
+      else
+        return microkernel_avx2<T, f[0], f[1], R, f[3], f[4]>(t);
+    }
   } else {
     constexpr size_t i = sizeof...(kFixed);
     const bool flag = i == 0   ? t.packed
@@ -474,15 +586,18 @@ void run_avx2(const Tile<T>& t) {
                       : i == 2 ? t.mr <= 4
                       : i == 3 ? t.pf_line1 > t.pf_line0
                                : t.b_rows != nullptr;
-    return flag ? run_avx2<T, kFixed..., true>(t) : run_avx2<T, kFixed..., false>(t);
+    return flag ? run_simd<T, kWide, kFixed..., true>(t)
+                : run_simd<T, kWide, kFixed..., false>(t);
   }
 }
 #endif
 
+// A tile of up to NR columns, or (nr > NR: the driver asks only when use_avx512()) a wide
+// tile of up to 2·NR.
 template <class T>
 inline void run_tile(const Tile<T>& t, bool avx2) {
 #ifdef FASTNN_X86
-  if (avx2) return run_avx2<T>(t);
+  if (avx2) return t.nr > Blocking<T>::NR ? run_simd<T, true>(t) : run_simd<T, false>(t);
 #endif
   microkernel_portable<T>(t);
 }
@@ -682,6 +797,13 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   // packs its own copy of the small A block and keeps the same tiles in every K block, so
   // the K blocks need no barrier at all.
   const bool direct_b = bcs == 1 && m_blocks == 1 && N % NR == 0 && !prepacked_b;
+  // Columns per tile: two panels (one wide AVX-512 tile) for float where the CPU has it,
+  // unless B is read in place in K blocks over 192 rows: the M block's tiles reuse each
+  // tile's slice of B from L1, and 32 columns of 256 rows (32 KB) would not stay there (dW1
+  // at batch 60,000, 1 thread: 70 GFLOP/s with 16-column tiles, 59 with 32; the fused
+  // step's 192-row blocks gain from 32).
+  const int64_t group =
+      std::is_same_v<T, float> && avx2 && use_avx512() && !(direct_b && kc_max > 192) ? 2 : 1;
   T* bp = direct_b || prepacked_b ? const_cast<T*>(prepacked_b)
                                   : thread_scratch<T>(0, kc_max * nc_max);
   const bool own_ap = ic_parallel || direct_b;
@@ -715,12 +837,13 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
                          b_rows ? b_rows + pc : nullptr, brs, bcs, std::min(NR, N - j), kc);
           }
         }
-        // Runs tile (ip, jp) of the M block that starts at row ic.
-        auto tiles = [&](int64_t ic, int64_t ip, int64_t jp) {
+        // Runs tile (ip, jg) of the M block that starts at row ic: panels jg·group .. of B.
+        const int64_t ngroups = ceil_div(npanels, group);
+        auto tiles = [&](int64_t ic, int64_t ip, int64_t jg) {
           int64_t i, mr;
           tile_span<T>(std::min(mc_size, M - ic), ip, &i, &mr);
           i += ic;
-          const int64_t j = jc + jp * NR;
+          const int64_t jp = jg * group, j = jc + jp * NR;
           Tile<T> t;
           t.packed = packed_a;
           t.rows = nullptr;
@@ -737,10 +860,13 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           t.b_rows = direct_b && b_rows ? b_rows + pc : nullptr;
           if (direct_b) {
             t.b = B.data + (b_rows ? 0 : pc * brs) + j;
+            t.b_step = NR;
           } else if (prepacked_b) {
             t.b = prepacked_b + (jc / NR + jp) * NR * K + pc * NR;
+            t.b_step = NR * K;
           } else {
             t.b = bp + jp * NR * kc;
+            t.b_step = NR * kc;
           }
           t.brs = direct_b ? brs : NR;
           t.kc = kc;
@@ -748,7 +874,7 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           t.rs_c = C.rs;
           t.cs_c = C.cs;
           t.mr = mr;
-          t.nr = std::min(NR, N - j);
+          t.nr = std::min(group * NR, N - j);
           t.j0 = j;
           t.alpha = alpha;
           t.beta = beta_k;
@@ -757,8 +883,8 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           t.pf_line0 = t.pf_line1 = 0;
           if (prefetch && prefetch->count > 0 && prefetch->bytes > 0 && jc == 0 && pc == 0) {  // tile q of Q takes lines [q·L/Q, (q+1)·L/Q)
             const int64_t tiles_per_block = ceil_div(mc_size, MR);
-            const int64_t Q = m_blocks * tiles_per_block * npanels;
-            const int64_t q = ((ic / mc_size) * tiles_per_block + ip) * npanels + jp;
+            const int64_t Q = m_blocks * tiles_per_block * ngroups;
+            const int64_t q = ((ic / mc_size) * tiles_per_block + ip) * ngroups + jg;
             const int64_t L = prefetch->count * ceil_div(prefetch->bytes, 64);
             t.pf = prefetch;
             t.pf_line0 = q * L / Q;
@@ -782,8 +908,8 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
             const int64_t mpanels = ceil_div(mc, MR);
             if (packed_a)
               for (int64_t p = 0; p < mpanels; ++p) pack_a(ic, p);
-            for (int64_t jp = 0; jp < npanels; ++jp)
-              for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jp);
+            for (int64_t jg = 0; jg < ngroups; ++jg)
+              for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jg);
           }
         } else {
           for (int64_t ic = 0; ic < M; ic += mc_size) {
@@ -795,8 +921,8 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
               // nowait: a static schedule gives each thread the same tiles in every K block
               // (OpenMP guarantees it for equal loops), and B is not shared scratch.
 #pragma omp for collapse(2) schedule(static) nowait
-              for (int64_t jp = 0; jp < npanels; ++jp)
-                for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jp);
+              for (int64_t jg = 0; jg < ngroups; ++jg)
+                for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jg);
               continue;
             }
             if (packed_a) {
@@ -808,12 +934,12 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
               // comes from memory once and is reused from L1 for every B panel.
 #pragma omp for collapse(2) schedule(static)
               for (int64_t ip = 0; ip < mpanels; ++ip)
-                for (int64_t jp = 0; jp < npanels; ++jp) tiles(ic, ip, jp);
+                for (int64_t jg = 0; jg < ngroups; ++jg) tiles(ic, ip, jg);
               continue;
             }
 #pragma omp for collapse(2) schedule(static)
-            for (int64_t jp = 0; jp < npanels; ++jp)
-              for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jp);
+            for (int64_t jg = 0; jg < ngroups; ++jg)
+              for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jg);
           }
         }
       }
@@ -874,10 +1000,12 @@ void prepack_b_panel(T* dst, Matrix<const T> B, bool trans_b, int64_t panel) {
   pack_b_panel(dst + panel * NR * K, B.data + j * bcs, nullptr, brs, bcs, std::min(NR, N - j), K);
 }
 
-const char* gemm_isa() { return use_avx2() ? "avx2+fma" : "portable"; }
+const char* gemm_isa() {
+  return use_avx512() ? "avx512f (float), avx2+fma" : use_avx2() ? "avx2+fma" : "portable";
+}
 
 namespace {
-std::atomic<bool> g_force_portable{false};
+std::atomic<int> g_isa_level{0};
 }  // namespace
 
 #ifdef FASTNN_X86
@@ -889,9 +1017,21 @@ bool cpu_has_avx2_fma() {
 bool cpu_has_avx2_fma() { return false; }
 #endif
 
-bool use_avx2() { return cpu_has_avx2_fma() && !g_force_portable.load(std::memory_order_relaxed); }
+#ifdef FASTNN_X86
+bool cpu_has_avx512f() {
+  static const bool has = cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f");
+  return has;
+}
+#else
+bool cpu_has_avx512f() { return false; }
+#endif
 
-void set_force_portable(bool force) { g_force_portable.store(force); }
+bool use_avx2() { return cpu_has_avx2_fma() && g_isa_level.load(std::memory_order_relaxed) < 2; }
+bool use_avx512() {
+  return cpu_has_avx512f() && g_isa_level.load(std::memory_order_relaxed) < 1;
+}
+
+void set_isa_level(int level) { g_isa_level.store(level); }
 
 namespace {
 

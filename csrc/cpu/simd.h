@@ -8,12 +8,16 @@
 #define FASTNN_X86 1
 #include <immintrin.h>
 #define FASTNN_TARGET __attribute__((target("avx2,fma")))
+#define FASTNN_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
 #endif
 
 namespace fastnn::cpu {
 
 bool cpu_has_avx2_fma();  // what the CPU offers
-bool use_avx2();          // what the kernels use: the CPU's offer, unless forced portable
-void set_force_portable(bool force);  // tests: run the portable paths on any CPU
+bool cpu_has_avx512f();
+bool use_avx2();    // what the kernels use: the CPU's offer, unless forced portable
+bool use_avx512();  // the float GEMM's wide tiles: the CPU's offer, unless forced lower
+// Tests: 0 picks by CPU, 1 stops at AVX2 + FMA, 2 runs the portable code on any CPU.
+void set_isa_level(int level);
 
 }  // namespace fastnn::cpu
