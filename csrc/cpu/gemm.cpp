@@ -139,7 +139,7 @@ void row_offsets(const Tile<T>& t, int64_t* off) {
 
 // A's row offsets for the SIMD kernels: 0..MR for a packed panel, else from the tile.
 template <class T, bool kPacked>
-inline void tile_offsets(const Tile<T>& t, int64_t* off) {
+__attribute__((always_inline)) inline void tile_offsets(const Tile<T>& t, int64_t* off) {
   if constexpr (kPacked) {
     for (int64_t r = 0; r < Blocking<T>::MR; ++r) off[r] = r;
   } else {
@@ -150,7 +150,7 @@ inline void tile_offsets(const Tile<T>& t, int64_t* off) {
 // Asks for the C tile early, with intent to write: its rows usually come from far away (C is
 // revisited once per K block) and a long enough k loop hides the wait.
 template <class T>
-inline void prefetch_c_tile(const Tile<T>& t) {
+__attribute__((always_inline)) inline void prefetch_c_tile(const Tile<T>& t) {
   if (t.kc < 64) return;  // a short loop could not hide the wait anyway
   for (int64_t r = 0; r < t.mr; ++r) {
     const T* cr = t.c + r * t.rs_c;
