@@ -13,6 +13,7 @@ layers issue), and the autodiff, data-loader, training-loop and GPU-only cases.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -44,6 +45,8 @@ def names(message: str, word: str) -> bool:
 # ----------------------------------------------------------------------------- subprocesses
 CHILD_PRELUDE = """
 import json
+import math
+
 import numpy as np
 import fastnn
 from fastnn import ops
@@ -548,3 +551,29 @@ def test_c26_omp_num_threads_is_obeyed_in_a_subprocess(rng):
     assert one["num_threads"] == 1
     assert one["max"] == one["baseline"], one
     assert one["sha256"] == two["sha256"]
+
+
+# --------------------------------- C01, C03, C05 through the eight-rows-at-once cross-entropy
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("row", "label", "loss"),
+    [
+        ([1e8, 1e8], 1, math.log(2.0)),  # C01: huge, equal logits
+        ([1e4, -1e4], 1, 2e4),  # C01: exact and finite at ±1e4
+        ([0.0, 200.0], 0, 200.0),  # C03: the true probability underflows
+        ([0.0, -np.inf, -np.inf], 0, 0.0),  # C03: -inf logits elsewhere
+        ([np.nan, 0.0], 1, np.nan),  # C05: NaN is kept
+    ],
+)
+def test_handout_cross_entropy_cases_in_a_batch_of_nine(dtype, row, label, loss):
+    """Nine copies of a case's row: float32 takes eight of them in one vector pass (a row per
+    lane) and the ninth alone; all nine give the case's loss and the same gradient row."""
+    logits = np.array([row] * 9, dtype)
+    got, d = ops.softmax_cross_entropy(logits, np.full(9, label))
+    if np.isnan(loss):
+        assert np.isnan(got) and np.isnan(d).all()
+        return
+    assert float(got) == pytest.approx(loss, rel=1e-6)
+    assert np.isfinite(d).all()
+    for r in range(8):
+        np.testing.assert_array_equal(d[r], d[8])
