@@ -353,7 +353,7 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
       if (t == team - 1)
         for (const auto& [l, q] : pack_jobs)  // the other layers' weights (small)
           prepack_b_panel<T>(packed + packed_at[l], layers[l].W, true, q);
-#pragma omp barrier
+      team_barrier();
       const Matrix<const T> h_all{h, n, out0, out0, 1};
       own.loss = 0.0;
       block_loss(layers, count, forward_from(layers, count, 1, h_all, n, own), n, labels, scale,
@@ -381,21 +381,20 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
       }
       return;
     }
-#pragma omp for schedule(static, 1)  // panel p of W1 by the thread that updated its rows
-    for (size_t job = 0; job < pack_jobs.size(); ++job) {
-      const auto [l, p] = pack_jobs[job];
+    // Panel p of W1 by the thread that updated its rows.
+    team_for_cyclic(int64_t(pack_jobs.size()), [&](int64_t job) {
+      const auto [l, p] = pack_jobs[size_t(job)];
       prepack_b_panel<T>(packed + packed_at[l], layers[l].W, true, p);
-    }
-#pragma omp for schedule(static)
-    for (int64_t k = 0; k < lanes; ++k)
+    });
+    team_for(lanes, [&](int64_t k) {
       run_lane(layers, count, X, x_rows, labels, k, batch, next, scale, lane[size_t(k)]);
+    });
     // The lanes' partial weight gradients, added into lane 0's (the result) in lane order;
     // then the SGD update of the row, if asked, while it is in cache.
     for (int64_t l = 0; l < count; ++l) {
       const Matrix<T>& dW = layers[l].dW;
       if (lanes == 1 && !layers[l].W_sgd) continue;
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < dW.rows; ++i) {
+      team_for(dW.rows, [&](int64_t i) {
         for (int64_t k = 1; k < lanes; ++k) {
           const T* part = lane[size_t(k)].dW[l] + i * dW.cols;
           if (dW.cs == 1) {  // plain pointers, so that the loop vectorises
@@ -406,7 +405,7 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
           }
         }
         sgd_rows(l, i, i + 1, 0, dW.cols);
-      }
+      }, /*nowait=*/true);  // layers share nothing; the region ends in a barrier
     }
   });
   // Split: the later layers' weights, read by both threads until the region's end.

@@ -758,13 +758,12 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
     const T* bias = ep ? ep->bias : nullptr;
     const bool relu = ep && ep->relu;
     run_team(static_cast<int>(std::min<int64_t>(nt, chunks)), 2.0 * M * N * K / 50e9, [&] {
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < chunks; ++c) {
+      team_for(chunks, [&](int64_t c) {
         const int64_t i0 = c * kRows, m = std::min(kRows, M - i0);
         small_gemm<T>(m, N, K, alpha, a_rows ? A.data : A.data + i0 * ars,
                       a_rows ? a_rows + i0 : nullptr, ars, acs, B.data, brs, bcs, beta,
                       C.data + i0 * C.rs, C.rs, bias, relu);
-      }
+      });
     });
     return;
   }
@@ -824,18 +823,18 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           // nothing to pack
         } else if (bcs == 1) {
           // Rows of B are contiguous: read each row once, left to right, into every panel.
-#pragma omp for schedule(static)
-          for (int64_t k0 = 0; k0 < kc; k0 += 16)
+          team_for(ceil_div(kc, 16), [&](int64_t s) {
+            const int64_t k0 = s * 16;
             pack_b_rows(bp, b_rows ? B.data + jc : B.data + pc * brs + jc,
                         b_rows ? b_rows + pc : nullptr, brs, nc, kc, k0, std::min(kc, k0 + 16));
+          });
         } else {
-#pragma omp for schedule(static)
-          for (int64_t p = 0; p < npanels; ++p) {
+          team_for(npanels, [&](int64_t p) {
             const int64_t j = jc + p * NR;
             pack_b_panel(bp + p * NR * kc,
                          b_rows ? B.data + j * bcs : B.data + pc * brs + j * bcs,
                          b_rows ? b_rows + pc : nullptr, brs, bcs, std::min(NR, N - j), kc);
-          }
+          });
         }
         // Runs tile (ip, jg) of the M block that starts at row ic: panels jg·group .. of B.
         const int64_t ngroups = ceil_div(npanels, group);
@@ -900,17 +899,16 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
                        a_rows ? a_rows + i : nullptr, ars, acs, mr, kc);
         };
         if (ic_parallel) {
-#pragma omp for schedule(static)
-          for (int64_t blk = 0; blk < m_blocks; ++blk) {
+          team_for(m_blocks, [&](int64_t blk) {
             const int64_t ic = blk * mc_size;
-            if (ic >= M) continue;
+            if (ic >= M) return;
             const int64_t mc = std::min(mc_size, M - ic);
             const int64_t mpanels = ceil_div(mc, MR);
             if (packed_a)
               for (int64_t p = 0; p < mpanels; ++p) pack_a(ic, p);
             for (int64_t jg = 0; jg < ngroups; ++jg)
               for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jg);
-          }
+          });
         } else {
           for (int64_t ic = 0; ic < M; ic += mc_size) {
             const int64_t mc = std::min(mc_size, M - ic);
@@ -918,28 +916,22 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
             if (direct_b) {
               if (packed_a)
                 for (int64_t p = 0; p < mpanels; ++p) pack_a(ic, p);
-              // nowait: a static schedule gives each thread the same tiles in every K block
-              // (OpenMP guarantees it for equal loops), and B is not shared scratch.
-#pragma omp for collapse(2) schedule(static) nowait
-              for (int64_t jg = 0; jg < ngroups; ++jg)
-                for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jg);
+              // nowait: a static schedule gives each thread the same tiles in every K block,
+              // and B is not shared scratch.
+              team_for(
+                  ngroups * mpanels,
+                  [&](int64_t q) { tiles(ic, q % mpanels, q / mpanels); }, /*nowait=*/true);
               continue;
             }
-            if (packed_a) {
-#pragma omp for schedule(static)
-              for (int64_t p = 0; p < mpanels; ++p) pack_a(ic, p);
-            }
+            if (packed_a) team_for(mpanels, [&](int64_t p) { pack_a(ic, p); });
             if (!packed_a) {
               // A read in place: all the tiles of its rows in turn, so that each row panel
               // comes from memory once and is reused from L1 for every B panel.
-#pragma omp for collapse(2) schedule(static)
-              for (int64_t ip = 0; ip < mpanels; ++ip)
-                for (int64_t jg = 0; jg < ngroups; ++jg) tiles(ic, ip, jg);
+              team_for(ngroups * mpanels,
+                       [&](int64_t q) { tiles(ic, q / ngroups, q % ngroups); });
               continue;
             }
-#pragma omp for collapse(2) schedule(static)
-            for (int64_t jg = 0; jg < ngroups; ++jg)
-              for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jg);
+            team_for(ngroups * mpanels, [&](int64_t q) { tiles(ic, q % mpanels, q / mpanels); });
           }
         }
       }

@@ -88,17 +88,24 @@ SerialScope::SerialScope() { ++t_serial_depth; }
 SerialScope::~SerialScope() { --t_serial_depth; }
 bool serial_requested() { return t_serial_depth > 0; }
 
+namespace {
+thread_local int t_alone_depth = 0;
+}  // namespace
+
+AloneScope::AloneScope() { ++t_alone_depth; }
+AloneScope::~AloneScope() { --t_alone_depth; }
+
 bool in_parallel() {
 #ifdef FASTNN_OPENMP
-  return omp_in_parallel() != 0;
+  return t_alone_depth > 0 || omp_in_parallel() != 0;
 #else
-  return false;
+  return t_alone_depth > 0;
 #endif
 }
 
 int team_index() {
 #ifdef FASTNN_OPENMP
-  return omp_get_thread_num();
+  return t_alone_depth > 0 ? 0 : omp_get_thread_num();
 #else
   return 0;
 #endif
@@ -106,9 +113,17 @@ int team_index() {
 
 int team_size() {
 #ifdef FASTNN_OPENMP
-  return omp_get_num_threads();
+  return t_alone_depth > 0 ? 1 : omp_get_num_threads();
 #else
   return 1;
+#endif
+}
+
+void team_barrier() {
+#ifdef FASTNN_OPENMP
+  if (t_alone_depth == 0) {
+#pragma omp barrier
+  }
 #endif
 }
 

@@ -13,9 +13,20 @@
 namespace fastnn::cpu {
 
 int num_threads();                 // threads a large kernel uses (>= 1)
-bool in_parallel();                // inside an OpenMP parallel region (no nested teams)
-int team_index();                  // this thread's number in its team (0 outside a team)
-int team_size();                   // threads in the current team (1 outside a team)
+bool in_parallel();                // inside a team body or an OpenMP region (no nested teams)
+int team_index();                  // this thread's number in its team (0 when alone)
+int team_size();                   // threads in the current team (1 when alone)
+void team_barrier();               // waits for the team's other threads (nothing when alone)
+
+// While one lives, this thread runs a team body alone: team_index() is 0, team_size() 1 and
+// team_barrier() returns at once, also inside an enclosing OpenMP team (run_team below).
+class AloneScope {
+ public:
+  AloneScope();
+  ~AloneScope();
+  AloneScope(const AloneScope&) = delete;
+  AloneScope& operator=(const AloneScope&) = delete;
+};
 
 // While one lives, kernels called from this thread run on it alone (a fused kernel whose
 // pieces are too small to share: waking a team per piece costs more than it saves).
@@ -51,20 +62,17 @@ inline int threads_for(double work) {
   return nt > 1 && !team_allowed() ? 1 : nt;
 }
 
-// Runs team_body on `threads` threads (or directly when 1) and reports the region's duration
-// to the straggler guard; solo_seconds is the work's time on one thread at a modest rate
-// (gemm: flops / 50e9; elementwise: units / 2e9). team_body holds the worksharing loops.
+// Runs team_body on `threads` threads (or directly on this one when 1) and reports the
+// region's duration to the straggler guard; solo_seconds is the work's time on one thread at
+// a modest rate (gemm: flops / 50e9; elementwise: units / 2e9). team_body shares its work with
+// team_for / team_for_cyclic / team_barrier, which also run it alone: no region is started for
+// one thread, not even inside an enclosing team (a nested region of one costs ≈ 0.7 µs, and
+// the fused training step calls about six kernels per thread per step).
 template <class F>
 void run_team(int threads, double solo_seconds, F&& team_body) {
   if (threads <= 1) {
-    if (in_parallel()) {
-      // A kernel run by one thread of a team: its worksharing loops must bind to a team of
-      // its own (of one), not to the enclosing team whose other threads run other work.
-#pragma omp parallel num_threads(1)
-      team_body();
-    } else {
-      team_body();  // no team at all: starting one costs about a microsecond even for one thread
-    }
+    AloneScope alone;
+    team_body();
     return;
   }
   const auto t0 = std::chrono::steady_clock::now();
@@ -72,6 +80,24 @@ void run_team(int threads, double solo_seconds, F&& team_body) {
   team_body();
   const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
   team_finished(dt.count(), solo_seconds, threads);
+}
+
+// body(i) for this thread's iterations of [0, n) under a static schedule, as OpenMP's
+// schedule(static): one contiguous range per thread, the first n % size ranges one longer.
+// The same n gives a thread the same range every time. Then a barrier, unless nowait.
+template <class F>
+void team_for(int64_t n, F&& body, bool nowait = false) {
+  const int64_t t = team_index(), size = team_size(), q = n / size, r = n % size;
+  const int64_t begin = t * q + std::min(t, r), end = begin + q + (t < r ? 1 : 0);
+  for (int64_t i = begin; i < end; ++i) body(i);
+  if (!nowait) team_barrier();
+}
+
+// body(i) for iterations t, t + size, ... of [0, n) (schedule(static, 1)); then a barrier.
+template <class F>
+void team_for_cyclic(int64_t n, F&& body) {
+  for (int64_t i = team_index(); i < n; i += team_size()) body(i);
+  team_barrier();
 }
 
 // body(begin, end) over [0, n) in chunks of `grain` items; chunks run in parallel when the
@@ -82,8 +108,7 @@ void parallel_for(int64_t n, int64_t grain, double cost_per_item, F&& body) {
   const int64_t chunks = ceil_div(n, grain);
   const int nt = static_cast<int>(std::min<int64_t>(threads_for(n * cost_per_item), chunks));
   run_team(nt, n * cost_per_item / 2e9, [&] {
-#pragma omp for schedule(static)
-    for (int64_t c = 0; c < chunks; ++c) body(c * grain, std::min(n, (c + 1) * grain));
+    team_for(chunks, [&](int64_t c) { body(c * grain, std::min(n, (c + 1) * grain)); });
   });
 }
 
