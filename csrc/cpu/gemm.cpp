@@ -889,6 +889,22 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
             t.pf_line0 = q * L / Q;
             t.pf_line1 = (q + 1) * L / Q;
           }
+          // B read in place over several K blocks: the same panel's slice of the next K
+          // block, a share of its lines per tile, fetched while this block computes (its rows
+          // lie a row of B apart, too many streams for the hardware prefetcher).
+          PrefetchRows next_b;
+          if (direct_b && !b_rows && !t.pf && pc + kc < K) {
+            const int64_t kn = std::min(kc_block, K - pc - kc);
+            const int64_t mp = ceil_div(std::min(mc_size, M - ic), MR);
+            next_b.base = reinterpret_cast<const char*>(B.data + (pc + kc) * brs + j);
+            next_b.count = kn;
+            next_b.stride = brs * int64_t(sizeof(T));
+            next_b.bytes = t.nr * int64_t(sizeof(T));
+            const int64_t L = kn * ceil_div(next_b.bytes, 64);
+            t.pf = &next_b;
+            t.pf_line0 = ip * L / mp;
+            t.pf_line1 = (ip + 1) * L / mp;
+          }
           run_tile(t, avx2);
         };
         auto pack_a = [&](int64_t ic, int64_t p) {  // panel p of the M block at row ic
