@@ -419,23 +419,25 @@ def steps_loop(x, labels, layers, relu, rows, batch_size, lr, weight_decay=0.0):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
-    ("n", "batch_size", "d_in", "shuffled"),
+    ("n", "batch_size", "d_in", "hidden", "shuffled"),
     [
-        (100, 7, 5, True),  # a last minibatch of 2 rows
-        (300, 32, 300, True),  # one lane in halves
-        (700, 128, 50, True),  # two lanes
-        (260, 128, 20, False),  # x's rows in order
-        (40, 64, 9, True),  # one step
-        (0, 8, 3, True),  # no rows: no steps
+        (100, 7, 5, 9, True),  # a last minibatch of 2 rows
+        (300, 32, 300, 9, True),  # one lane, one thread
+        (300, 32, 300, 20, True),  # one lane in halves: a team of two kept across steps
+        (1000, 48, 300, 20, True),  # ... and a last minibatch of another size (40 rows)
+        (700, 128, 50, 9, True),  # two lanes
+        (260, 128, 20, 9, False),  # x's rows in order
+        (40, 64, 9, 9, True),  # one step
+        (0, 8, 3, 9, True),  # no rows: no steps
     ],
 )
-def test_dense_steps_is_a_loop_of_dense_steps(rng, dtype, n, batch_size, d_in, shuffled):
+def test_dense_steps_is_a_loop_of_dense_steps(rng, dtype, n, batch_size, d_in, hidden, shuffled):
     """Bit for bit the weights, gradients and losses of one dense_step + update per
     minibatch."""
     x = rng.standard_normal((max(n, 1), d_in)).astype(dtype)[:n]
     rows = rng.permutation(n).astype(np.int64) if shuffled else None
     labels = rng.integers(0, 4, n)
-    layers = params(rng, (d_in, 9, 4), dtype)
+    layers = params(rng, (d_in, hidden, 4), dtype)
     copies = [(w.copy(), b.copy()) for w, b in layers]
     want_losses, want_dw, want_db = steps_loop(
         x, labels, copies, [True, False], rows, batch_size, 0.2, 0.01
@@ -469,15 +471,16 @@ def test_dense_steps_is_a_loop_of_dense_steps(rng, dtype, n, batch_size, d_in, s
             np.testing.assert_array_equal(a, c)
 
 
-def test_dense_steps_stop_after_a_loss_that_is_not_finite(rng):
+@pytest.mark.parametrize(("d_in", "hidden"), [(6, 5), (300, 20)])  # one thread; a team
+def test_dense_steps_stop_after_a_loss_that_is_not_finite(rng, d_in, hidden):
     """A row of inf in the third minibatch: three losses come back, the last not finite, and
     the weights are those after three steps (the step that saw it is applied, as a loop of
     dense_step calls applies it); the later minibatches are not run."""
-    x = rng.standard_normal((50, 6)).astype(np.float32)
+    x = rng.standard_normal((50, d_in)).astype(np.float32)
     rows = rng.permutation(50).astype(np.int64)
     x[rows[23]] = np.inf
     labels = rng.integers(0, 3, 50)
-    layers = params(rng, (6, 5, 3), np.float32)
+    layers = params(rng, (d_in, hidden, 3), np.float32)
     copies = [(w.copy(), b.copy()) for w, b in layers]
     want, _, _ = steps_loop(x, labels, copies, [True, False], rows, 10, 0.1)
     args = valid(rng)

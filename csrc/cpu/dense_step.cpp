@@ -5,6 +5,7 @@
 // the minibatch is read from memory once and goes forward and backward through every layer
 // while it is in cache, instead of every layer streaming the whole batch twice.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -217,6 +218,240 @@ T* step_scratch(int64_t n) {
   return buffer.data();
 }
 
+// What a step over `batch` rows needs that depends on the shapes and the batch size only: its
+// lanes, the split of a small batch, the weights' packed panels and the scratch memory cut
+// into the lanes' buffers. dense_steps makes one for all its steps of one size.
+template <class T>
+struct StepPlan {
+  int64_t batch, lanes, in0, out0;
+  bool split, gather;
+  int64_t cut[3], width[2];
+  std::vector<int64_t> packed_at;                      // layer l's panels at packed + packed_at[l]
+  std::vector<std::pair<int64_t, int64_t>> pack_jobs;  // (layer, panel)
+  int64_t part_panels[2] = {0, 0}, part_at[3] = {0, 0, 0};
+  T* packed;
+  T* part_packed;
+  std::vector<double> db_sums;
+  std::vector<LaneBuffers<T>> lane;
+  double flops = 0, scale;
+
+  StepPlan(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X, bool rows, int64_t n)
+      : batch(n), lanes(lanes_for(n)), in0(X.cols), out0(layers[0].W.rows),
+        gather(rows || X.cs != 1), scale(1.0 / double(n)) {
+    const int64_t block = std::min(kBlockRows, ceil_div(batch, lanes));
+    // A small batch is one lane of one block. When its first layer is wide, that layer's two
+    // products are cut by its units (rows of W1) into two fixed halves that two threads
+    // share: each thread gathers the rows and computes its half of the first layer's output,
+    // forward, then after one barrier runs the small layers after it on the whole output
+    // itself (cheaper than passing their results between cores; weight and bias gradients on
+    // thread 0 only), and computes its half of the first layer's weight gradient. Every
+    // element of every product is the same sum as without the cut: the results are those of
+    // one thread bit for bit.
+    split = lanes == 1 && in0 >= kSplitColumns && out0 >= kSplitUnits;
+    cut[0] = 0;
+    cut[1] = split ? round_up(ceil_div(out0, 2), 8) : out0;
+    cut[2] = out0;
+    width[0] = cut[1] - cut[0];
+    width[1] = cut[2] - cut[1];
+    const int64_t buffers = split ? 2 : lanes;  // LaneBuffers: one per lane, or per thread
+    constexpr int64_t kAlign = 64 / sizeof(T);  // lanes' buffers start on their own lines
+
+    // One scratch area, cut per lane: [x][act, grad per layer][partial dW per layer].
+    int64_t per_lane = gather ? round_up(block * in0, kAlign) : 0, weights = 0, outs = 0;
+    for (int64_t l = 0; l < count; ++l) {
+      per_lane += 2 * round_up(block * layers[l].W.rows, kAlign);
+      weights += round_up(layers[l].W.rows * layers[l].W.cols, kAlign);
+      outs += layers[l].W.rows;
+      flops += 6.0 * double(batch) * double(layers[l].W.rows) * double(layers[l].W.cols);
+    }
+    // Each weight, transposed into the forward product's panels once per step (not per
+    // block); when split, the first layer's per half.
+    packed_at.assign(size_t(count) + 1, 0);
+    for (int64_t l = 0; l < count; ++l) {
+      const int64_t panels =
+          split && l == 0 ? 0 : prepacked_b_panels<T>(layers[l].W.cols, layers[l].W.rows);
+      // room for panels of NR ≤ 16 columns
+      packed_at[l + 1] = packed_at[l] + round_up(panels * 16 * layers[l].W.cols, kAlign);
+      for (int64_t p = 0; p < panels; ++p) pack_jobs.push_back({l, p});
+    }
+    for (int p = 0; split && p < 2; ++p) {
+      part_panels[p] = prepacked_b_panels<T>(in0, width[p]);
+      part_at[p + 1] = part_at[p] + round_up(part_panels[p] * 16 * in0, kAlign);
+    }
+    // 64 bytes of slack: the area starts on a cache line, so that no two threads' buffers
+    // share one.
+    T* scratch = step_scratch<T>(buffers * (per_lane + weights) + packed_at[count] +
+                                 part_at[2] + kAlign);
+    scratch += (kAlign - (reinterpret_cast<uintptr_t>(scratch) / sizeof(T)) % kAlign) % kAlign;
+    packed = scratch + buffers * (per_lane + weights);
+    part_packed = packed + packed_at[count];
+    db_sums.assign(size_t(buffers * outs), 0.0);
+    lane.resize(size_t(buffers));
+    for (int64_t k = 0; k < buffers; ++k) {
+      T* p = scratch + k * (per_lane + weights);
+      LaneBuffers<T>& b = lane[size_t(k)];
+      b.x = p;
+      p += gather ? round_up(block * in0, kAlign) : 0;
+      for (int64_t l = 0; l < count; ++l) {
+        b.act.push_back(p);
+        p += round_up(block * layers[l].W.rows, kAlign);
+        b.grad.push_back(p);
+        p += round_up(block * layers[l].W.rows, kAlign);
+      }
+      for (int64_t l = 0; l < count; ++l) {
+        b.dW.push_back(k == 0 ? layers[l].dW.data : p);
+        p += round_up(layers[l].W.rows * layers[l].W.cols, kAlign);
+      }
+      b.db = db_sums.data() + k * outs;
+      for (int64_t l = 0, at = 0; l < count; at += layers[l].W.rows, ++l) b.db_at.push_back(at);
+      for (int64_t l = 0; l < count; ++l)
+        b.packed_w.push_back(packed_at[l + 1] > packed_at[l] ? packed + packed_at[l] : nullptr);
+    }
+  }
+
+  // Threads for the next step(s), asked once per team (the straggler guard counts the asks).
+  // One lane not split: its products are too small to share, so it runs on one thread (as
+  // does any step given one thread: its kernels then start no teams of their own).
+  int threads() const {
+    return static_cast<int>(std::min<int64_t>(threads_for(flops), split ? 2 : lanes));
+  }
+  // Rows [cut[p], cut[p+1]) of a matrix: the first layer's half p.
+  template <class M>
+  M units(const M& m, int p) const {
+    return M{m.data + cut[p] * m.rs, width[p], m.cols, m.rs, m.cs};
+  }
+};
+
+// With the fused update: rows [i0, i1) of layer l's weight, from its finished gradient.
+template <class T>
+void sgd_rows(const DenseLayer<T>& layer, int64_t i0, int64_t i1, T lr, T weight_decay) {
+  const Matrix<T>& dW = layer.dW;
+  if (T* w = layer.W_sgd)
+    for (int64_t i = i0; i < i1; ++i)
+      sgd_span(w + i * dW.cols, &dW(i, 0), dW.cs, dW.cols, lr, weight_decay);
+}
+
+// The part of a step that every thread of its team runs (all of it, on a team of one).
+template <class T>
+void step_team(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count,
+               Matrix<const T> X, const int64_t* x_rows, const int64_t* labels, T lr,
+               T weight_decay, const NextStep& next) {
+  std::vector<LaneBuffers<T>>& lane = plan.lane;
+  const int64_t lanes = plan.lanes, in0 = plan.in0, out0 = plan.out0, batch = plan.batch;
+  if (plan.split) {
+    const int t = team_index(), team = team_size();
+    const DenseLayer<T>& first = layers[0];
+    LaneBuffers<T>& own = lane[size_t(t)];
+    const int64_t n = batch, *cut = plan.cut, *width = plan.width;
+    T* h = lane[0].act[0];  // the first layer's output: each thread writes its half
+    Matrix<const T> xb{X.data, n, in0, X.rs, X.cs};
+    // A shuffled minibatch is read in place through its row table: each thread reads all
+    // of its rows, and a copy per thread cost more than the row table (batch 32: ≈ 2 %).
+    const int64_t* xb_rows = X.cs == 1 ? x_rows : nullptr;
+    if (plan.gather && !xb_rows) {
+      gather_rows(own.x, X, x_rows, 0, n, 0, in0);
+      xb = {own.x, n, in0, in0, 1};
+    }
+    // The next step's rows, all of which each thread reads, fetched during its product.
+    const PrefetchRows ahead =
+        next.rows ? rows_ahead(X, next.rows, 0, std::min(n, next.batch), 0, in0)
+                  : PrefetchRows{};
+    for (int p = t; p < 2; p += team) {
+      T* part = plan.part_packed + plan.part_at[p];
+      for (int64_t q = 0; q < plan.part_panels[p]; ++q)
+        prepack_b_panel<T>(part, plan.units(first.W, p), true, q);
+      gemm_ex<T>(false, true, T(1), xb, plan.units(first.W, p), T(0),
+                 Matrix<T>{h + cut[p], n, width[p], out0, 1},
+                 first.b.data ? first.b.data + cut[p] * first.b.inc : nullptr, first.b.inc,
+                 first.relu, xb_rows, nullptr, plan.part_panels[p] ? part : nullptr,
+                 p == t ? &ahead : nullptr);
+    }
+    if (t == team - 1)
+      for (const auto& [l, q] : plan.pack_jobs)  // the other layers' weights (small)
+        prepack_b_panel<T>(plan.packed + plan.packed_at[l], layers[l].W, true, q);
+    team_barrier();
+    const Matrix<const T> h_all{h, n, out0, out0, 1};
+    own.loss = 0.0;
+    block_loss(layers, count, forward_from(layers, count, 1, h_all, n, own), n, labels,
+               plan.scale, own);
+    for (int64_t l = count - 1; l >= 1; --l) {
+      const Matrix<const T> x_l =
+          l > 1 ? Matrix<const T>{own.act[l - 1], n, layers[l].W.cols, layers[l].W.cols, 1}
+                : h_all;
+      backward_layer(layers[l], l, n, true, x_l, lane[0].db + lane[0].db_at[l], own, t == 0);
+    }
+    T* g = own.grad[0];  // the gradient of h: each thread has all of it
+    double* db = lane[0].db + lane[0].db_at[0];
+    for (int p = t; p < 2; p += team) {  // this half's relu mask, bias and weight gradients
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = cut[p]; j < cut[p + 1]; ++j)
+          if (first.relu && !(h[i * out0 + j] > T(0))) g[i * out0 + j] = T(0);
+      if (first.b.data) {
+        std::fill(db + cut[p], db + cut[p + 1], 0.0);
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = cut[p]; j < cut[p + 1]; ++j) db[j] += g[i * out0 + j];
+      }
+      gemm_ex<T>(true, false, T(1), Matrix<const T>{g + cut[p], n, width[p], out0, 1}, xb, T(0),
+                 plan.units(first.dW, p), nullptr, 1, false, nullptr, xb_rows);
+      sgd_rows(first, cut[p], cut[p + 1], lr, weight_decay);
+    }
+    return;
+  }
+  // Panel p of W1 by the thread that updated its rows.
+  team_for_cyclic(int64_t(plan.pack_jobs.size()), [&](int64_t job) {
+    const auto [l, p] = plan.pack_jobs[size_t(job)];
+    prepack_b_panel<T>(plan.packed + plan.packed_at[l], layers[l].W, true, p);
+  });
+  team_for(lanes, [&](int64_t k) {
+    run_lane(layers, count, X, x_rows, labels, k, batch, next, plan.scale, lane[size_t(k)]);
+  });
+  // The lanes' partial weight gradients, added into lane 0's (the result) in lane order;
+  // then the SGD update of the row, if asked, while it is in cache.
+  for (int64_t l = 0; l < count; ++l) {
+    const Matrix<T>& dW = layers[l].dW;
+    if (lanes == 1 && !layers[l].W_sgd) continue;
+    team_for(
+        dW.rows,
+        [&](int64_t i) {
+          for (int64_t k = 1; k < lanes; ++k) {
+            const T* part = lane[size_t(k)].dW[l] + i * dW.cols;
+            if (dW.cs == 1) {  // plain pointers, so that the loop vectorises
+              T* g = &dW(i, 0);
+              for (int64_t j = 0; j < dW.cols; ++j) g[j] += part[j];
+            } else {
+              for (int64_t j = 0; j < dW.cols; ++j) dW(i, j) += part[j];
+            }
+          }
+          sgd_rows(layers[l], i, i + 1, lr, weight_decay);
+        },
+        /*nowait=*/true);  // layers share nothing; the team meets after the step
+  }
+}
+
+// The end of a step, on one thread after its team's part: the later layers' weights when
+// split (read by both threads until then), the biases and their update, and the loss.
+template <class T>
+T step_finish(const StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count, T lr,
+              T weight_decay) {
+  for (int64_t l = 1; plan.split && l < count; ++l)
+    sgd_rows(layers[l], 0, layers[l].W.rows, lr, weight_decay);
+  int64_t offset = 0;
+  for (int64_t l = 0; l < count; ++l) {
+    const int64_t out = layers[l].W.rows;
+    if (layers[l].b.data)
+      for (int64_t j = 0; j < out; ++j) {
+        double s = 0.0;
+        for (int64_t k = 0; k < plan.lanes; ++k) s += plan.lane[size_t(k)].db[offset + j];
+        layers[l].db[j] = static_cast<T>(s);
+        if (T* b = layers[l].b_sgd) b[j] -= lr * (layers[l].db[j] + weight_decay * b[j]);
+      }
+    offset += out;
+  }
+  double loss = 0.0;
+  for (int64_t k = 0; k < plan.lanes; ++k) loss += plan.lane[size_t(k)].loss;
+  return static_cast<T>(loss / double(plan.batch));  // as softmax_cross_entropy: a division
+}
+
 }  // namespace
 
 template <class T>
@@ -232,222 +467,82 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
     }
     return std::numeric_limits<T>::quiet_NaN();
   }
-  const int64_t lanes = lanes_for(batch), lane_rows = ceil_div(batch, lanes);
-  const int64_t block = std::min(kBlockRows, lane_rows);
-  // A small batch is one lane of one block. When its first layer is wide, that layer's two
-  // products are cut by its units (rows of W1) into two fixed halves that two threads share:
-  // each thread gathers the rows and computes its half of the first layer's output, forward,
-  // then after one barrier runs the small layers after it on the whole output itself (cheaper
-  // than passing their results between cores; weight and bias gradients on thread 0 only), and
-  // computes its half of the first layer's weight gradient. Every element of every product is
-  // the same sum as without the cut: the results are those of one thread bit for bit.
-  const int64_t in0 = X.cols, out0 = layers[0].W.rows;
-  const bool split = lanes == 1 && in0 >= kSplitColumns && out0 >= kSplitUnits;
-  const int64_t cut[3] = {0, split ? round_up(ceil_div(out0, 2), 8) : out0, out0};
-  const int64_t buffers = split ? 2 : lanes;  // LaneBuffers: one per lane, or per thread
-  const bool gather = x_rows || X.cs != 1;
-  constexpr int64_t kAlign = 64 / sizeof(T);  // lanes' buffers start on their own cache lines
-
-  // One scratch area, cut per lane: [x][act, grad per layer][partial dW per layer (lane > 0)].
-  int64_t per_lane = gather ? round_up(block * X.cols, kAlign) : 0, weights = 0, outs = 0;
-  double flops = 0;
-  for (int64_t l = 0; l < count; ++l) {
-    per_lane += 2 * round_up(block * layers[l].W.rows, kAlign);
-    weights += round_up(layers[l].W.rows * layers[l].W.cols, kAlign);
-    outs += layers[l].W.rows;
-    flops += 6.0 * double(batch) * double(layers[l].W.rows) * double(layers[l].W.cols);
-  }
-  // Each weight, transposed into the forward product's panels once per step (not per block);
-  // when split, the first layer's per half.
-  const int64_t width[2] = {cut[1] - cut[0], cut[2] - cut[1]};
-  std::vector<int64_t> panels(static_cast<size_t>(count));
-  std::vector<int64_t> packed_at(static_cast<size_t>(count) + 1, 0);
-  for (int64_t l = 0; l < count; ++l) {
-    panels[l] = split && l == 0 ? 0 : prepacked_b_panels<T>(layers[l].W.cols, layers[l].W.rows);
-    // room for panels of NR ≤ 16 columns
-    packed_at[l + 1] = packed_at[l] + round_up(panels[l] * 16 * layers[l].W.cols, kAlign);
-  }
-  std::vector<std::pair<int64_t, int64_t>> pack_jobs;  // (layer, panel)
-  for (int64_t l = 0; l < count; ++l)
-    for (int64_t p = 0; p < panels[l]; ++p) pack_jobs.push_back({l, p});
-  int64_t part_panels[2] = {0, 0}, part_at[3] = {0, 0, 0};
-  for (int p = 0; split && p < 2; ++p) {
-    part_panels[p] = prepacked_b_panels<T>(in0, width[p]);
-    part_at[p + 1] = part_at[p] + round_up(part_panels[p] * 16 * in0, kAlign);
-  }
-  // 64 bytes of slack: the area starts on a cache line, so that no two threads' buffers
-  // share one.
-  T* scratch = step_scratch<T>(buffers * (per_lane + weights) + packed_at[count] + part_at[2] +
-                               kAlign);
-  scratch += (kAlign - (reinterpret_cast<uintptr_t>(scratch) / sizeof(T)) % kAlign) % kAlign;
-  T* packed = scratch + buffers * (per_lane + weights);
-  T* part_packed = packed + packed_at[count];
-  std::vector<double> db_sums(size_t(buffers * outs));
-  std::vector<LaneBuffers<T>> lane(static_cast<size_t>(buffers));
-  for (int64_t k = 0; k < buffers; ++k) {
-    T* p = scratch + k * (per_lane + weights);
-    LaneBuffers<T>& b = lane[size_t(k)];
-    b.x = p;
-    p += gather ? round_up(block * X.cols, kAlign) : 0;
-    for (int64_t l = 0; l < count; ++l) {
-      b.act.push_back(p);
-      p += round_up(block * layers[l].W.rows, kAlign);
-      b.grad.push_back(p);
-      p += round_up(block * layers[l].W.rows, kAlign);
-    }
-    for (int64_t l = 0; l < count; ++l) {
-      b.dW.push_back(k == 0 ? layers[l].dW.data : p);
-      p += round_up(layers[l].W.rows * layers[l].W.cols, kAlign);
-    }
-    b.db = db_sums.data() + k * outs;
-    for (int64_t l = 0, at = 0; l < count; at += layers[l].W.rows, ++l) b.db_at.push_back(at);
-    for (int64_t l = 0; l < count; ++l)
-      b.packed_w.push_back(panels[l] ? packed + packed_at[l] : nullptr);
-  }
-
-  const double scale = 1.0 / double(batch);
-  const int nt = static_cast<int>(std::min<int64_t>(threads_for(flops), split ? 2 : lanes));
-  // One lane not split: its products are too small to share, so it runs here alone (as does
-  // any step given one thread: its kernels start no teams of their own).
+  StepPlan<T> plan(layers, count, X, x_rows != nullptr, batch);
+  const int nt = plan.threads();
   std::optional<SerialScope> serial;
-  if ((lanes == 1 && !split) || nt == 1) serial.emplace();
-  const DenseLayer<T>& first = layers[0];
-  auto units = [&](const auto& m, int p) {  // rows [cut[p], cut[p+1]) of a matrix
-    return std::decay_t<decltype(m)>{m.data + cut[p] * m.rs, width[p], m.cols, m.rs, m.cs};
-  };
-  // With the fused update: rows [i0, i1) × columns [c0, c1) of layer l's weight, from its
-  // finished gradient.
-  auto sgd_rows = [&](int64_t l, int64_t i0, int64_t i1, int64_t c0, int64_t c1) {
-    const Matrix<T>& dW = layers[l].dW;
-    if (T* w = layers[l].W_sgd)
-      for (int64_t i = i0; i < i1; ++i)
-        sgd_span(w + i * dW.cols + c0, &dW(i, c0), dW.cs, c1 - c0, lr, weight_decay);
-  };
-  run_team(nt, flops / 50e9, [&] {
-    if (split) {
-      const int t = team_index(), team = team_size();
-      LaneBuffers<T>& own = lane[size_t(t)];
-      const int64_t n = batch;
-      T* h = lane[0].act[0];  // the first layer's output: each thread writes its half
-      Matrix<const T> xb{X.data, n, in0, X.rs, X.cs};
-      // A shuffled minibatch is read in place through its row table: each thread reads all
-      // of its rows, and a copy per thread cost more than the row table (batch 32: ≈ 2 %).
-      const int64_t* xb_rows = X.cs == 1 ? x_rows : nullptr;
-      if (gather && !xb_rows) {
-        gather_rows(own.x, X, x_rows, 0, n, 0, in0);
-        xb = {own.x, n, in0, in0, 1};
-      }
-      // The next step's rows, all of which each thread reads, fetched during its product.
-      const PrefetchRows ahead =
-          next.rows ? rows_ahead(X, next.rows, 0, std::min(block, next.batch), 0, in0)
-                    : PrefetchRows{};
-      for (int p = t; p < 2; p += team) {
-        for (int64_t q = 0; q < part_panels[p]; ++q)
-          prepack_b_panel<T>(part_packed + part_at[p], units(first.W, p), true, q);
-        gemm_ex<T>(false, true, T(1), xb, units(first.W, p), T(0),
-                   Matrix<T>{h + cut[p], n, width[p], out0, 1},
-                   first.b.data ? first.b.data + cut[p] * first.b.inc : nullptr, first.b.inc,
-                   first.relu, xb_rows, nullptr,
-                   part_panels[p] ? part_packed + part_at[p] : nullptr, p == t ? &ahead : nullptr);
-      }
-      if (t == team - 1)
-        for (const auto& [l, q] : pack_jobs)  // the other layers' weights (small)
-          prepack_b_panel<T>(packed + packed_at[l], layers[l].W, true, q);
-      team_barrier();
-      const Matrix<const T> h_all{h, n, out0, out0, 1};
-      own.loss = 0.0;
-      block_loss(layers, count, forward_from(layers, count, 1, h_all, n, own), n, labels, scale,
-                 own);
-      for (int64_t l = count - 1; l >= 1; --l) {
-        const Matrix<const T> x_l =
-            l > 1 ? Matrix<const T>{own.act[l - 1], n, layers[l].W.cols, layers[l].W.cols, 1}
-                  : h_all;
-        backward_layer(layers[l], l, n, true, x_l, lane[0].db + lane[0].db_at[l], own, t == 0);
-      }
-      T* g = own.grad[0];  // the gradient of h: each thread has all of it
-      double* db = lane[0].db + lane[0].db_at[0];
-      for (int p = t; p < 2; p += team) {  // this half's relu mask, bias and weight gradients
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t j = cut[p]; j < cut[p + 1]; ++j)
-            if (first.relu && !(h[i * out0 + j] > T(0))) g[i * out0 + j] = T(0);
-        if (first.b.data) {
-          std::fill(db + cut[p], db + cut[p + 1], 0.0);
-          for (int64_t i = 0; i < n; ++i)
-            for (int64_t j = cut[p]; j < cut[p + 1]; ++j) db[j] += g[i * out0 + j];
-        }
-        gemm_ex<T>(true, false, T(1), Matrix<const T>{g + cut[p], n, width[p], out0, 1}, xb,
-                   T(0), units(first.dW, p), nullptr, 1, false, nullptr, xb_rows);
-        sgd_rows(0, cut[p], cut[p + 1], 0, in0);
-      }
-      return;
-    }
-    // Panel p of W1 by the thread that updated its rows.
-    team_for_cyclic(int64_t(pack_jobs.size()), [&](int64_t job) {
-      const auto [l, p] = pack_jobs[size_t(job)];
-      prepack_b_panel<T>(packed + packed_at[l], layers[l].W, true, p);
-    });
-    team_for(lanes, [&](int64_t k) {
-      run_lane(layers, count, X, x_rows, labels, k, batch, next, scale, lane[size_t(k)]);
-    });
-    // The lanes' partial weight gradients, added into lane 0's (the result) in lane order;
-    // then the SGD update of the row, if asked, while it is in cache.
-    for (int64_t l = 0; l < count; ++l) {
-      const Matrix<T>& dW = layers[l].dW;
-      if (lanes == 1 && !layers[l].W_sgd) continue;
-      team_for(dW.rows, [&](int64_t i) {
-        for (int64_t k = 1; k < lanes; ++k) {
-          const T* part = lane[size_t(k)].dW[l] + i * dW.cols;
-          if (dW.cs == 1) {  // plain pointers, so that the loop vectorises
-            T* g = &dW(i, 0);
-            for (int64_t j = 0; j < dW.cols; ++j) g[j] += part[j];
-          } else {
-            for (int64_t j = 0; j < dW.cols; ++j) dW(i, j) += part[j];
-          }
-        }
-        sgd_rows(l, i, i + 1, 0, dW.cols);
-      }, /*nowait=*/true);  // layers share nothing; the region ends in a barrier
-    }
+  if (nt == 1) serial.emplace();
+  run_team(nt, plan.flops / 50e9, [&] {
+    step_team(plan, layers, count, X, x_rows, labels, lr, weight_decay, next);
   });
-  // Split: the later layers' weights, read by both threads until the region's end.
-  for (int64_t l = 1; split && l < count; ++l)
-    sgd_rows(l, 0, layers[l].W.rows, 0, layers[l].W.cols);
-  int64_t offset = 0;
-  for (int64_t l = 0; l < count; ++l) {
-    const int64_t out = layers[l].W.rows;
-    if (layers[l].b.data)
-      for (int64_t j = 0; j < out; ++j) {
-        double s = 0.0;
-        for (int64_t k = 0; k < lanes; ++k) s += lane[size_t(k)].db[offset + j];
-        layers[l].db[j] = static_cast<T>(s);
-        if (T* b = layers[l].b_sgd) b[j] -= lr * (layers[l].db[j] + weight_decay * b[j]);
-      }
-    offset += out;
-  }
-  double loss = 0.0;
-  for (int64_t k = 0; k < lanes; ++k) loss += lane[size_t(k)].loss;
-  return static_cast<T>(loss / double(batch));  // as softmax_cross_entropy: a division
+  return step_finish(plan, layers, count, lr, weight_decay);
 }
 
 template <class T>
 int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
                     const int64_t* x_rows, int64_t total, int64_t batch, const int64_t* labels,
                     T lr, T weight_decay, NextStep next, double* losses) {
-  int64_t done = 0;
-  for (int64_t r0 = 0; r0 < total; r0 += batch) {
-    const int64_t n = std::min(batch, total - r0), at = r0 + n;
-    NextStep ahead = next;
-    if (at < total) ahead = {x_rows ? x_rows + at : nullptr, std::min(batch, total - at)};
-    // Rows in order: a view of X's next rows (the hardware prefetcher's job; `next` numbers
+  int64_t done = 0, r0 = 0;
+  bool stop = false;  // a loss that is not finite: no more steps
+  // Step at row r0 of x_rows (or of X): its rows, its view of X and its prefetch hint.
+  struct Step {
+    Matrix<const T> X;
+    const int64_t* rows;
+    int64_t n;
+    NextStep ahead;
+  };
+  auto step_at = [&](int64_t at) {
+    Step s{X, x_rows ? x_rows + at : nullptr, std::min(batch, total - at), next};
+    const int64_t after = at + s.n;
+    if (after < total)
+      s.ahead = {x_rows ? x_rows + after : nullptr, std::min(batch, total - after)};
+    // Rows in order: a view of X's next rows (the hardware prefetcher's job; `ahead` numbers
     // rows of X, not of the view).
-    Matrix<const T> Xs = X;
     if (!x_rows) {
-      Xs = {X.data + r0 * X.rs, n, X.cols, X.rs, X.cs};
-      ahead = {};
+      s.X = {X.data + at * X.rs, s.n, X.cols, X.rs, X.cs};
+      s.ahead = {};
     }
-    const double loss = double(dense_step<T>(layers, count, Xs, x_rows ? x_rows + r0 : nullptr,
-                                             n, labels + r0, lr, weight_decay, ahead));
-    losses[done++] = loss;
-    if (!std::isfinite(loss)) break;
+    return s;
+  };
+  std::optional<StepPlan<T>> plan;
+  while (r0 < total && !stop) {
+    const int64_t n = std::min(batch, total - r0);
+    if (!plan || plan->batch != n) {
+      plan.reset();  // its scratch memory is reused by the next plan
+      plan.emplace(layers, count, X, x_rows != nullptr, n);
+    }
+    const int nt = plan->threads();
+    std::optional<SerialScope> serial;
+    if (nt == 1) serial.emplace();
+    // A team stays for the following steps of this size: each step's serial end runs on
+    // thread 0 between two barriers, instead of a team started and stopped per step. Thread
+    // 0 reports every step to the straggler guard; a straggling step (a thread parked by a
+    // busy machine's scheduler) ends the team, and the guard decides the next steps'
+    // threads. One thread: one step per ask, as the guard counts asks.
+    bool shared_leave = false;  // thread 0's decision, read by all after the barrier
+    auto body = [&] {
+      auto t0 = std::chrono::steady_clock::now();
+      for (;;) {
+        const Step s = step_at(r0);
+        step_team(*plan, layers, count, s.X, s.rows, labels + r0, lr, weight_decay, s.ahead);
+        team_barrier();
+        bool leave = nt == 1;
+        if (team_index() == 0) {
+          const double loss = double(step_finish(*plan, layers, count, lr, weight_decay));
+          losses[done++] = loss;
+          stop = !std::isfinite(loss);
+          r0 += s.n;
+          const auto t1 = std::chrono::steady_clock::now();
+          const std::chrono::duration<double> dt = t1 - t0;
+          t0 = t1;
+          if (nt > 1) leave = team_finished(dt.count(), plan->flops / 50e9, nt);
+          leave = leave || stop || r0 >= total || std::min(batch, total - r0) != n;
+          shared_leave = leave;
+        }
+        team_barrier();
+        if (shared_leave) break;
+      }
+    };
+    run_team(nt, -1.0, body);
   }
   return done;
 }

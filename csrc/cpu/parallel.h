@@ -48,7 +48,7 @@ bool openmp_enabled();             // built with OpenMP?
 // again. Results do not change: the work is cut the same way for any thread count.
 // solo_seconds: what the region's work takes one thread at a modest rate.
 bool team_allowed();
-void team_finished(double seconds, double solo_seconds, int threads);
+bool team_finished(double seconds, double solo_seconds, int threads);  // true: it tripped
 int64_t straggler_trips();  // times the guard has tripped in this process
 
 // Threads worth starting for `work` units (roughly flops or bytes): 1 below ~64k units per
@@ -64,7 +64,8 @@ inline int threads_for(double work) {
 
 // Runs team_body on `threads` threads (or directly on this one when 1) and reports the
 // region's duration to the straggler guard; solo_seconds is the work's time on one thread at
-// a modest rate (gemm: flops / 50e9; elementwise: units / 2e9). team_body shares its work with
+// a modest rate (gemm: flops / 50e9; elementwise: units / 2e9), or negative when the body
+// reports its own parts (dense_steps: per step). team_body shares its work with
 // team_for / team_for_cyclic / team_barrier, which also run it alone: no region is started for
 // one thread, not even inside an enclosing team (a nested region of one costs ≈ 0.7 µs, and
 // the fused training step calls about six kernels per thread per step).
@@ -79,7 +80,7 @@ void run_team(int threads, double solo_seconds, F&& team_body) {
 #pragma omp parallel num_threads(threads)
   team_body();
   const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
-  team_finished(dt.count(), solo_seconds, threads);
+  if (solo_seconds >= 0) team_finished(dt.count(), solo_seconds, threads);
 }
 
 // body(i) for this thread's iterations of [0, n) under a static schedule, as OpenMP's
