@@ -534,15 +534,21 @@ def _epoch(
         step = 0
         while upcoming is not None:  # one call of lookahead: the step may prefetch it
             (xb, yb), upcoming = upcoming, next(order, None)
-            values = step_fn(xb, yb, None if upcoming is None else upcoming[0][:size])
-            for i, value in enumerate(values):
-                step += 1
-                if not math.isfinite(value):
-                    batch = inputs_of(xb[i * size : (i + 1) * size])
-                    raise FloatingPointError(_blow_up_message(value, epoch, step, batch, last_good))
-                count = min(size, len(yb) - i * size)
-                total += float(value) * count
-                seen += count
+            values = np.asarray(step_fn(xb, yb, None if upcoming is None else upcoming[0][:size]))
+            bad = ~np.isfinite(values)
+            if bad.any():
+                i = int(np.argmax(bad))
+                batch = inputs_of(xb[i * size : (i + 1) * size])
+                raise FloatingPointError(
+                    _blow_up_message(float(values[i]), epoch, step + i + 1, batch, last_good)
+                )
+            # Each minibatch's mean loss weighted by its rows (the last one may be short),
+            # added in order: the same sum whatever the steps per call.
+            counts = np.minimum(size, len(yb) - size * np.arange(len(values)))
+            for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+                total += value * count
+            seen += int(counts.sum())
+            step += len(values)
             if show_bar:
                 bar.update(len(values))
                 bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
