@@ -54,6 +54,9 @@ struct PrefetchRows {
   int64_t count = 0;              // rows to fetch
   int64_t stride = 0;             // bytes from one row to the next
   int64_t bytes = 0;              // bytes of each row
+  // Every line toward L2 only (prefetcht1), not as many as the product's steps allow toward
+  // L1: rows for a later step, not for this step's next block.
+  bool to_l2 = false;
 };
 
 // The GEMM behind all of the above, for kernels built from it (dense_step.cpp): C =

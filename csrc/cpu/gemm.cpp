@@ -75,17 +75,23 @@ struct Tile {
   int64_t pf_line0, pf_line1;
 };
 
-constexpr int kPrefetchEvery = 4;  // k steps of the micro-kernel per prefetched line
+constexpr int kPrefetchEvery = 4;  // k steps of the micro-kernel per prefetched line (a power of 2)
 
-// Walks the 64-byte lines of a PrefetchRows, line `line` first.
+// Walks the 64-byte lines [line0, line1) of a PrefetchRows, one per issue(), which a tile
+// calls every `mask + 1` of its kc steps while lines are left: every 4th step toward L1; with
+// to_l2 toward L2, every 2nd or every step when the tile has that many lines.
 struct LineCursor {
   const PrefetchRows* pf;
-  int64_t lines_per_row, row, off, left;
+  int64_t lines_per_row, row, off, left, mask;
   const char* at;
-  LineCursor(const PrefetchRows* p, int64_t line0, int64_t line1)
-      : pf(p), lines_per_row(1), row(0), off(0), left(0), at(nullptr) {
+  bool l2;
+  LineCursor(const PrefetchRows* p, int64_t line0, int64_t line1, int64_t kc)
+      : pf(p), lines_per_row(1), row(0), off(0), left(0), mask(kPrefetchEvery - 1),
+        at(nullptr), l2(false) {
     if (!p || line1 <= line0 || p->bytes <= 0) return;
     left = line1 - line0;
+    l2 = p->to_l2;
+    while (l2 && mask > 0 && kc / (mask + 1) < left) mask >>= 1;
     lines_per_row = ceil_div(p->bytes, 64);
     row = line0 / lines_per_row;
     off = line0 - row * lines_per_row;
@@ -95,7 +101,11 @@ struct LineCursor {
     return pf->base + (pf->rows ? pf->rows[row] : row) * pf->stride;
   }
   void issue() {  // prefetch one line, move to the next
-    __builtin_prefetch(at, 0, 3);
+    if (l2) {
+      __builtin_prefetch(at, 0, 2);
+    } else {
+      __builtin_prefetch(at, 0, 3);
+    }
     --left;
     if (++off < lines_per_row) {
       at += 64;
@@ -275,7 +285,7 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   const T* b = t.b;
   const int64_t acs = kPacked ? MR : t.acs;
   const int64_t brs = kPackedB ? NR : t.brs;
-  LineCursor pf(t.pf, t.pf_line0, t.pf_line1);
+  LineCursor pf(t.pf, t.pf_line0, t.pf_line1, t.kc);
 #pragma GCC unroll 4
   for (int64_t k = 0; k < t.kc; ++k) {
     // B read in place: its rows lie far apart; ask for the row 16 steps ahead (the first
@@ -287,7 +297,7 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
       __builtin_prefetch(b + 16 * brs, 0, 3);
     }
     if constexpr (kPrefetch)
-      if (pf.left > 0 && k % kPrefetchEvery == 0) pf.issue();
+      if (pf.left > 0 && (k & pf.mask) == 0) pf.issue();
     const V b0 = vload(b), b1 = vload(b + W);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {  // unrolled: the accumulators stay in registers
@@ -488,7 +498,7 @@ FASTNN_TARGET_AVX512 void microkernel_avx512(const Tile<float>& t) {
   const float* b = t.b;
   const int64_t acs = kPacked ? MR : t.acs;
   const int64_t brs = kPackedB ? NR : t.brs, step = t.b_step;
-  LineCursor pf(t.pf, t.pf_line0, t.pf_line1);
+  LineCursor pf(t.pf, t.pf_line0, t.pf_line1, t.kc);
 #pragma GCC unroll 4
   for (int64_t k = 0; k < t.kc; ++k) {
     if constexpr (kBRows) {  // B in place: both 64-byte halves of the row 16 steps ahead
@@ -501,7 +511,7 @@ FASTNN_TARGET_AVX512 void microkernel_avx512(const Tile<float>& t) {
       __builtin_prefetch(b + 16 * brs + step, 0, 3);
     }
     if constexpr (kPrefetch)
-      if (pf.left > 0 && k % kPrefetchEvery == 0) pf.issue();
+      if (pf.left > 0 && (k & pf.mask) == 0) pf.issue();
     const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + step);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
