@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "cpu/simd.h"
 #include "ops.h"
 
 namespace fastnn::cpu {
@@ -88,6 +89,39 @@ Matrix<const T> forward_from(const DenseLayer<T>* layers, int64_t count, int64_t
   return in;
 }
 
+// The step's elementwise loops, run through simd_call (AVX2 where the CPU has it).
+// relu_backward on rows [0, n) × columns [c0, c1) of g (row stride gs), in place: 0 where the
+// layer's output y (row stride ys) is not > 0, NaN included.
+template <class T>
+[[gnu::always_inline]] inline void relu_mask(T* g, int64_t gs, const T* y, int64_t ys, int64_t n,
+                                             int64_t c0, int64_t c1) {
+  for (int64_t i = 0; i < n; ++i) {
+    T* __restrict gi = g + i * gs;
+    const T* __restrict yi = y + i * ys;
+    for (int64_t j = c0; j < c1; ++j) gi[j] = yi[j] > T(0) ? gi[j] : T(0);
+  }
+}
+
+// acc[j] += Σ_i g[i·gs + j] for j in [c0, c1), rows in order: bias gradient sums in double.
+template <class T>
+[[gnu::always_inline]] inline void add_column_sums(double* acc, const T* g, int64_t gs, int64_t n,
+                                                   int64_t c0, int64_t c1) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T* __restrict gi = g + i * gs;
+    double* __restrict a = acc;
+    for (int64_t j = c0; j < c1; ++j) a[j] += double(gi[j]);
+  }
+}
+
+// p[j] -= lr · (g[j] + weight_decay · p[j]) for j < n: sgd_update's arithmetic.
+template <class T>
+[[gnu::always_inline]] inline void sgd_contiguous(T* p, const T* g, int64_t n, T lr,
+                                                  T weight_decay) {
+  T* __restrict pr = p;
+  const T* __restrict gr = g;
+  for (int64_t j = 0; j < n; ++j) pr[j] -= lr * (gr[j] + weight_decay * pr[j]);
+}
+
 // The backward step of layer l for a block of n rows whose input to the layer was x_l:
 // relu's mask on lane.grad[l], the weight gradient added into the lane's partial and the bias
 // gradient into db_acc (unless param_grads is false: another thread does them), and the
@@ -98,10 +132,8 @@ void backward_layer(const DenseLayer<T>& layer, int64_t l, int64_t n, bool first
                     bool param_grads, const PrefetchRows* prefetch = nullptr) {
   const int64_t out = layer.W.rows, fan_in = layer.W.cols;
   T* gl = lane.grad[l];
-  if (layer.relu) {  // relu_backward on the output: 0 where it is not > 0 (NaN included)
-    const T* y = lane.act[l];
-    for (int64_t i = 0; i < n * out; ++i) gl[i] = y[i] > T(0) ? gl[i] : T(0);
-  }
+  if (layer.relu) simd_call<relu_mask<T>>(gl, out, static_cast<const T*>(lane.act[l]), out, n,
+                                          int64_t(0), out);
   const Matrix<const T> gm{gl, n, out, out, 1};
   if (param_grads) {
     Matrix<T> dW{lane.dW[l], out, fan_in, fan_in, 1};
@@ -111,8 +143,7 @@ void backward_layer(const DenseLayer<T>& layer, int64_t l, int64_t n, bool first
   }
   if (layer.b.data && param_grads) {
     if (first) std::fill(db_acc, db_acc + out, 0.0);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < out; ++j) db_acc[j] += gl[i * out + j];
+    simd_call<add_column_sums<T>>(db_acc, static_cast<const T*>(gl), out, n, int64_t(0), out);
   }
   if (l > 0) {
     Matrix<T> dx{lane.grad[l - 1], n, fan_in, fan_in, 1};
@@ -202,10 +233,7 @@ void run_lane(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
 // p[j] -= lr · (g[j·gs] + weight_decay · p[j]) for j < n: sgd_update's arithmetic.
 template <class T>
 void sgd_span(T* p, const T* g, int64_t gs, int64_t n, T lr, T weight_decay) {
-  if (gs == 1) {  // the common case, as plain pointers so that the loop vectorises
-    for (int64_t j = 0; j < n; ++j) p[j] -= lr * (g[j] + weight_decay * p[j]);
-    return;
-  }
+  if (gs == 1) return simd_call<sgd_contiguous<T>>(p, g, n, lr, weight_decay);
   for (int64_t j = 0; j < n; ++j) p[j] -= lr * (g[j * gs] + weight_decay * p[j]);
 }
 
@@ -387,13 +415,11 @@ void step_team(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count,
     T* g = own.grad[0];  // the gradient of h: each thread has all of it
     double* db = lane[0].db + lane[0].db_at[0];
     for (int p = t; p < 2; p += team) {  // this half's relu mask, bias and weight gradients
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = cut[p]; j < cut[p + 1]; ++j)
-          if (first.relu && !(h[i * out0 + j] > T(0))) g[i * out0 + j] = T(0);
+      if (first.relu)
+        simd_call<relu_mask<T>>(g, out0, static_cast<const T*>(h), out0, n, cut[p], cut[p + 1]);
       if (first.b.data) {
         std::fill(db + cut[p], db + cut[p + 1], 0.0);
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t j = cut[p]; j < cut[p + 1]; ++j) db[j] += g[i * out0 + j];
+        simd_call<add_column_sums<T>>(db, static_cast<const T*>(g), out0, n, cut[p], cut[p + 1]);
       }
       gemm_ex<T>(true, false, T(1), Matrix<const T>{g + cut[p], n, width[p], out0, 1}, xb, T(0),
                  plan.units(first.dW, p), nullptr, 1, false, nullptr, xb_rows);

@@ -20,4 +20,23 @@ bool use_avx512();  // the float GEMM's wide tiles: the CPU's offer, unless forc
 // Tests: 0 picks by CPU, 1 stops at AVX2 + FMA, 2 runs the portable code on any CPU.
 void set_isa_level(int level);
 
+#ifdef FASTNN_X86
+template <auto F, class... A>
+FASTNN_TARGET void call_avx2(A... a) {
+  F(a...);
+}
+#endif
+
+// F(a...) with F's loops vectorized for AVX2 where the CPU has it (F always_inline, so that
+// it is compiled again inside call_avx2), else as the default build compiles them (SSE2).
+// The operations per element are the same and never contracted (-ffp-contract=off): the
+// same bits either way.
+template <auto F, class... A>
+inline void simd_call(A... a) {
+#ifdef FASTNN_X86
+  if (use_avx2()) return call_avx2<F>(a...);
+#endif
+  F(a...);
+}
+
 }  // namespace fastnn::cpu
