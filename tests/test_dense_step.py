@@ -106,11 +106,12 @@ def test_matches_the_unfused_kernels(rng, dtype, batch, d_in, hidden):
     assert loss == pytest.approx(float(want_loss), rel=1e-6 if dtype == np.float32 else 1e-14)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("batch", "d_in"), [(16, 50), (40, 300), (128, 50), (5000, 50)])
-def test_bitwise_the_same_for_any_thread_count(rng, batch, d_in):
-    x = rng.standard_normal((batch, d_in)).astype(np.float32)
+def test_bitwise_the_same_for_any_thread_count(rng, dtype, batch, d_in):
+    x = rng.standard_normal((batch, d_in)).astype(dtype)
     labels = rng.integers(0, 7, batch)
-    layers = params(rng, (d_in, 20, 7), np.float32)
+    layers = params(rng, (d_in, 20, 7), dtype)
     results = []
     for threads in (1, 2, 3):
         fnn.set_num_threads(threads)
@@ -172,13 +173,37 @@ def test_an_empty_batch_gives_nan_loss_and_zero_gradients(rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("batch", "d_in"), [(20, 300), (128, 50)])  # split; two lanes
+def test_bitwise_the_same_with_avx512_tiles(rng, dtype, batch, d_in):
+    """A whole step with its update, split by units or in lanes, gives the same bits with
+    the AVX-512 wide tiles as with AVX2's (where the CPU has AVX-512F; trivially otherwise).
+    The portable code rounds a·b + c twice where FMA rounds once: not compared here."""
+    x = rng.standard_normal((batch, d_in)).astype(dtype)
+    labels = rng.integers(0, 7, batch)
+    layers = params(rng, (d_in, 20, 7), dtype)
+    copies = [(w.copy(), b.copy()) for w, b in layers]
+    got = run(x, labels, layers, [True, False], lr=0.3, weight_decay=0.01)
+    fnn._cpu.set_isa("avx2")
+    try:
+        want = run(x, labels, copies, [True, False], lr=0.3, weight_decay=0.01)
+    finally:
+        fnn._cpu.set_isa("auto")
+    assert got[0] == want[0]
+    for a, b in zip(got[1] + got[2], want[1] + want[2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    for (w, b), (w2, b2) in zip(layers, copies, strict=True):
+        np.testing.assert_array_equal(w, w2)
+        np.testing.assert_array_equal(b, b2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [20, 256])
 @pytest.mark.parametrize("d_in", [12, 300])  # 300 at batch 20: the first layer in two halves
 def test_the_fused_sgd_update_is_sgd_update(rng, dtype, batch, d_in):
     """lr=...: the parameters end exactly where dense_step + sgd_update puts them."""
     x = rng.standard_normal((batch, d_in)).astype(dtype)
     labels = rng.integers(0, 4, batch)
-    layers = params(rng, (d_in, 8, 4), dtype)
+    layers = params(rng, (d_in, 20, 4), dtype)
     copies = [(w.copy(), b.copy()) for w, b in layers]
     loss, dws, dbs = run(x, labels, layers, [True, False], lr=0.3, weight_decay=0.01)
     want_loss, gw, gb = run(x, labels, copies, [True, False])
