@@ -193,6 +193,9 @@ int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> 
 // In-place updates over `count` contiguous buffers in one call ("multi-tensor apply");
 // buffer i has size[i] elements. g = grad + weight_decay · p in every rule below.
 // SGD:        p -= lr · g
+// (sgd_contiguous: the same on one buffer of n elements, on the calling thread.)
+template <class T>
+void sgd_contiguous(T* p, const T* g, int64_t n, T lr, T weight_decay);
 template <class T>
 void sgd_update(int64_t count, T* const* param, const T* const* grad, const int64_t* size,
                 T lr, T weight_decay);

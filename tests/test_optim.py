@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import fastnn
 import reference as ref
 from fastnn import ops
 
@@ -230,3 +231,37 @@ def test_a_bare_array_is_not_a_list_of_parameters():
     p, g = np.ones((2, 3), np.float32), np.ones((2, 3), np.float32)
     with pytest.raises(TypeError, match="params must be a list"):
         ops.sgd_update(p, g, lr=0.1)
+
+
+# ----------------------------------------------------------------------------- ISA
+UPDATES = {
+    "sgd": lambda p, g, s: ops.sgd_update(p, g, lr=0.1, weight_decay=0.01),
+    "momentum": lambda p, g, s: ops.momentum_update(
+        p, g, s[0], lr=0.1, momentum=0.9, weight_decay=0.01
+    ),
+    "nesterov": lambda p, g, s: ops.momentum_update(
+        p, g, s[0], lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True
+    ),
+    "adam": lambda p, g, s: ops.adam_update(p, g, s[0], s[1], step=3, **ADAM_CASES[1]),
+    "adamw": lambda p, g, s: ops.adam_update(p, g, s[0], s[1], step=3, **ADAM_CASES[2]),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule", list(UPDATES))
+def test_the_same_bits_in_avx2_and_portable_code(rng, dtype, rule):
+    """The update loops run vectorized for AVX2 where the CPU has it: the same operations per
+    element as the portable build, never contracted into FMA, so the same bits."""
+    params, grads = buffers(rng, dtype), buffers(rng, dtype)
+    state = [[np.asarray(np.abs(a)) for a in buffers(rng, dtype, scale=0.1)] for _ in range(2)]
+    runs = []
+    for isa in ("portable", "auto"):
+        p, s = [a.copy() for a in params], [[a.copy() for a in part] for part in state]
+        fastnn._cpu.set_isa(isa)
+        try:
+            UPDATES[rule](p, grads, s)
+        finally:
+            fastnn._cpu.set_isa("auto")
+        runs.append(p + s[0] + s[1])
+    for got, want in zip(runs[1], runs[0], strict=True):
+        np.testing.assert_array_equal(got, want)

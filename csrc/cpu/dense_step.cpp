@@ -113,15 +113,6 @@ template <class T>
   }
 }
 
-// p[j] -= lr · (g[j] + weight_decay · p[j]) for j < n: sgd_update's arithmetic.
-template <class T>
-[[gnu::always_inline]] inline void sgd_contiguous(T* p, const T* g, int64_t n, T lr,
-                                                  T weight_decay) {
-  T* __restrict pr = p;
-  const T* __restrict gr = g;
-  for (int64_t j = 0; j < n; ++j) pr[j] -= lr * (gr[j] + weight_decay * pr[j]);
-}
-
 // The backward step of layer l for a block of n rows whose input to the layer was x_l:
 // relu's mask on lane.grad[l], the weight gradient added into the lane's partial and the bias
 // gradient into db_acc (unless param_grads is false: another thread does them), and the
@@ -233,7 +224,7 @@ void run_lane(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
 // p[j] -= lr · (g[j·gs] + weight_decay · p[j]) for j < n: sgd_update's arithmetic.
 template <class T>
 void sgd_span(T* p, const T* g, int64_t gs, int64_t n, T lr, T weight_decay) {
-  if (gs == 1) return simd_call<sgd_contiguous<T>>(p, g, n, lr, weight_decay);
+  if (gs == 1) return sgd_contiguous<T>(p, g, n, lr, weight_decay);
   for (int64_t j = 0; j < n; ++j) p[j] -= lr * (g[j * gs] + weight_decay * p[j]);
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "cpu/simd.h"
 #include "ops.h"
 
 namespace fastnn::cpu {
@@ -37,15 +38,66 @@ void for_each_chunk(int64_t count, const int64_t* size, F&& body) {
   });
 }
 
+// The updates' loops over elements [lo, hi), run through simd_call: AVX2 where the CPU has
+// it, the same bits either way.
+template <class T>
+[[gnu::always_inline]] inline void sgd_loop(T* p, const T* g, int64_t lo, int64_t hi, T lr,
+                                            T weight_decay) {
+  T* __restrict pr = p;
+  const T* __restrict gr = g;
+  for (int64_t k = lo; k < hi; ++k) pr[k] -= lr * (gr[k] + weight_decay * pr[k]);
+}
+
+template <class T>
+[[gnu::always_inline]] inline void momentum_loop(T* p, const T* g, T* v, int64_t lo, int64_t hi,
+                                                 T lr, T momentum, T weight_decay, bool nesterov) {
+  T* __restrict pr = p;
+  T* __restrict vr = v;
+  const T* __restrict gr = g;
+  for (int64_t k = lo; k < hi; ++k) {
+    const T gk = gr[k] + weight_decay * pr[k];
+    const T vk = momentum * vr[k] + gk;
+    vr[k] = vk;
+    pr[k] -= lr * (nesterov ? gk + momentum * vk : vk);
+  }
+}
+
+struct AdamConstants {
+  double step_size, inv_sqrt_bc2, b1, one_minus_b1, b2, one_minus_b2, eps, l2, shrink;
+};
+
+template <class T>
+[[gnu::always_inline]] inline void adam_loop(T* p, const T* g, T* m, T* v, int64_t lo, int64_t hi,
+                                             const AdamConstants* c) {
+  const T step_size = T(c->step_size), inv_sqrt_bc2 = T(c->inv_sqrt_bc2), b1 = T(c->b1);
+  const T one_minus_b1 = T(c->one_minus_b1), b2 = T(c->b2), one_minus_b2 = T(c->one_minus_b2);
+  const T eps = T(c->eps), l2 = T(c->l2), shrink = T(c->shrink);
+  T* __restrict pr = p;
+  T* __restrict mr = m;
+  T* __restrict vr = v;
+  const T* __restrict gr = g;
+  for (int64_t k = lo; k < hi; ++k) {
+    const T gk = gr[k] + l2 * pr[k];
+    const T mk = b1 * mr[k] + one_minus_b1 * gk;
+    const T vk = b2 * vr[k] + one_minus_b2 * gk * gk;
+    mr[k] = mk;
+    vr[k] = vk;
+    pr[k] = pr[k] * shrink - step_size * mk / (std::sqrt(vk) * inv_sqrt_bc2 + eps);
+  }
+}
+
 }  // namespace
+
+template <class T>
+void sgd_contiguous(T* p, const T* g, int64_t n, T lr, T weight_decay) {
+  simd_call<sgd_loop<T>>(p, g, int64_t(0), n, lr, weight_decay);
+}
 
 template <class T>
 void sgd_update(int64_t count, T* const* param, const T* const* grad, const int64_t* size, T lr,
                 T weight_decay) {
   for_each_chunk(count, size, [&](int64_t b, int64_t lo, int64_t hi) {
-    T* __restrict p = param[b];
-    const T* __restrict g = grad[b];
-    for (int64_t k = lo; k < hi; ++k) p[k] -= lr * (g[k] + weight_decay * p[k]);
+    simd_call<sgd_loop<T>>(param[b], grad[b], lo, hi, lr, weight_decay);
   });
 }
 
@@ -53,15 +105,8 @@ template <class T>
 void momentum_update(int64_t count, T* const* param, const T* const* grad, T* const* velocity,
                      const int64_t* size, T lr, T momentum, T weight_decay, bool nesterov) {
   for_each_chunk(count, size, [&](int64_t b, int64_t lo, int64_t hi) {
-    T* __restrict p = param[b];
-    T* __restrict v = velocity[b];
-    const T* __restrict g = grad[b];
-    for (int64_t k = lo; k < hi; ++k) {
-      const T gk = g[k] + weight_decay * p[k];
-      const T vk = momentum * v[k] + gk;
-      v[k] = vk;
-      p[k] -= lr * (nesterov ? gk + momentum * vk : vk);
-    }
+    simd_call<momentum_loop<T>>(param[b], grad[b], velocity[b], lo, hi, lr, momentum,
+                                weight_decay, nesterov);
   });
 }
 
@@ -73,30 +118,23 @@ void adam_update(int64_t count, T* const* param, const T* const* grad, T* const*
   // cancel, and in float would lose digits of β's own rounding (1 − 0.999f is 0.00099998713).
   const double bc1 = 1.0 - std::pow(beta1, double(step));
   const double bc2 = 1.0 - std::pow(beta2, double(step));
-  const T step_size = static_cast<T>(lr / bc1);
-  const T inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(bc2));
-  const T b1 = static_cast<T>(beta1), one_minus_b1 = static_cast<T>(1.0 - beta1);
-  const T b2 = static_cast<T>(beta2), one_minus_b2 = static_cast<T>(1.0 - beta2);
-  const T eps_t = static_cast<T>(eps);
-  const T l2 = decoupled ? T(0) : static_cast<T>(weight_decay);
-  const T shrink = decoupled ? static_cast<T>(1.0 - lr * weight_decay) : T(1);
+  // Each rounded to T once, in the loop, as before: step_size = T(lr / bc1), and so on.
+  const AdamConstants c{lr / bc1,
+                        1.0 / std::sqrt(bc2),
+                        beta1,
+                        1.0 - beta1,
+                        beta2,
+                        1.0 - beta2,
+                        eps,
+                        decoupled ? 0.0 : weight_decay,
+                        decoupled ? 1.0 - lr * weight_decay : 1.0};
   for_each_chunk(count, size, [&](int64_t b, int64_t lo, int64_t hi) {
-    T* __restrict p = param[b];
-    T* __restrict mb = m[b];
-    T* __restrict vb = v[b];
-    const T* __restrict g = grad[b];
-    for (int64_t k = lo; k < hi; ++k) {
-      const T gk = g[k] + l2 * p[k];
-      const T mk = b1 * mb[k] + one_minus_b1 * gk;
-      const T vk = b2 * vb[k] + one_minus_b2 * gk * gk;
-      mb[k] = mk;
-      vb[k] = vk;
-      p[k] = p[k] * shrink - step_size * mk / (std::sqrt(vk) * inv_sqrt_bc2 + eps_t);
-    }
+    simd_call<adam_loop<T>>(param[b], grad[b], m[b], v[b], lo, hi, &c);
   });
 }
 
 #define FASTNN_INSTANTIATE(T)                                                                  \
+  template void sgd_contiguous<T>(T*, const T*, int64_t, T, T);                               \
   template void sgd_update<T>(int64_t, T* const*, const T* const*, const int64_t*, T, T);     \
   template void momentum_update<T>(int64_t, T* const*, const T* const*, T* const*,            \
                                    const int64_t*, T, T, T, bool);                            \
