@@ -345,9 +345,12 @@ struct StepPlan {
 template <class T>
 void sgd_rows(const DenseLayer<T>& layer, int64_t i0, int64_t i1, T lr, T weight_decay) {
   const Matrix<T>& dW = layer.dW;
-  if (T* w = layer.W_sgd)
-    for (int64_t i = i0; i < i1; ++i)
-      sgd_span(w + i * dW.cols, &dW(i, 0), dW.cs, dW.cols, lr, weight_decay);
+  T* w = layer.W_sgd;
+  if (!w || i1 <= i0) return;
+  if (dW.cs == 1 && dW.rs == dW.cols)  // both contiguous: one span
+    return sgd_contiguous<T>(w + i0 * dW.cols, &dW(i0, 0), (i1 - i0) * dW.cols, lr, weight_decay);
+  for (int64_t i = i0; i < i1; ++i)
+    sgd_span(w + i * dW.cols, &dW(i, 0), dW.cs, dW.cols, lr, weight_decay);
 }
 
 // The part of a step that every thread of its team runs (all of it, on a team of one).
