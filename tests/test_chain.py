@@ -42,3 +42,13 @@ def test_chain_as_written_in_the_design_doc():
     np.testing.assert_allclose(
         grads[0], _analytic_gradient(angles, np.zeros(2), np.array([3.0, 3.0])), rtol=1e-12
     )
+
+
+def test_a_long_descent_is_drawn_in_at_most_max_frames(tmp_path):
+    """Every frame is held in memory until the file is written: a long run keeps evenly
+    spaced frames, the first and the last among them."""
+    from fastnn import viz
+
+    chains = np.linspace(0.0, 1.0, 1201)[:, None] * np.ones((1, 4))
+    drawn = viz.chain_gif(tmp_path / "c.gif", chains, (0, 0), (3, 3), size=40, max_frames=50)
+    assert 1 <= drawn <= 50

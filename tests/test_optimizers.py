@@ -94,6 +94,21 @@ def test_optimizer_argument_errors():
         fnn.optim.SGD([p], lr=0.1, nesterov=True)
     with pytest.raises(ValueError, match="betas"):
         fnn.optim.Adam([p], betas=(0.9, 1.0))
+    # Checked when the optimizer is built, as PyTorch does, not at its first step.
+    with pytest.raises(TypeError, match="lr must be a real number"):
+        fnn.optim.SGD([p], lr="0.1")
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        fnn.optim.SGD([p], lr=float("nan"))
+    with pytest.raises(ValueError, match="momentum must be a finite number"):
+        fnn.optim.SGD([p], lr=0.1, momentum=-0.5)
+    with pytest.raises(TypeError, match="betas must be a pair"):
+        fnn.optim.Adam([p], betas=(0.9, 0.99, 0.5))
+    with pytest.raises(TypeError, match="betas must be a pair"):
+        fnn.optim.Adam([p], betas=0.9)
+    with pytest.raises(ValueError, match="eps must be a finite number"):
+        fnn.optim.AdamW([p], eps=float("inf"))
+    with pytest.raises(ValueError, match=r"step must be in \[1, 2\*\*63\)"):
+        fnn.ops.adam_update([p.data], [p.data], [p.data * 0], [p.data * 0], lr=0.1, step=10**30)
 
 
 def test_lr_schedules():

@@ -186,6 +186,14 @@ def test_set_num_threads_below_one_is_a_value_error(n):
     assert fastnn.get_num_threads() == before
 
 
+@pytest.mark.parametrize(("n", "error"), [(2**31, ValueError), (1.5, TypeError), ("2", TypeError)])
+def test_set_num_threads_needs_an_int_up_to_1024(n, error):
+    before = fastnn.get_num_threads()
+    with pytest.raises(error, match="set_num_threads: n must be"):
+        fastnn.set_num_threads(n)
+    assert fastnn.get_num_threads() == before
+
+
 def test_set_num_threads_round_trips():
     for n in (1, 3, 2):
         fastnn.set_num_threads(n)

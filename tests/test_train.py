@@ -315,8 +315,26 @@ def test_fit_checks_its_arguments_up_front(rng):
         fnn.fit(model, (x.tolist(), y), optimizer=opt, verbose=0)
     with pytest.raises(TypeError, match=r"model must be a fastnn Module.*Sequential\(\*layers\)"):
         fnn.fit(layers, (x, y), optimizer=opt, verbose=0)
+    other = fnn.optim.Adam(fnn.Sequential(fnn.Dense(5, 3)).parameters())
+    with pytest.raises(ValueError, match="optimizer holds none of the model's parameters"):
+        fnn.fit(model, (x, y), optimizer=other, verbose=0)
+    with pytest.raises(ValueError, match="validation data has no samples"):
+        fnn.fit(model, (x, y), optimizer=opt, validation=(x[:0], y[:0]), verbose=0)
     for a, b in zip(model.parameters(), before, strict=True):
         np.testing.assert_array_equal(a.data, b)  # nothing trained
     ends_in_softmax = fnn.Sequential(*layers, fnn.Softmax())
     with pytest.warns(UserWarning, match="ends in softmax"):
         fnn.fit(ends_in_softmax, (x, y), optimizer=opt, epochs=1, verbose=0)
+
+
+def test_a_batch_size_beyond_the_data_is_one_batch_of_everything(rng):
+    """As PyTorch's DataLoader: 2**70 rows per batch is one batch, not an overflow."""
+    x = rng.standard_normal((30, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 30)
+    runs = []
+    for size in (2**70, "full"):
+        model = fnn.Sequential(fnn.Dense(4, 3, rng=1))
+        opt = fnn.optim.SGD(list(model.parameters()), lr=0.1)
+        h = fnn.fit(model, (x, y), optimizer=opt, epochs=2, batch_size=size, verbose=0)
+        runs.append((h["loss"], opt.step_count))
+    assert runs[0] == runs[1] and runs[0][1] == 2

@@ -8,6 +8,7 @@ count (``get_num_threads`` / ``set_num_threads``).
 
 from __future__ import annotations
 
+import numbers
 import os
 
 import numpy as np
@@ -210,6 +211,12 @@ def set_num_threads(n: int) -> None:
     Raises
     ------
     ValueError
-        If ``n < 1``.
+        If ``n`` is not in [1, 1024].
+    TypeError
+        If ``n`` is not an int.
     """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"set_num_threads: n must be an int, got {n!r}")
+    if not 1 <= n <= 1024:
+        raise ValueError(f"set_num_threads: n must be in [1, 1024], got {n}")
     _cpu.set_num_threads(int(n))

@@ -819,6 +819,8 @@ def adam_update(
     """
     if isinstance(step, bool) or not isinstance(step, numbers.Integral):
         raise TypeError(f"adam_update: step must be an int, got {step!r}")
+    if not 1 <= step < 2**63:
+        raise ValueError(f"adam_update: step must be in [1, 2**63), got {step}")
     params, grads = _buffers(params, "params"), _buffers(grads, "grads")
     exp_avg, exp_avg_sq = _buffers(exp_avg, "exp_avg"), _buffers(exp_avg_sq, "exp_avg_sq")
     beta1, beta2 = betas

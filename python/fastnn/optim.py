@@ -31,7 +31,10 @@ class Optimizer:
     Raises
     ------
     ValueError
-        An empty parameter list, a negative lr, or a parameter without requires_grad.
+        An empty parameter list, an lr that is negative or not finite, or a parameter without
+        requires_grad (each rule also checks its own hyperparameters when built).
+    TypeError
+        A hyperparameter that is not a real number.
     """
 
     def __init__(self, params: Iterable[Tensor], lr: float):
@@ -41,9 +44,7 @@ class Optimizer:
         for i, p in enumerate(self.params):
             if not isinstance(p, Tensor) or not p.requires_grad:
                 raise ValueError(f"params[{i}] is not a Tensor with requires_grad=True")
-        if lr < 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        self.lr = float(lr)
+        self.lr = ops._hyper(lr, "lr")
         self.step_count = 0
 
     def zero_grad(self) -> None:
@@ -104,10 +105,10 @@ class SGD(Optimizer):
         weight_decay: float = 0.0,
     ):
         super().__init__(params, lr)
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError(
-                f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}"
-            )
+        momentum, weight_decay = (
+            ops._hyper(momentum, "momentum"),
+            ops._hyper(weight_decay, "weight_decay"),
+        )
         if nesterov and momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
@@ -160,11 +161,13 @@ class Adam(Optimizer):
         super().__init__(params, lr)
         if weight_decay is None:
             weight_decay = self.default_weight_decay
-        if not all(0.0 <= b < 1.0 for b in betas):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        betas = tuple(ops._hyper(b, f"betas[{i}]") for i, b in enumerate(betas))
+        if not all(b < 1.0 for b in betas):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        if eps < 0 or weight_decay < 0:
-            raise ValueError(f"eps and weight_decay must be >= 0, got {eps}, {weight_decay}")
-        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+        eps, weight_decay = ops._hyper(eps, "eps"), ops._hyper(weight_decay, "weight_decay")
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
         self.exp_avg = [np.zeros_like(p.data) for p in self.params]
         self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]
 

@@ -324,7 +324,7 @@ def _batch_size(batch_size, n: int) -> int:
         raise TypeError(f"batch_size must be a positive int or 'full', got {batch_size!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int or 'full', got {batch_size}")
-    return int(batch_size)
+    return int(min(batch_size, max(n, 1)))  # more than the data: one batch of everything
 
 
 class History(dict):
@@ -398,8 +398,9 @@ def fit(
     KeyboardInterrupt
         On Ctrl-C, with a message naming the epoch and what the checkpoint holds.
     ValueError
-        For epochs < 0, a batch size < 1, empty training data, no optimizer, inputs and
-        labels of different lengths, validation samples shaped unlike the training ones, or
+        For epochs < 0, a batch size < 1, empty training or validation data, no optimizer or
+        one that holds none of the model's parameters, inputs and labels of different
+        lengths, validation samples shaped unlike the training ones, or
         (for a Sequential of Dense layers under softmax cross-entropy) a label outside
         [0, classes), named by its index in the data.
     TypeError
@@ -428,8 +429,16 @@ def fit(
     if n == 0:
         raise ValueError("fit: the training data has no samples")
     _check_labels(model, loss, y, "train")
+    owned = {id(p) for p in model.parameters()}
+    if owned and not any(id(p) in owned for p in getattr(optimizer, "params", [])):
+        raise ValueError(
+            "fit: the optimizer holds none of the model's parameters, so training would change "
+            "nothing; build it from this model, e.g. fastnn.optim.SGD(model.parameters(), lr=0.1)"
+        )
     if validation is not None:
         vx, vy = _xy(validation, "validation")
+        if len(vy) == 0:
+            raise ValueError("fit: the validation data has no samples")
         if vx.shape[1:] != x.shape[1:]:
             raise ValueError(
                 f"fit: validation inputs have shape {tuple(vx.shape)} but train inputs "

@@ -127,8 +127,12 @@ def prediction_grid(path, images, predicted, true, classes, *, columns: int = 8)
     plt.close(fig)
 
 
-def chain_gif(path, chains, start, target, *, size: int = 320, frame_ms: int = 40) -> int:
-    """Animate the chain of links: one frame per row of ``chains`` (angles in radians).
+def chain_gif(
+    path, chains, start, target, *, size: int = 320, frame_ms: int = 40, max_frames: int = 500
+) -> int:
+    """Animate the chain of links: one frame per row of ``chains`` (angles in radians), or
+    ``max_frames`` rows evenly spaced (the first and the last included) when there are more:
+    every frame is held in memory until the file is written (≈ 0.4 MB each).
 
     The format follows the extension (.gif; .png writes an animated PNG). Returns the number
     of frames drawn (a GIF writer may merge identical consecutive frames).
@@ -153,8 +157,11 @@ def chain_gif(path, chains, start, target, *, size: int = 320, frame_ms: int = 4
         q = (np.asarray(p) - lo) / span
         return (q[0] * (size - 20) + 10, (1 - q[1]) * (size - 20) + 10)
 
+    chains = np.asarray(chains)
+    if len(chains) > max_frames:
+        chains = chains[np.linspace(0, len(chains) - 1, max_frames).round().astype(int)]
     frames = []
-    for angles in np.asarray(chains):
+    for angles in chains:
         img = Image.new("RGB", (size, size), "white")
         draw = ImageDraw.Draw(img)
         tx, ty = px(target)
