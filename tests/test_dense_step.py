@@ -456,9 +456,12 @@ def steps_loop(x, labels, layers, relu, rows, batch_size, lr, weight_decay=0.0):
         (0, 8, 3, 9, True),  # no rows: no steps
     ],
 )
-def test_dense_steps_is_a_loop_of_dense_steps(rng, dtype, n, batch_size, d_in, hidden, shuffled):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dense_steps_is_a_loop_of_dense_steps(
+    rng, dtype, n, batch_size, d_in, hidden, shuffled, threads
+):
     """Bit for bit the weights, gradients and losses of one dense_step + update per
-    minibatch."""
+    minibatch (the loop on two threads, dense_steps on `threads`)."""
     x = rng.standard_normal((max(n, 1), d_in)).astype(dtype)[:n]
     rows = rng.permutation(n).astype(np.int64) if shuffled else None
     labels = rng.integers(0, 4, n)
@@ -471,20 +474,25 @@ def test_dense_steps_is_a_loop_of_dense_steps(rng, dtype, n, batch_size, d_in, h
     dbs = [np.full_like(b, np.nan) for _, b in layers]
     w, b = [w for w, _ in layers], [b for _, b in layers]
     upcoming = rng.permutation(max(n, 1))[:batch_size].astype(np.int64) if shuffled and n else None
-    losses = ops.dense_steps(
-        x,
-        labels,
-        w,
-        b,
-        [True, False],
-        dws,
-        dbs,
-        rows=rows,
-        batch_size=batch_size,
-        lr=0.2,
-        weight_decay=0.01,
-        next_rows=upcoming,
-    )
+    before = fnn.get_num_threads()
+    fnn.set_num_threads(threads)
+    try:
+        losses = ops.dense_steps(
+            x,
+            labels,
+            w,
+            b,
+            [True, False],
+            dws,
+            dbs,
+            rows=rows,
+            batch_size=batch_size,
+            lr=0.2,
+            weight_decay=0.01,
+            next_rows=upcoming,
+        )
+    finally:
+        fnn.set_num_threads(before)
     assert losses.dtype == np.float64 and losses.shape == (-(-n // batch_size),)
     np.testing.assert_array_equal(losses, want_losses)
     params_got = [a for layer in layers for a in layer]
