@@ -813,7 +813,7 @@ def adam_update(
     Raises
     ------
     ValueError
-        ``step < 1``, buffer lists that do not match, or buffers that overlap.
+        ``step`` outside [1, 2**63), buffer lists that do not match, or buffers that overlap.
     TypeError
         A ``step`` that is not an int, or buffers of different dtypes.
     """
