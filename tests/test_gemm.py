@@ -263,10 +263,12 @@ def test_gemm_square_of_itself(rng, dtype):
 @pytest.mark.parametrize(
     ("n", "k"), [(10, 16), (32, 10), (64, 7), (1, 1), (17, 3), (10, 32), (24, 31), (40, 33)]
 )
-def test_small_products_equal_rows_of_large_ones(rng, dtype, trans_a, trans_b, n, k):
+@pytest.mark.parametrize(("alpha", "beta"), [(0.7, 0.3), (1.0, 0.0)])
+def test_small_products_equal_rows_of_large_ones(rng, dtype, trans_a, trans_b, n, k, alpha, beta):
     """A product small enough for the row-by-row path gives, bit for bit, the rows of a
     product large enough for the tiled, threaded path: the arithmetic never depends on the
-    path (both accumulate k in order with FMAs and update C the same way)."""
+    path (both accumulate k in order with FMAs and update C the same way; with alpha = 1 and
+    beta = 0 the row path stores its sums as they are, which the update would not change)."""
     big_m = 3000
     a = rng.standard_normal((k, big_m) if trans_a else (big_m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
@@ -274,11 +276,11 @@ def test_small_products_equal_rows_of_large_ones(rng, dtype, trans_a, trans_b, n
     # An out with strided columns sends the large product down the tiled path at any size.
     big = np.zeros((big_m, 2 * n), dtype)[:, ::2]
     big[...] = c0
-    ops.gemm(a, b, trans_a=trans_a, trans_b=trans_b, alpha=0.7, beta=0.3, out=big)
+    ops.gemm(a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, out=big)
     rows = slice(5, 16)  # 11 rows: whole groups of rows and a partial one
     small_a = a[:, rows] if trans_a else a[rows]
     small = ops.gemm(
-        small_a, b, trans_a=trans_a, trans_b=trans_b, alpha=0.7, beta=0.3, out=c0[rows].copy()
+        small_a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, out=c0[rows].copy()
     )
     np.testing.assert_array_equal(small, big[rows])
 

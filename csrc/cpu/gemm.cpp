@@ -379,6 +379,7 @@ FASTNN_TARGET void small_gemm_rows(int64_t M, int64_t N, int64_t K, T alpha, con
   for (int v = 0; v < NV; ++v)
     bias_v[v] = !bias ? vzero(T{}) : v == NV - 1 ? vmaskload(bias + v * W, mtail) : vload(bias + v * W);
   const Update<T> update{vset1(alpha), vset1(beta), beta != T(0), bias != nullptr, relu};
+  const bool plain = alpha == T(1) && beta == T(0) && !bias && !relu;
   for (int64_t i = 0; i < M; i += R) {
     const int64_t rows = std::min<int64_t>(R, M - i);
     const T* ar[R];
@@ -404,6 +405,19 @@ FASTNN_TARGET void small_gemm_rows(int64_t M, int64_t N, int64_t K, T alpha, con
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) acc[r][v] = vfma(x, bv[v], acc[r][v]);
       }
+    }
+    if (plain && rows == R) {  // C = the sums as they are (× alpha = 1 is exact): stores only
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+          T* cv = c + (i + r) * rs_c + v * W;
+          if (v == NV - 1 && tail != W)
+            vmaskstore(cv, mtail, acc[r][v]);
+          else
+            vstore(cv, acc[r][v]);
+        }
+      continue;
     }
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {  // a constant trip count keeps acc in registers
