@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,12 @@ void read_labels(const py::array& labels, int64_t classes, std::vector<int64_t>&
   }
 }
 
+// Whether a kernel of this many flops releases the GIL: releasing and taking it back costs
+// ≈ 0.1 µs, a third of a tiny product's call (dY·W2 at batch 128 is 82 kFLOP, ≈ 1 µs),
+// while holding it for a few µs does not delay other Python threads noticeably (they switch
+// every 5 ms). NumPy holds it for small loops likewise.
+inline bool gil_worth_releasing(double flops) { return flops > 1e6; }
+
 // The CPU device of binding_ops.h: NumPy arrays, host memory, the GIL released per kernel.
 struct CpuDev {
   // No options (the CUDA module's `stream` has no meaning here).
@@ -69,7 +76,9 @@ struct CpuDev {
   template <class T>
   void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T> B, T beta,
             Matrix<T> C, bool alias) const {
-    py::gil_scoped_release release;
+    const int64_t K = trans_a ? A.rows : A.cols;
+    std::optional<py::gil_scoped_release> release;
+    if (gil_worth_releasing(2.0 * double(C.rows) * double(C.cols) * double(K))) release.emplace();
     auto run = [&](Matrix<T> dst) {
       if constexpr (std::is_same_v<T, float>)
         cpu::sgemm(trans_a, trans_b, alpha, A, B, beta, dst);

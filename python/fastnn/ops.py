@@ -79,6 +79,10 @@ def _shape2(x, name: str) -> tuple[int, int]:
     return shape
 
 
+# gemm's fast path looks these up as module globals, not as attributes, on every call.
+_ndarray, _empty, _cpu_gemm = np.ndarray, np.empty, _cpu.gemm
+
+
 def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
     """General matrix product ``out = alpha · op(a) · op(b) + beta · out``.
 
@@ -127,21 +131,23 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
            [14., 50.]], dtype=float32)
     """
     if (
-        type(a) is np.ndarray
-        and type(b) is np.ndarray
-        and (trans_a is False or trans_a is True)
-        and (trans_b is False or trans_b is True)
+        type(a) is _ndarray
+        and type(b) is _ndarray
+        and type(trans_a) is bool
+        and type(trans_b) is bool
         and type(alpha) is float
         and type(beta) is float
     ):
-        # The common call on NumPy arrays, recognised cheaply: a small product costs little
-        # more than the call itself. The binding still checks dtypes, shapes and strides.
+        # The common call on NumPy arrays, recognised cheaply (names bound once, below): a
+        # small product costs little more than the call itself. The binding still checks
+        # dtypes, shapes and strides.
         if out is None and beta == 0 and a.ndim == 2 and b.ndim == 2:
-            m = a.shape[1] if trans_a else a.shape[0]
-            n = b.shape[0] if trans_b else b.shape[1]
-            out = np.empty((m, n), a.dtype)
-        if type(out) is np.ndarray:
-            _cpu.gemm(a, b, out, trans_a, trans_b, alpha, beta)
+            out = _empty(
+                (a.shape[1] if trans_a else a.shape[0], b.shape[0] if trans_b else b.shape[1]),
+                a.dtype,
+            )
+        if type(out) is _ndarray:
+            _cpu_gemm(a, b, out, trans_a, trans_b, alpha, beta)
             return out
     native = native_for(a=a, b=b, out=out)
     if out is None:
