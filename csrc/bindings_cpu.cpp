@@ -386,6 +386,14 @@ PYBIND11_MODULE(_cpu, m) {
       "Which SIMD code the kernels run: picked by CPU ('auto'), at most AVX2 + FMA ('avx2': "
       "no AVX-512 GEMM tiles), or the portable code ('portable').");
   m.def(
+      "force_straggle_every",
+      [](int64_t reports) {
+        if (reports < 0) value_error("reports must be >= 0, got " + std::to_string(reports));
+        cpu::force_straggle_every(reports);
+      },
+      py::arg("reports"),
+      "Tests: every reports-th thread team counts as a straggler (0: only slow teams do).");
+  m.def(
       "fma_loop",
       [](int64_t iterations) {
         if (iterations < 1) value_error("iterations must be >= 1");

@@ -357,3 +357,56 @@ def test_the_gil_is_released_during_a_kernel(rng):
     worker.join()
     inside = [t for t in stamps if span["start"] <= t <= span["end"]]
     assert len(inside) > 100, "the loop did not run during the call: the GIL was held"
+
+
+# ------------------------------------------------------------------------- straggler guard
+@pytest.mark.parametrize("batch", [32, 128, 300])  # in halves; two lanes; two lanes of blocks
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_straggling_steps_end_the_team_without_a_hang_or_other_bits(rng, batch, every):
+    """dense_steps keeps one thread team for many steps; a straggling step ends it (the next
+    steps run alone until the guard lets a team try again). With every `every`-th step forced
+    to count as straggling, the steps still run to the end, in a fresh interpreter that must
+    finish in time (a thread leaving alone would leave the other waiting at a barrier), and
+    give the bits of a loop of dense_step calls."""
+    out = run_child(
+        f"SEED = {int(rng.integers(2**31))}; BATCH = {batch}; EVERY = {every}",
+        """
+        import json
+        import numpy as np
+        import fastnn
+        from fastnn import ops
+
+        fastnn.set_num_threads(2)
+        rng = np.random.default_rng(SEED)
+        x = rng.standard_normal((700, 300)).astype(np.float32)
+        labels = rng.integers(0, 5, 700)
+        rows = rng.permutation(700).astype(np.int64)
+
+        def layers():
+            r = np.random.default_rng(SEED + 1)
+            shapes = [(24, 300), (12, 24), (5, 12)]
+            return [(0.1 * r.standard_normal(s)).astype(np.float32) for s in shapes], [
+                np.zeros(s[0], np.float32) for s in shapes
+            ]
+
+        relu = [True, True, False]
+        w, b = layers()
+        dw, db = [np.empty_like(a) for a in w], [np.empty_like(a) for a in b]
+        trips = fastnn._cpu.config()["straggler_trips"]
+        fastnn._cpu.force_straggle_every(EVERY)
+        losses = ops.dense_steps(x, labels[rows], w, b, relu, dw, db, rows=rows,
+                                 batch_size=BATCH, lr=0.1)
+        fastnn._cpu.force_straggle_every(0)
+        trips = fastnn._cpu.config()["straggler_trips"] - trips
+        w2, b2 = layers()
+        want = [ops.dense_step(x, labels[rows[i:i + BATCH]], w2, b2, relu, dw, db,
+                               rows=rows[i:i + BATCH], lr=0.1) for i in range(0, 700, BATCH)]
+        same = bool(np.array_equal(losses, want)) and all(
+            np.array_equal(p, q) for p, q in zip(w + b, w2 + b2))
+        print(json.dumps({"same": same, "trips": trips, "steps": len(losses)}))
+        """,
+        timeout=120,
+    )
+    assert out["steps"] == -(-700 // batch)
+    assert out["trips"] > 0
+    assert out["same"]

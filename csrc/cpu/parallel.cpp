@@ -49,6 +49,7 @@ constexpr int64_t kMinSolo = 64, kMaxSolo = 4096;
 std::atomic<int64_t> g_straggler_trips{0};  // how often the guard has tripped (show_config)
 // A region is straggling when it took over 1 ms and over 5× what its work needs.
 constexpr double kStraggleSeconds = 1e-3, kStraggleFactor = 5.0;
+std::atomic<int64_t> g_force_every{0}, g_force_count{0};  // tests: force_straggle_every
 }  // namespace
 
 int num_threads() { return g_threads.load(std::memory_order_relaxed); }
@@ -66,13 +67,20 @@ bool team_allowed() {
   return false;
 }
 
+void force_straggle_every(int64_t reports) {
+  g_force_every.store(std::max<int64_t>(0, reports));
+  g_force_count.store(0);
+}
+
 bool team_finished(double seconds, double solo_seconds, int threads) {
+  const int64_t every = g_force_every.load(std::memory_order_relaxed);
+  const bool forced = every > 0 && (g_force_count.fetch_add(1) + 1) % every == 0;
   // The first regions start the pool's threads and fault in scratch memory: not stragglers.
   static std::atomic<int> g_regions{0};
-  if (g_regions.fetch_add(1, std::memory_order_relaxed) < 2) return false;
+  if (g_regions.fetch_add(1, std::memory_order_relaxed) < 2 && !forced) return false;
   const double needed = solo_seconds / threads;
   const int64_t backoff = g_solo_backoff.load(std::memory_order_relaxed);
-  if (seconds > kStraggleSeconds && seconds > kStraggleFactor * needed) {
+  if (forced || (seconds > kStraggleSeconds && seconds > kStraggleFactor * needed)) {
     g_solo_calls.store(backoff, std::memory_order_relaxed);
     g_solo_backoff.store(std::min(kMaxSolo, 2 * backoff), std::memory_order_relaxed);
     g_straggler_trips.fetch_add(1, std::memory_order_relaxed);

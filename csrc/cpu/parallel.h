@@ -50,6 +50,9 @@ bool openmp_enabled();             // built with OpenMP?
 bool team_allowed();
 bool team_finished(double seconds, double solo_seconds, int threads);  // true: it tripped
 int64_t straggler_trips();  // times the guard has tripped in this process
+// Tests: every `reports`-th team_finished trips the guard whatever its time (0: never), so
+// that the paths taken after a trip run deterministically.
+void force_straggle_every(int64_t reports);
 
 // Threads worth starting for `work` units (roughly flops or bytes): 1 below ~64k units per
 // thread, where waking a team costs more than it saves, 1 while the guard holds, and 1 inside
