@@ -162,8 +162,10 @@ struct NextStep {
 // summed per lane and block instead of over the whole batch at once: equal to float rounding.
 // A batch under 64 rows is one lane; when its first layer has 256 inputs or more and 16 units
 // or more, two threads share that layer by its units (rows of W): each computes its half of
-// the layer's output and weight gradient, and both run the later layers on the whole output
-// (weight gradients on one). Each element is the same sum as on one thread: bit for bit.
+// the layer's output and weight gradient,
+// and both run the later layers on the whole output (weight gradients and updates on one,
+// which publishes the updated layers for the next step: dense_steps needs one barrier per
+// step). Each element is the same sum as on one thread: bit for bit.
 //
 // With the layers' W_sgd / b_sgd set, the step also applies plain SGD to every weight and
 // bias, p -= lr · (g + weight_decay · p), the arithmetic of sgd_update, while each gradient

@@ -16,7 +16,7 @@ from layouts import views_2d
 DTYPES = [np.float32, np.float64]
 # (N rows of x, B minibatch rows or None for x itself, in, hidden, classes): lanes and blocks
 # of every kind — one lane (B < 64; with 256 inputs or more its first layer is cut in two
-# halves of columns), two lanes of one block, lanes of several blocks, more.
+# halves of units), two lanes of one block, lanes of several blocks, more.
 SHAPES = [
     (1, None, 1, 1, 1),
     (5, None, 7, 3, 4),
@@ -450,6 +450,7 @@ def steps_loop(x, labels, layers, relu, rows, batch_size, lr, weight_decay=0.0):
         (300, 32, 300, 9, True),  # one lane, one thread
         (300, 32, 300, 20, True),  # one lane in halves: a team of two kept across steps
         (1000, 48, 300, 20, True),  # ... and a last minibatch of another size (40 rows)
+        (300, 40, 300, (20, 12), True),  # in halves, two later layers
         (700, 128, 50, 9, True),  # two lanes
         (260, 128, 20, 9, False),  # x's rows in order
         (40, 64, 9, 9, True),  # one step
@@ -465,11 +466,11 @@ def test_dense_steps_is_a_loop_of_dense_steps(
     x = rng.standard_normal((max(n, 1), d_in)).astype(dtype)[:n]
     rows = rng.permutation(n).astype(np.int64) if shuffled else None
     labels = rng.integers(0, 4, n)
-    layers = params(rng, (d_in, hidden, 4), dtype)
+    hidden = hidden if isinstance(hidden, tuple) else (hidden,)
+    layers = params(rng, (d_in, *hidden, 4), dtype)
+    relu = [True] * len(hidden) + [False]
     copies = [(w.copy(), b.copy()) for w, b in layers]
-    want_losses, want_dw, want_db = steps_loop(
-        x, labels, copies, [True, False], rows, batch_size, 0.2, 0.01
-    )
+    want_losses, want_dw, want_db = steps_loop(x, labels, copies, relu, rows, batch_size, 0.2, 0.01)
     dws = [np.full_like(w, np.nan) for w, _ in layers]
     dbs = [np.full_like(b, np.nan) for _, b in layers]
     w, b = [w for w, _ in layers], [b for _, b in layers]
@@ -482,7 +483,7 @@ def test_dense_steps_is_a_loop_of_dense_steps(
             labels,
             w,
             b,
-            [True, False],
+            relu,
             dws,
             dbs,
             rows=rows,

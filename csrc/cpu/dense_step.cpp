@@ -5,6 +5,7 @@
 // the minibatch is read from memory once and goes forward and backward through every layer
 // while it is in cache, instead of every layer streaming the whole batch twice.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -73,17 +74,17 @@ struct LaneBuffers {
 };
 
 // Forward through layers [from, count) for a block of n rows whose input to layer `from` is
-// `in`; returns the logits.
+// `in`, with each layer's Wᵀ packed at packed_w[l] (or null); returns the logits.
 template <class T>
 Matrix<const T> forward_from(const DenseLayer<T>* layers, int64_t count, int64_t from,
                              Matrix<const T> in, int64_t n, const LaneBuffers<T>& lane,
-                             const PrefetchRows* prefetch = nullptr) {
+                             const T* const* packed_w, const PrefetchRows* prefetch = nullptr) {
   for (int64_t l = from; l < count; ++l) {
     const DenseLayer<T>& layer = layers[l];
     const int64_t out = layer.W.rows;
     Matrix<T> y{lane.act[l], n, out, out, 1};
     gemm_ex<T>(false, true, T(1), in, layer.W, T(0), y, layer.b.data, layer.b.inc, layer.relu,
-               nullptr, nullptr, lane.packed_w[l], l == from ? prefetch : nullptr);
+               nullptr, nullptr, packed_w[l], l == from ? prefetch : nullptr);
     in = {y.data, n, out, out, 1};
   }
   return in;
@@ -210,7 +211,8 @@ void run_lane(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
         ahead[1] = rows_ahead(X, rows ? rows + m / 2 : nullptr, at + m / 2, m - m / 2, 0, in0);
       }
     }
-    const Matrix<const T> logits = forward_from(layers, count, 0, xb, n, lane, &ahead[0]);
+    const Matrix<const T> logits =
+        forward_from(layers, count, 0, xb, n, lane, lane.packed_w.data(), &ahead[0]);
     block_loss(layers, count, logits, n, labels + r0, scale, lane);
     for (int64_t l = count - 1; l >= 0; --l) {
       const Matrix<const T> x_l =
@@ -253,6 +255,12 @@ struct StepPlan {
   std::vector<double> db_sums;
   std::vector<LaneBuffers<T>> lane;
   double flops = 0, scale;
+  // Split steps (see split_rest): the first layer's output h, and layers 1.. as a step reads
+  // them (copies of their weights, biases and packed Wᵀ, published by the thread that updates
+  // them), each twice, by the parity of the step.
+  T* h[2] = {nullptr, nullptr};
+  std::vector<DenseLayer<T>> view[2];
+  std::vector<const T*> view_packed[2];
 
   StepPlan(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X, bool rows, int64_t n)
       : batch(n), lanes(lanes_for(n)), in0(X.cols), out0(layers[0].W.rows),
@@ -260,12 +268,14 @@ struct StepPlan {
     const int64_t block = std::min(kBlockRows, ceil_div(batch, lanes));
     // A small batch is one lane of one block. When its first layer is wide, that layer's two
     // products are cut by its units (rows of W1) into two fixed halves that two threads
-    // share: each thread gathers the rows and computes its half of the first layer's output,
-    // forward, then after one barrier runs the small layers after it on the whole output
-    // itself (cheaper than passing their results between cores; weight and bias gradients on
-    // thread 0 only), and computes its half of the first layer's weight gradient. Every
-    // element of every product is the same sum as without the cut: the results are those of
-    // one thread bit for bit.
+    // share: each thread computes its half of the first layer's output, forward, then after
+    // one barrier runs the small layers after it on the whole output itself (cheaper than
+    // passing their results between cores; weight and bias gradients on thread 0 only), and
+    // computes its half of the first layer's weight gradient (split_rest). Every element of
+    // every product is the same sum as without the cut: the results are those of one thread
+    // bit for bit. (Batch 128 cut so, against two lanes of 64 rows: from 7 % slower to 19 %
+    // faster in paired epochs on the shared machine, 1.00 at the median; each thread then
+    // reads all 128 rows.)
     split = lanes == 1 && in0 >= kSplitColumns && out0 >= kSplitUnits;
     cut[0] = 0;
     cut[1] = split ? round_up(ceil_div(out0, 2), 8) : out0;
@@ -291,8 +301,12 @@ struct StepPlan {
           split && l == 0 ? 0 : prepacked_b_panels<T>(layers[l].W.cols, layers[l].W.rows);
       // room for panels of NR ≤ 16 columns
       packed_at[l + 1] = packed_at[l] + round_up(panels * 16 * layers[l].W.cols, kAlign);
-      for (int64_t p = 0; p < panels; ++p) pack_jobs.push_back({l, p});
+      for (int64_t p = 0; p < panels && !split; ++p) pack_jobs.push_back({l, p});
     }
+    int64_t copies = 0;  // split: one parity's copies of layers 1..
+    for (int64_t l = 1; split && l < count; ++l)
+      copies += round_up(layers[l].W.rows * layers[l].W.cols, kAlign) +
+                round_up(layers[l].W.rows, kAlign) + packed_at[l + 1] - packed_at[l];
     for (int p = 0; split && p < 2; ++p) {
       part_panels[p] = prepacked_b_panels<T>(in0, width[p]);
       part_at[p + 1] = part_at[p] + round_up(part_panels[p] * 16 * in0, kAlign);
@@ -300,7 +314,7 @@ struct StepPlan {
     // 64 bytes of slack: the area starts on a cache line, so that no two threads' buffers
     // share one.
     T* scratch = step_scratch<T>(buffers * (per_lane + weights) + packed_at[count] +
-                                 part_at[2] + kAlign);
+                                 part_at[2] + 2 * copies + kAlign);
     scratch += (kAlign - (reinterpret_cast<uintptr_t>(scratch) / sizeof(T)) % kAlign) % kAlign;
     packed = scratch + buffers * (per_lane + weights);
     part_packed = packed + packed_at[count];
@@ -325,6 +339,21 @@ struct StepPlan {
       for (int64_t l = 0, at = 0; l < count; at += layers[l].W.rows, ++l) b.db_at.push_back(at);
       for (int64_t l = 0; l < count; ++l)
         b.packed_w.push_back(packed_at[l + 1] > packed_at[l] ? packed + packed_at[l] : nullptr);
+    }
+    T* c = part_packed + part_at[2];
+    for (int q = 0; split && q < 2; ++q) {
+      h[q] = lane[size_t(q)].act[0];
+      view[q].assign(layers, layers + count);
+      view_packed[q].assign(size_t(count), nullptr);
+      for (int64_t l = 1; l < count; ++l) {
+        const int64_t out = layers[l].W.rows, in = layers[l].W.cols;
+        view[q][size_t(l)].W = {c, out, in, in, 1};
+        c += round_up(out * in, kAlign);
+        if (layers[l].b.data) view[q][size_t(l)].b = {c, out, 1};
+        c += round_up(out, kAlign);
+        view_packed[q][size_t(l)] = c;
+        c += packed_at[l + 1] - packed_at[l];
+      }
     }
   }
 
@@ -353,74 +382,135 @@ void sgd_rows(const DenseLayer<T>& layer, int64_t i0, int64_t i1, T lr, T weight
     sgd_span(w + i * dW.cols, &dW(i, 0), dW.cs, dW.cols, lr, weight_decay);
 }
 
-// The part of a step that every thread of its team runs (all of it, on a team of one).
+// layer.db[j] = sum, and with the fused update b[j] −= lr · (db[j] + weight_decay · b[j]).
+template <class T>
+inline void bias_step(const DenseLayer<T>& layer, int64_t j, double sum, T lr, T weight_decay) {
+  layer.db[j] = static_cast<T>(sum);
+  if (T* b = layer.b_sgd) b[j] -= lr * (layer.db[j] + weight_decay * b[j]);
+}
+
+// A split step (StepPlan::split) in two parts with one barrier between them, which is all that
+// consecutive steps need: split_forward computes this thread's halves of the first layer's
+// output h; split_rest, once h is whole, everything else. In a step of parity q, layers 1.. are
+// read from their copies of parity q, and thread 0, which updates them, publishes the result as
+// parity 1 − q; the first layer's halves (weights, biases) are read and updated by their own
+// thread only. So a thread may start the next step's first part while the other one still
+// finishes this step.
+
+// The later layers' weights, biases and packed Wᵀ as they are now, as parity q's copies.
+template <class T>
+void publish(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count, int q) {
+  for (int64_t l = 1; l < count; ++l) {
+    const DenseLayer<T>& from = layers[l];
+    const DenseLayer<T>& to = plan.view[q][size_t(l)];
+    T* w = const_cast<T*>(to.W.data);
+    for (int64_t i = 0; i < from.W.rows; ++i)
+      for (int64_t j = 0; j < from.W.cols; ++j) w[i * to.W.rs + j] = from.W(i, j);
+    for (int64_t j = 0; from.b.data && j < from.b.size; ++j)
+      const_cast<T*>(to.b.data)[j] = from.b[j];
+    T* packed = const_cast<T*>(plan.view_packed[q][size_t(l)]);
+    for (int64_t p = 0; p < prepacked_b_panels<T>(from.W.cols, from.W.rows); ++p)
+      prepack_b_panel<T>(packed, to.W, true, p);
+  }
+}
+
+// The minibatch as a split step's products read it: X in place through the row table (each
+// thread reads all of its rows; a copy per thread cost more: batch 32 ≈ 2 %), or, when X's
+// columns are strided, the thread's copy that split_forward gathered.
+template <class T>
+std::pair<Matrix<const T>, const int64_t*> split_input(const StepPlan<T>& plan,
+                                                       Matrix<const T> X, const int64_t* x_rows,
+                                                       const LaneBuffers<T>& own) {
+  if (X.cs != 1) return {{own.x, plan.batch, plan.in0, plan.in0, 1}, nullptr};
+  return {{X.data, plan.batch, plan.in0, X.rs, X.cs}, x_rows};
+}
+
+template <class T>
+void split_forward(StepPlan<T>& plan, const DenseLayer<T>& first, Matrix<const T> X,
+                   const int64_t* x_rows, const NextStep& next, int q) {
+  const int t = team_index(), team = team_size();
+  const int64_t n = plan.batch, in0 = plan.in0, out0 = plan.out0;
+  LaneBuffers<T>& own = plan.lane[size_t(t)];
+  if (X.cs != 1) gather_rows(own.x, X, x_rows, 0, n, 0, in0);
+  const auto [xb, xb_rows] = split_input(plan, X, x_rows, own);
+  // The next step's rows, all of which each thread reads, fetched toward L2 during its
+  // product (all lines toward L1 would evict this step's working set: batch 32 epochs
+  // 61 -> 63 ms; a quarter of them left unfetched: 61).
+  PrefetchRows ahead;
+  if (next.rows) {
+    ahead = rows_ahead(X, next.rows, 0, std::min(n, next.batch), 0, in0);
+    ahead.to_l2 = true;
+  }
+  for (int p = t; p < 2; p += team) {
+    T* part = plan.part_packed + plan.part_at[p];
+    for (int64_t panel = 0; panel < plan.part_panels[p]; ++panel)
+      prepack_b_panel<T>(part, plan.units(first.W, p), true, panel);
+    gemm_ex<T>(false, true, T(1), xb, plan.units(first.W, p), T(0),
+               Matrix<T>{plan.h[q] + plan.cut[p], n, plan.width[p], out0, 1},
+               first.b.data ? first.b.data + plan.cut[p] * first.b.inc : nullptr, first.b.inc,
+               first.relu, xb_rows, nullptr, plan.part_panels[p] ? part : nullptr,
+               p == t ? &ahead : nullptr);
+  }
+}
+
+// Each thread runs the later layers on the whole of h itself (cheaper than passing their
+// results between the cores); thread 0 also computes their weight and bias gradients, updates
+// them and publishes them for the next step. Then each thread computes its halves of the first
+// layer's weight and bias gradients and updates them.
+template <class T>
+void split_rest(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count,
+                Matrix<const T> X, const int64_t* x_rows, const int64_t* labels, T lr,
+                T weight_decay, int q) {
+  const int t = team_index(), team = team_size();
+  const int64_t n = plan.batch, out0 = plan.out0, *cut = plan.cut;
+  std::vector<LaneBuffers<T>>& lane = plan.lane;
+  LaneBuffers<T>& own = lane[size_t(t)];
+  const DenseLayer<T>* view = plan.view[q].data();
+  const auto [xb, xb_rows] = split_input(plan, X, x_rows, own);
+  const T* h = plan.h[q];
+  const Matrix<const T> h_all{h, n, out0, out0, 1};
+  own.loss = 0.0;
+  block_loss(view, count, forward_from(view, count, 1, h_all, n, own, plan.view_packed[q].data()),
+             n, labels, plan.scale, own);
+  for (int64_t l = count - 1; l >= 1; --l) {
+    const Matrix<const T> x_l =
+        l > 1 ? Matrix<const T>{own.act[l - 1], n, layers[l].W.cols, layers[l].W.cols, 1}
+              : h_all;
+    backward_layer(view[l], l, n, true, x_l, lane[0].db + lane[0].db_at[l], own, t == 0);
+  }
+  if (t == 0) {
+    for (int64_t l = 1; l < count; ++l) {
+      sgd_rows(layers[l], 0, layers[l].W.rows, lr, weight_decay);
+      for (int64_t j = 0; layers[l].b.data && j < layers[l].W.rows; ++j)
+        bias_step(layers[l], j, lane[0].db[lane[0].db_at[l] + j], lr, weight_decay);
+    }
+    publish(plan, layers, count, 1 - q);
+  }
+  const DenseLayer<T>& first = layers[0];
+  T* g = own.grad[0];  // the gradient of h: each thread has all of it
+  double* db = lane[0].db + lane[0].db_at[0];
+  for (int p = t; p < 2; p += team) {  // this half's relu mask, bias and weight gradients
+    if (first.relu)
+      simd_call<relu_mask<T>>(g, out0, h, out0, n, cut[p], cut[p + 1]);
+    if (first.b.data) {
+      std::fill(db + cut[p], db + cut[p + 1], 0.0);
+      simd_call<add_column_sums<T>>(db, static_cast<const T*>(g), out0, n, cut[p], cut[p + 1]);
+      for (int64_t j = cut[p]; j < cut[p + 1]; ++j) bias_step(first, j, db[j], lr, weight_decay);
+    }
+    gemm_ex<T>(true, false, T(1), Matrix<const T>{g + cut[p], n, plan.width[p], out0, 1}, xb,
+               T(0), plan.units(first.dW, p), nullptr, 1, false, nullptr, xb_rows);
+    sgd_rows(first, cut[p], cut[p + 1], lr, weight_decay);
+  }
+}
+
+// The part of a step that every thread of its team runs (all of it, on a team of one); not
+// for a split step.
 template <class T>
 void step_team(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count,
                Matrix<const T> X, const int64_t* x_rows, const int64_t* labels, T lr,
                T weight_decay, const NextStep& next) {
   std::vector<LaneBuffers<T>>& lane = plan.lane;
-  const int64_t lanes = plan.lanes, in0 = plan.in0, out0 = plan.out0, batch = plan.batch;
-  if (plan.split) {
-    const int t = team_index(), team = team_size();
-    const DenseLayer<T>& first = layers[0];
-    LaneBuffers<T>& own = lane[size_t(t)];
-    const int64_t n = batch, *cut = plan.cut, *width = plan.width;
-    T* h = lane[0].act[0];  // the first layer's output: each thread writes its half
-    Matrix<const T> xb{X.data, n, in0, X.rs, X.cs};
-    // A shuffled minibatch is read in place through its row table: each thread reads all
-    // of its rows, and a copy per thread cost more than the row table (batch 32: ≈ 2 %).
-    const int64_t* xb_rows = X.cs == 1 ? x_rows : nullptr;
-    if (plan.gather && !xb_rows) {
-      gather_rows(own.x, X, x_rows, 0, n, 0, in0);
-      xb = {own.x, n, in0, in0, 1};
-    }
-    // The next step's rows, all of which each thread reads, fetched toward L2 during its
-    // product (all lines toward L1 would evict this step's working set: batch 32 epochs
-    // 61 -> 63 ms; a quarter of them left unfetched: 61).
-    PrefetchRows ahead;
-    if (next.rows) {
-      ahead = rows_ahead(X, next.rows, 0, std::min(n, next.batch), 0, in0);
-      ahead.to_l2 = true;
-    }
-    for (int p = t; p < 2; p += team) {
-      T* part = plan.part_packed + plan.part_at[p];
-      for (int64_t q = 0; q < plan.part_panels[p]; ++q)
-        prepack_b_panel<T>(part, plan.units(first.W, p), true, q);
-      gemm_ex<T>(false, true, T(1), xb, plan.units(first.W, p), T(0),
-                 Matrix<T>{h + cut[p], n, width[p], out0, 1},
-                 first.b.data ? first.b.data + cut[p] * first.b.inc : nullptr, first.b.inc,
-                 first.relu, xb_rows, nullptr, plan.part_panels[p] ? part : nullptr,
-                 p == t ? &ahead : nullptr);
-    }
-    if (t == team - 1)
-      for (const auto& [l, q] : plan.pack_jobs)  // the other layers' weights (small)
-        prepack_b_panel<T>(plan.packed + plan.packed_at[l], layers[l].W, true, q);
-    team_barrier();
-    const Matrix<const T> h_all{h, n, out0, out0, 1};
-    own.loss = 0.0;
-    block_loss(layers, count, forward_from(layers, count, 1, h_all, n, own), n, labels,
-               plan.scale, own);
-    for (int64_t l = count - 1; l >= 1; --l) {
-      const Matrix<const T> x_l =
-          l > 1 ? Matrix<const T>{own.act[l - 1], n, layers[l].W.cols, layers[l].W.cols, 1}
-                : h_all;
-      backward_layer(layers[l], l, n, true, x_l, lane[0].db + lane[0].db_at[l], own, t == 0);
-    }
-    T* g = own.grad[0];  // the gradient of h: each thread has all of it
-    double* db = lane[0].db + lane[0].db_at[0];
-    for (int p = t; p < 2; p += team) {  // this half's relu mask, bias and weight gradients
-      if (first.relu)
-        simd_call<relu_mask<T>>(g, out0, static_cast<const T*>(h), out0, n, cut[p], cut[p + 1]);
-      if (first.b.data) {
-        std::fill(db + cut[p], db + cut[p + 1], 0.0);
-        simd_call<add_column_sums<T>>(db, static_cast<const T*>(g), out0, n, cut[p], cut[p + 1]);
-      }
-      gemm_ex<T>(true, false, T(1), Matrix<const T>{g + cut[p], n, width[p], out0, 1}, xb, T(0),
-                 plan.units(first.dW, p), nullptr, 1, false, nullptr, xb_rows);
-      sgd_rows(first, cut[p], cut[p + 1], lr, weight_decay);
-    }
-    return;
-  }
+  const int64_t lanes = plan.lanes, batch = plan.batch;
   // Panel p of W1 by the thread that updated its rows.
   team_for_cyclic(int64_t(plan.pack_jobs.size()), [&](int64_t job) {
     const auto [l, p] = plan.pack_jobs[size_t(job)];
@@ -452,25 +542,17 @@ void step_team(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count,
   }
 }
 
-// The end of a step, on one thread after its team's part: the later layers' weights when
-// split (read by both threads until then), the biases and their update, and the loss.
+// The end of a step, on one thread after its team's part: the biases (summed over the
+// lanes) and their update, unless split (split_rest did them), and the loss.
 template <class T>
 T step_finish(const StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count, T lr,
               T weight_decay) {
-  for (int64_t l = 1; plan.split && l < count; ++l)
-    sgd_rows(layers[l], 0, layers[l].W.rows, lr, weight_decay);
-  int64_t offset = 0;
-  for (int64_t l = 0; l < count; ++l) {
-    const int64_t out = layers[l].W.rows;
-    if (layers[l].b.data)
-      for (int64_t j = 0; j < out; ++j) {
-        double s = 0.0;
-        for (int64_t k = 0; k < plan.lanes; ++k) s += plan.lane[size_t(k)].db[offset + j];
-        layers[l].db[j] = static_cast<T>(s);
-        if (T* b = layers[l].b_sgd) b[j] -= lr * (layers[l].db[j] + weight_decay * b[j]);
-      }
-    offset += out;
-  }
+  for (int64_t l = 0, offset = 0; !plan.split && l < count; offset += layers[l].W.rows, ++l)
+    for (int64_t j = 0; layers[l].b.data && j < layers[l].W.rows; ++j) {
+      double s = 0.0;
+      for (int64_t k = 0; k < plan.lanes; ++k) s += plan.lane[size_t(k)].db[offset + j];
+      bias_step(layers[l], j, s, lr, weight_decay);
+    }
   double loss = 0.0;
   for (int64_t k = 0; k < plan.lanes; ++k) loss += plan.lane[size_t(k)].loss;
   return static_cast<T>(loss / double(plan.batch));  // as softmax_cross_entropy: a division
@@ -496,7 +578,12 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
   std::optional<SerialScope> serial;
   if (nt == 1) serial.emplace();
   run_team(nt, plan.flops / 50e9, [&] {
-    step_team(plan, layers, count, X, x_rows, labels, lr, weight_decay, next);
+    if (!plan.split)
+      return step_team(plan, layers, count, X, x_rows, labels, lr, weight_decay, next);
+    if (team_index() == 0) publish(plan, layers, count, 0);
+    split_forward(plan, layers[0], X, x_rows, next, 0);
+    team_barrier();
+    split_rest(plan, layers, count, X, x_rows, labels, lr, weight_decay, 0);
   });
   return step_finish(plan, layers, count, lr, weight_decay);
 }
@@ -537,36 +624,67 @@ int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> 
     const int nt = plan->threads();
     std::optional<SerialScope> serial;
     if (nt == 1) serial.emplace();
-    // A team stays for the following steps of this size: each step's serial end runs on
-    // thread 0 between two barriers, instead of a team started and stopped per step. Thread
-    // 0 reports every step to the straggler guard; a straggling step (a thread parked by a
-    // busy machine's scheduler) ends the team, and the guard decides the next steps'
-    // threads. One thread: one step per ask, as the guard counts asks.
+    // A team stays for the following steps of this size, instead of a team started and
+    // stopped per step. After each step thread 0 records the loss and reports the step to the
+    // straggler guard: a straggling step (a thread parked by a busy machine's scheduler) ends
+    // the team, and the guard decides the next steps' threads. One thread: one step per ask,
+    // as the guard counts asks.
+    auto t0 = std::chrono::steady_clock::now();
+    auto finish_step = [&](int64_t rows) {  // thread 0; true: the team leaves
+      const double loss = double(step_finish(*plan, layers, count, lr, weight_decay));
+      losses[done++] = loss;
+      stop = !std::isfinite(loss);
+      r0 += rows;
+      const auto t1 = std::chrono::steady_clock::now();
+      const std::chrono::duration<double> dt = t1 - t0;
+      t0 = t1;
+      const bool tripped = nt > 1 && team_finished(dt.count(), plan->flops / 50e9, nt);
+      return tripped || stop || nt == 1 || r0 >= total || std::min(batch, total - r0) != n;
+    };
+    // Lanes: each step's serial end on thread 0 between two barriers.
     bool shared_leave = false;  // thread 0's decision, read by all after the barrier
-    auto body = [&] {
-      auto t0 = std::chrono::steady_clock::now();
+    auto lanes_body = [&] {
       for (;;) {
         const Step s = step_at(r0);
         step_team(*plan, layers, count, s.X, s.rows, labels + r0, lr, weight_decay, s.ahead);
         team_barrier();
-        bool leave = nt == 1;
-        if (team_index() == 0) {
-          const double loss = double(step_finish(*plan, layers, count, lr, weight_decay));
-          losses[done++] = loss;
-          stop = !std::isfinite(loss);
-          r0 += s.n;
-          const auto t1 = std::chrono::steady_clock::now();
-          const std::chrono::duration<double> dt = t1 - t0;
-          t0 = t1;
-          if (nt > 1) leave = team_finished(dt.count(), plan->flops / 50e9, nt);
-          leave = leave || stop || r0 >= total || std::min(batch, total - r0) != n;
-          shared_leave = leave;
-        }
+        if (team_index() == 0) shared_leave = finish_step(s.n);
         team_barrier();
         if (shared_leave) break;
       }
     };
-    run_team(nt, -1.0, body);
+    // Split: one barrier per step (see split_rest). A thread may start the next step's first
+    // part before it knows whether thread 0 ends the team; that part writes only its own
+    // scratch, and both threads leave at the barrier after it. Thread 0 names that step by
+    // its first row: the other thread may still be reading the flag after the barrier before
+    // (a plain "leave" flag set meanwhile would make it leave one step early, alone).
+    std::atomic<int64_t> leave_at{-1};  // set by thread 0 before that barrier
+    auto split_body = [&] {
+      const bool first = team_index() == 0;
+      int64_t at = r0;
+      int q = 0;
+      bool ends = false;  // known to this thread: the team's steps are over
+      if (first) publish(*plan, layers, count, 0);
+      for (;;) {
+        const Step s = step_at(at);
+        if (!ends) split_forward(*plan, layers[0], s.X, s.rows, s.ahead, q);
+        team_barrier();
+        if (ends || leave_at.load(std::memory_order_acquire) == at) break;
+        split_rest(*plan, layers, count, s.X, s.rows, labels + at, lr, weight_decay, q);
+        at += s.n;
+        q = 1 - q;
+        // Both threads know when the rows run out or the size changes (another plan).
+        ends = nt == 1 || at >= total || std::min(batch, total - at) != n;
+        if (first && finish_step(s.n)) {  // also a loss that is not finite, or a straggler
+          ends = true;
+          leave_at.store(at, std::memory_order_release);
+        }
+      }
+    };
+    if (plan->split)
+      run_team(nt, -1.0, split_body);
+    else
+      run_team(nt, -1.0, lanes_body);
   }
   return done;
 }
