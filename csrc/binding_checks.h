@@ -44,6 +44,9 @@ enum class Kind { f32, f64 };
 inline Kind float_kind(const py::array& a, const char* name) {
   if (a.dtype().is(py::dtype::of<float>())) return Kind::f32;
   if (a.dtype().is(py::dtype::of<double>())) return Kind::f64;
+  if (a.dtype().kind() == 'f' && (a.dtype().itemsize() == 4 || a.dtype().itemsize() == 8))
+    type_error(std::string(name) + " must be float32 or float64 in the machine's byte order, " +
+               "got " + dtype_str(a) + " (a.astype(a.dtype.newbyteorder('=')) converts it)");
   type_error(std::string(name) + " must be float32 or float64, got " + dtype_str(a));
 }
 

@@ -53,8 +53,11 @@ const int64_t* row_index(const Dev& dev, const py::object& obj, int64_t rows, in
   py::array idx = dev.array(obj, name.c_str());
   if (!idx.dtype().is(py::dtype::of<int64_t>()))
     type_error(name + " must be an int64 array of row numbers, got " + dtype_str(idx));
-  if (idx.ndim() != 1 || !(idx.flags() & py::array::c_style))
+  if (idx.ndim() != 1)
     value_error(name + " must be a contiguous 1-D array, got shape " + shape_str(idx));
+  if (!(idx.flags() & py::array::c_style))
+    value_error(name + " must be a contiguous 1-D array, got a stride of " +
+                std::to_string(idx.strides(0)) + " bytes (np.ascontiguousarray copies it)");
   *batch = idx.shape(0);
   return dev.row_index(idx, rows, name);
 }

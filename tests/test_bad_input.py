@@ -95,6 +95,13 @@ def test_unsupported_dtype_is_a_type_error_naming_it(op, name, dtype):
     raises(TypeError, lambda: call(op, args), name, str(np.dtype(dtype)))
 
 
+@pytest.mark.parametrize("dtype", [">f4", ">f8"])
+def test_a_foreign_byte_order_is_named_as_such(dtype):
+    a = np.ones((3, 3), dtype)
+    with pytest.raises(TypeError, match="in the machine's byte order, got >f"):
+        ops.gemm(a, a)
+
+
 MIXED_CASES = [(op, name) for op, name in ARG_CASES if len(FLOAT_ARGS[op]) > 1]
 
 

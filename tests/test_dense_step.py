@@ -337,7 +337,7 @@ BAD = {
     "not a list": (
         TypeError,
         lambda a: a.__setitem__("weights", a["weights"][0]),
-        ["lists"],
+        ["weights must be a list with one entry per layer"],
     ),
 }
 
@@ -378,6 +378,12 @@ def test_bad_rows_and_update_arguments(rng):
         ops.dense_step(**valid(rng), next_rows=np.array([0.0, 1.0]))
     with pytest.raises(ValueError, match="next_rows must be a contiguous 1-D"):
         ops.dense_step(**valid(rng), next_rows=np.zeros((2, 2), np.int64))
+    with pytest.raises(ValueError, match="rows must be a contiguous 1-D array, got a stride of 16"):
+        ops.dense_step(**valid(rng), rows=np.arange(6, dtype=np.int64)[::2])
+    for name in ("weights", "biases", "relu", "dweights", "dbiases"):
+        for step in (ops.dense_step, lambda **kw: ops.dense_steps(**kw, batch_size=2, lr=0.1)):
+            with pytest.raises(TypeError, match=f"^{name} must be a list with one entry per layer"):
+                step(**{**valid(rng), name: None})
 
 
 @pytest.mark.parametrize("batch", [20, 128, 600])  # one lane in halves; two lanes; blocks

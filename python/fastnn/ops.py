@@ -69,6 +69,19 @@ def _scalar(value, name: str) -> float:
     return float(value)
 
 
+def _check_layer_lists(weights, biases, relu, dweights, dbiases) -> tuple:
+    """The fused step's per-layer arguments, each a list or tuple with one entry per layer
+    (None entries for layers without bias); TypeError naming the first that is not."""
+    lists = dict(weights=weights, biases=biases, relu=relu, dweights=dweights, dbiases=dbiases)
+    for name, value in lists.items():
+        if not isinstance(value, list | tuple):
+            raise TypeError(
+                f"{name} must be a list with one entry per layer (None entries for layers "
+                f"without bias), got {type(value).__name__}"
+            )
+    return tuple(lists.values())
+
+
 def _shape2(x, name: str) -> tuple[int, int]:
     # Only what allocation needs; the binding checks everything else.
     if x is None:  # native_for skips None (optional arguments); this one is required
@@ -633,9 +646,7 @@ def dense_step(
             x, labels, weights, biases, relu, dweights, dbiases, rows, lr, weight_decay, next_rows
         )
     native = native_for(x=x, labels=labels, rows=rows, next_rows=next_rows)
-    lists = (weights, biases, relu, dweights, dbiases)
-    if not all(isinstance(v, list | tuple) for v in lists):
-        raise TypeError("weights, biases, relu, dweights and dbiases must be lists")
+    lists = _check_layer_lists(weights, biases, relu, dweights, dbiases)
     if lr is not None:
         lr = _hyper(lr, "lr")
     weight_decay = _hyper(weight_decay, "weight_decay")
@@ -704,9 +715,7 @@ def dense_steps(
     total = index.shape[0] if index.ndim else 0
     batch_size = min(int(batch_size), max(total, 1))  # larger: one step of everything
     losses = np.empty(-(-total // batch_size), np.float64)
-    lists = (weights, biases, relu, dweights, dbiases)
-    if not all(isinstance(v, list | tuple) for v in lists):
-        raise TypeError("weights, biases, relu, dweights and dbiases must be lists")
+    lists = _check_layer_lists(weights, biases, relu, dweights, dbiases)
     done = native.dense_steps(
         x,
         labels,
