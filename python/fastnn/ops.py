@@ -592,10 +592,12 @@ def dense_step(
     labels : ndarray, shape (B,); any integer dtype
         Class indices in ``[0, out_features of the last layer)``.
     weights : list of ndarray, shapes (out_l, in_l) chained (in_0 = in_features)
-    biases : list of ndarray (out_l,) or None
+    biases : list of (ndarray (out_l,) or None)
+        One entry per layer, None for a layer without bias.
     relu : list of bool
     dweights : list of ndarray (out_l, in_l), written
-    dbiases : list of ndarray (out_l,) or None (exactly where ``biases`` is None), written
+    dbiases : list of (ndarray (out_l,) or None), written
+        None exactly where ``biases`` has None.
     rows : ndarray of int64, shape (B,), optional
         The minibatch is ``x[rows]``, read in place (no gathered copy); default ``x`` itself.
     lr : float, optional
