@@ -313,11 +313,13 @@ struct StepPlan {
     }
     // 64 bytes of slack: the area starts on a cache line, so that no two threads' buffers
     // share one.
-    T* scratch = step_scratch<T>(buffers * (per_lane + weights) + packed_at[count] +
+    // Split: the later layers' panels live in the parity copies, not in `packed`.
+    const int64_t shared_panels = split ? 0 : packed_at[count];
+    T* scratch = step_scratch<T>(buffers * (per_lane + weights) + shared_panels +
                                  part_at[2] + 2 * copies + kAlign);
     scratch += (kAlign - (reinterpret_cast<uintptr_t>(scratch) / sizeof(T)) % kAlign) % kAlign;
     packed = scratch + buffers * (per_lane + weights);
-    part_packed = packed + packed_at[count];
+    part_packed = packed + shared_panels;
     db_sums.assign(size_t(buffers * outs), 0.0);
     lane.resize(size_t(buffers));
     for (int64_t k = 0; k < buffers; ++k) {
@@ -338,7 +340,8 @@ struct StepPlan {
       b.db = db_sums.data() + k * outs;
       for (int64_t l = 0, at = 0; l < count; at += layers[l].W.rows, ++l) b.db_at.push_back(at);
       for (int64_t l = 0; l < count; ++l)
-        b.packed_w.push_back(packed_at[l + 1] > packed_at[l] ? packed + packed_at[l] : nullptr);
+        b.packed_w.push_back(!split && packed_at[l + 1] > packed_at[l] ? packed + packed_at[l]
+                                                                       : nullptr);
     }
     T* c = part_packed + part_at[2];
     for (int q = 0; split && q < 2; ++q) {
