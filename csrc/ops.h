@@ -77,6 +77,9 @@ void gemm_ex(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<cons
 // 8 for double); 0 when gemm_ex would not take K in one block (then it cannot be prepacked).
 template <class T>
 int64_t prepacked_b_panels(int64_t K, int64_t N);
+// NR: the columns of op(B) in one packed panel (panel p holds columns [p·NR, p·NR + NR)).
+template <class T>
+int64_t prepacked_b_panel_columns();
 // Packs panel `panel` of op(B) into dst (which holds all the panels, in order).
 template <class T>
 void prepack_b_panel(T* dst, Matrix<const T> B, bool trans_b, int64_t panel);

@@ -239,6 +239,13 @@ T* step_scratch(int64_t n) {
   return buffer.data();
 }
 
+// A step's work after its lanes (not split), cut by units (rows of W) so that one thread does
+// all of it for its units: units [i0, i1) of layer `layer`, which are panel `panel` of the
+// packed Wᵀ (or −1: that layer is not packed).
+struct UnitJob {
+  int64_t layer, i0, i1, panel;
+};
+
 // What a step over `batch` rows needs that depends on the shapes and the batch size only: its
 // lanes, the split of a small batch, the weights' packed panels and the scratch memory cut
 // into the lanes' buffers. dense_steps makes one for all its steps of one size.
@@ -247,8 +254,8 @@ struct StepPlan {
   int64_t batch, lanes, in0, out0;
   bool split, gather;
   int64_t cut[3], width[2];
-  std::vector<int64_t> packed_at;                      // layer l's panels at packed + packed_at[l]
-  std::vector<std::pair<int64_t, int64_t>> pack_jobs;  // (layer, panel)
+  std::vector<int64_t> packed_at;  // layer l's panels at packed + packed_at[l]
+  std::vector<UnitJob> unit_jobs;  // not split: a job per panel of NR units
   int64_t part_panels[2] = {0, 0}, part_at[3] = {0, 0, 0};
   T* packed;
   T* part_packed;
@@ -296,12 +303,13 @@ struct StepPlan {
     // Each weight, transposed into the forward product's panels once per step (not per
     // block); when split, the first layer's per half.
     packed_at.assign(size_t(count) + 1, 0);
+    const int64_t nr = prepacked_b_panel_columns<T>();
     for (int64_t l = 0; l < count; ++l) {
-      const int64_t panels =
-          split && l == 0 ? 0 : prepacked_b_panels<T>(layers[l].W.cols, layers[l].W.rows);
-      // room for panels of NR ≤ 16 columns
-      packed_at[l + 1] = packed_at[l] + round_up(panels * 16 * layers[l].W.cols, kAlign);
-      for (int64_t p = 0; p < panels && !split; ++p) pack_jobs.push_back({l, p});
+      const int64_t rows = layers[l].W.rows,
+                    panels = split && l == 0 ? 0 : prepacked_b_panels<T>(layers[l].W.cols, rows);
+      packed_at[l + 1] = packed_at[l] + round_up(panels * nr * layers[l].W.cols, kAlign);
+      for (int64_t i0 = 0; i0 < rows && !split; i0 += nr)
+        unit_jobs.push_back({l, i0, std::min(rows, i0 + nr), panels ? i0 / nr : -1});
     }
     int64_t copies = 0;  // split: one parity's copies of layers 1..
     for (int64_t l = 1; split && l < count; ++l)
@@ -506,32 +514,38 @@ void split_rest(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count,
   }
 }
 
-// The part of a step that every thread of its team runs (all of it, on a team of one); not
-// for a split step.
+// Each weight's panels of Wᵀ for the forward products, packed by the threads of the team in
+// turn (the panel of a job by the thread that finish_units gives that job); then a barrier.
 template <class T>
-void step_team(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count,
-               Matrix<const T> X, const int64_t* x_rows, const int64_t* labels, T lr,
-               T weight_decay, const NextStep& next) {
-  std::vector<LaneBuffers<T>>& lane = plan.lane;
-  const int64_t lanes = plan.lanes, batch = plan.batch;
-  // Panel p of W1 by the thread that updated its rows.
-  team_for_cyclic(int64_t(plan.pack_jobs.size()), [&](int64_t job) {
-    const auto [l, p] = plan.pack_jobs[size_t(job)];
-    prepack_b_panel<T>(plan.packed + plan.packed_at[l], layers[l].W, true, p);
+void pack_weights(const StepPlan<T>& plan, const DenseLayer<T>* layers) {
+  team_for_cyclic(int64_t(plan.unit_jobs.size()), [&](int64_t k) {
+    const UnitJob& job = plan.unit_jobs[size_t(k)];
+    if (job.panel >= 0)
+      prepack_b_panel<T>(plan.packed + plan.packed_at[job.layer], layers[job.layer].W, true,
+                         job.panel);
   });
-  team_for(lanes, [&](int64_t k) {
-    run_lane(layers, count, X, x_rows, labels, k, batch, next, plan.scale, lane[size_t(k)]);
-  });
-  // The lanes' partial weight gradients, added into lane 0's (the result) in lane order;
-  // then the SGD update of the row, if asked, while it is in cache.
-  for (int64_t l = 0; l < count; ++l) {
-    const Matrix<T>& dW = layers[l].dW;
-    if (lanes == 1 && !layers[l].W_sgd) continue;
-    team_for(
-        dW.rows,
-        [&](int64_t i) {
-          for (int64_t k = 1; k < lanes; ++k) {
-            const T* part = lane[size_t(k)].dW[l] + i * dW.cols;
+}
+
+// A step's work after its lanes, each job on one thread, without a barrier after it: the
+// lanes' partial weight gradients of the job's units added into lane 0's (the result) in lane
+// order, a row at a time, and the row's SGD update, if asked, while it is in cache; their bias
+// gradients, summed over the lanes, and the biases' update; then, when `pack` (another step
+// follows on this team), their panel of the updated Wᵀ, packed for that step's forward
+// product. So the next step needs one barrier before it, not one around each part.
+template <class T>
+void finish_units(const StepPlan<T>& plan, const DenseLayer<T>* layers, T lr, T weight_decay,
+                  bool pack) {
+  const std::vector<LaneBuffers<T>>& lane = plan.lane;
+  const int64_t lanes = plan.lanes;
+  team_for_cyclic(
+      int64_t(plan.unit_jobs.size()),
+      [&](int64_t k) {
+        const auto [l, i0, i1, panel] = plan.unit_jobs[size_t(k)];
+        const DenseLayer<T>& layer = layers[l];
+        const Matrix<T>& dW = layer.dW;
+        for (int64_t i = i0; i < i1 && (lanes > 1 || layer.W_sgd); ++i) {
+          for (int64_t r = 1; r < lanes; ++r) {
+            const T* part = lane[size_t(r)].dW[l] + i * dW.cols;
             if (dW.cs == 1) {  // plain pointers, so that the loop vectorises
               T* g = &dW(i, 0);
               for (int64_t j = 0; j < dW.cols; ++j) g[j] += part[j];
@@ -539,23 +553,35 @@ void step_team(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count,
               for (int64_t j = 0; j < dW.cols; ++j) dW(i, j) += part[j];
             }
           }
-          sgd_rows(layers[l], i, i + 1, lr, weight_decay);
-        },
-        /*nowait=*/true);  // layers share nothing; the team meets after the step
-  }
+          sgd_rows(layer, i, i + 1, lr, weight_decay);
+        }
+        for (int64_t j = i0; layer.b.data && j < i1; ++j) {
+          double sum = 0.0;
+          for (int64_t r = 0; r < lanes; ++r) sum += lane[size_t(r)].db[lane[0].db_at[l] + j];
+          bias_step(layer, j, sum, lr, weight_decay);
+        }
+        if (pack && panel >= 0)
+          prepack_b_panel<T>(plan.packed + plan.packed_at[l], layer.W, true, panel);
+      },
+      /*nowait=*/true);
 }
 
-// The end of a step, on one thread after its team's part: the biases (summed over the
-// lanes) and their update, unless split (split_rest did them), and the loss.
+// The lanes of a step that is not split (weights already packed), on every thread of its
+// team, then finish_units.
 template <class T>
-T step_finish(const StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count, T lr,
-              T weight_decay) {
-  for (int64_t l = 0, offset = 0; !plan.split && l < count; offset += layers[l].W.rows, ++l)
-    for (int64_t j = 0; layers[l].b.data && j < layers[l].W.rows; ++j) {
-      double s = 0.0;
-      for (int64_t k = 0; k < plan.lanes; ++k) s += plan.lane[size_t(k)].db[offset + j];
-      bias_step(layers[l], j, s, lr, weight_decay);
-    }
+void step_lanes(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count,
+                Matrix<const T> X, const int64_t* x_rows, const int64_t* labels, T lr,
+                T weight_decay, const NextStep& next, bool pack) {
+  team_for(plan.lanes, [&](int64_t k) {
+    run_lane(layers, count, X, x_rows, labels, k, plan.batch, next, plan.scale,
+             plan.lane[size_t(k)]);
+  });
+  finish_units(plan, layers, lr, weight_decay, pack);
+}
+
+// The step's mean loss, on one thread once its lanes are done.
+template <class T>
+T step_loss(const StepPlan<T>& plan) {
   double loss = 0.0;
   for (int64_t k = 0; k < plan.lanes; ++k) loss += plan.lane[size_t(k)].loss;
   return static_cast<T>(loss / double(plan.batch));  // as softmax_cross_entropy: a division
@@ -581,14 +607,16 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
   std::optional<SerialScope> serial;
   if (nt == 1) serial.emplace();
   run_team(nt, plan.flops / 50e9, [&] {
-    if (!plan.split)
-      return step_team(plan, layers, count, X, x_rows, labels, lr, weight_decay, next);
+    if (!plan.split) {
+      pack_weights(plan, layers);
+      return step_lanes(plan, layers, count, X, x_rows, labels, lr, weight_decay, next, false);
+    }
     if (team_index() == 0) publish(plan, layers, count, 0);
     split_forward(plan, layers[0], X, x_rows, next, 0);
     team_barrier();
     split_rest(plan, layers, count, X, x_rows, labels, lr, weight_decay, 0);
   });
-  return step_finish(plan, layers, count, lr, weight_decay);
+  return step_loss(plan);
 }
 
 template <class T>
@@ -634,7 +662,7 @@ int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> 
     // as the guard counts asks.
     auto t0 = std::chrono::steady_clock::now();
     auto finish_step = [&](int64_t rows) {  // thread 0; true: the team leaves
-      const double loss = double(step_finish(*plan, layers, count, lr, weight_decay));
+      const double loss = double(step_loss(*plan));
       losses[done++] = loss;
       stop = !std::isfinite(loss);
       r0 += rows;
@@ -644,13 +672,15 @@ int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> 
       const bool tripped = nt > 1 && team_finished(dt.count(), plan->flops / 50e9, nt);
       return tripped || stop || nt == 1 || r0 >= total || std::min(batch, total - r0) != n;
     };
-    // Lanes: each step's serial end on thread 0 between two barriers.
+    // Lanes: two barriers per step, one after the lanes (in step_lanes) and one after
+    // finish_units, which packs the weights for the next step, and thread 0's serial end.
     bool shared_leave = false;  // thread 0's decision, read by all after the barrier
     auto lanes_body = [&] {
+      pack_weights(*plan, layers);
       for (;;) {
         const Step s = step_at(r0);
-        step_team(*plan, layers, count, s.X, s.rows, labels + r0, lr, weight_decay, s.ahead);
-        team_barrier();
+        step_lanes(*plan, layers, count, s.X, s.rows, labels + r0, lr, weight_decay, s.ahead,
+                   /*pack=*/team_size() > 1);
         if (team_index() == 0) shared_leave = finish_step(s.n);
         team_barrier();
         if (shared_leave) break;

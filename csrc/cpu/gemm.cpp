@@ -1025,6 +1025,11 @@ int64_t prepacked_b_panels(int64_t K, int64_t N) {
 }
 
 template <class T>
+int64_t prepacked_b_panel_columns() {
+  return Blocking<T>::NR;
+}
+
+template <class T>
 void prepack_b_panel(T* dst, Matrix<const T> B, bool trans_b, int64_t panel) {
   constexpr int64_t NR = Blocking<T>::NR;
   const int64_t K = trans_b ? B.cols : B.rows, N = trans_b ? B.rows : B.cols;
@@ -1118,6 +1123,7 @@ double fma_loop(int64_t iterations) {
                            const T*, int64_t, bool, const int64_t*, const int64_t*, const T*,  \
                            const PrefetchRows*);                                               \
   template int64_t prepacked_b_panels<T>(int64_t, int64_t);                                    \
+  template int64_t prepacked_b_panel_columns<T>();                                             \
   template void prepack_b_panel<T>(T*, Matrix<const T>, bool, int64_t);
 FASTNN_INSTANTIATE(float)
 FASTNN_INSTANTIATE(double)

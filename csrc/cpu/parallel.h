@@ -97,11 +97,12 @@ void team_for(int64_t n, F&& body, bool nowait = false) {
   if (!nowait) team_barrier();
 }
 
-// body(i) for iterations t, t + size, ... of [0, n) (schedule(static, 1)); then a barrier.
+// body(i) for iterations t, t + size, ... of [0, n) (schedule(static, 1)); then a barrier,
+// unless nowait.
 template <class F>
-void team_for_cyclic(int64_t n, F&& body) {
+void team_for_cyclic(int64_t n, F&& body, bool nowait = false) {
   for (int64_t i = team_index(); i < n; i += team_size()) body(i);
-  team_barrier();
+  if (!nowait) team_barrier();
 }
 
 // body(begin, end) over [0, n) in chunks of `grain` items; chunks run in parallel when the
