@@ -480,6 +480,12 @@ void split_rest(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count,
   const auto [xb, xb_rows] = split_input(plan, X, x_rows, own);
   const T* h = plan.h[q];
   const Matrix<const T> h_all{h, n, out0, out0, 1};
+  // The other half of h, written by the other thread: its lines requested all at once, not
+  // one row at a time as the product reaches them.
+  for (int p = 0; p < 2; ++p)
+    for (int64_t i = 0; p != t && i < n; ++i)
+      for (int64_t j = cut[p]; j < cut[p + 1]; j += 64 / int64_t(sizeof(T)))
+        __builtin_prefetch(h + i * out0 + j, 0, 3);
   own.loss = 0.0;
   block_loss(view, count, forward_from(view, count, 1, h_all, n, own, plan.view_packed[q].data()),
              n, labels, plan.scale, own);
