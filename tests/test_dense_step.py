@@ -382,8 +382,10 @@ def test_bad_rows_and_update_arguments(rng):
         ops.dense_step(**valid(rng), rows=np.arange(6, dtype=np.int64)[::2])
     for name in ("weights", "biases", "relu", "dweights", "dbiases"):
         for step in (ops.dense_step, lambda **kw: ops.dense_steps(**kw, batch_size=2, lr=0.1)):
-            with pytest.raises(TypeError, match=f"^{name} must be a list with one entry per layer"):
+            want = f"^{name} must be a list with one entry per layer"
+            with pytest.raises(TypeError, match=want) as e:
                 step(**{**valid(rng), name: None})
+            assert ("None entries" in str(e.value)) == ("bias" in name)  # only where it applies
 
 
 @pytest.mark.parametrize("batch", [20, 128, 600])  # one lane in halves; two lanes; blocks

@@ -152,6 +152,24 @@ def test_fit_argument_checks(rng):
         fnn.evaluate(model, (x, y), batch_size=0)
     with pytest.raises(ValueError, match="epochs"):
         fnn.fit(model, (x, y), optimizer=opt, epochs="2", verbose=0)
+    for bad, kind in (("abc", TypeError), (1.5, TypeError), (-1, ValueError)):
+        with pytest.raises(kind, match=r"^fit: rng must be None, a non-negative int seed or"):
+            fnn.fit(model, (x, y), optimizer=opt, rng=bad, verbose=0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_validation_inputs_are_refused_up_front(rng, bad):
+    """A NaN validation sample would give a NaN val_loss next to a computed val_accuracy."""
+    x, y = _separable(rng, n=32)
+    vx = x.copy()
+    vx[5, 2] = bad
+    model = _model()
+    before = [p.data.copy() for p in model.parameters()]
+    opt = fnn.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"validation inputs hold NaN or inf \(sample 5 is"):
+        fnn.fit(model, (x, y), optimizer=opt, validation=(vx, y), verbose=0)
+    for p, b in zip(model.parameters(), before, strict=True):  # refused before any step
+        np.testing.assert_array_equal(p.data, b)
 
 
 def test_non_finite_input_is_named_as_the_cause(rng):

@@ -75,9 +75,9 @@ def _check_layer_lists(weights, biases, relu, dweights, dbiases) -> tuple:
     lists = dict(weights=weights, biases=biases, relu=relu, dweights=dweights, dbiases=dbiases)
     for name, value in lists.items():
         if not isinstance(value, list | tuple):
+            none = " (None entries for layers without bias)" if "bias" in name else ""
             raise TypeError(
-                f"{name} must be a list with one entry per layer (None entries for layers "
-                f"without bias), got {type(value).__name__}"
+                f"{name} must be a list with one entry per layer{none}, got {type(value).__name__}"
             )
     return tuple(lists.values())
 

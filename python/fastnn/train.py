@@ -59,6 +59,31 @@ def _check_labels(model, loss, y, name: str) -> None:
         )
 
 
+def _check_finite(x, name: str) -> None:
+    """Float inputs held in NumPy must be finite: a NaN or inf sample would give a NaN loss and
+    a meaningless accuracy, silently (checked once, up front; a training step that meets one
+    stops with its own message instead)."""
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "fc" or x.size == 0:
+        return
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise ValueError(f"fit: the {name} inputs hold NaN or inf (sample {row} is the first)")
+
+
+def _generator(rng) -> np.random.Generator:
+    """fit's ``rng``: a Generator as it is, else a seed for numpy.random.default_rng."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    try:
+        return np.random.default_rng(rng)
+    except (TypeError, ValueError) as e:  # the same kind, with the argument named
+        raise type(e)(
+            f"fit: rng must be None, a non-negative int seed or a numpy.random.Generator, "
+            f"got {rng!r}"
+        ) from e
+
+
 def _warn_double_softmax(model, loss) -> None:
     """softmax_cross_entropy takes logits: a model ending in softmax would apply it twice
     (training then barely moves), a classic silent mistake."""
@@ -400,12 +425,14 @@ def fit(
     ValueError
         For epochs < 0, a batch size < 1, empty training or validation data, no optimizer or
         one that holds none of the model's parameters, inputs and labels of different
-        lengths, validation samples shaped unlike the training ones, or
+        lengths, validation samples shaped unlike the training ones, validation inputs (in
+        NumPy) that hold NaN or inf, named by the first such sample, or
         (for a Sequential of Dense layers under softmax cross-entropy) a label outside
         [0, classes), named by its index in the data.
     TypeError
         For a batch size that is not an int or "full", a model that is not a Module (a tuple
-        of layers: wrap it in ``Sequential``), or data that are not arrays.
+        of layers: wrap it in ``Sequential``), data that are not arrays, or an ``rng`` that
+        is not None, an int seed or a Generator (ValueError for a negative seed).
 
     Warns
     -----
@@ -445,9 +472,10 @@ def fit(
                 f"{tuple(x.shape)}; each sample must have the same shape"
             )
         _check_labels(model, loss, vy, "validation")
+        _check_finite(vx, "validation")
     _warn_double_softmax(model, loss)
     size = _batch_size(batch_size, n)
-    generator = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    generator = _generator(rng)
     history = History()
     last_good = None
     show_bar = verbose >= 1 and sys.stderr.isatty()
