@@ -33,10 +33,24 @@ def test_train_prints_epochs_and_writes_its_files(trained):
     assert out.returncode == 0, out.stderr
     assert "epoch 1/1" in out.stdout and "samples/s" in out.stdout and "val acc" in out.stdout
     assert "Dense(784 => 32, relu, params=25120)" in out.stdout
+    first = out.stdout.splitlines()[0]  # both sets' files named, the test set's too
+    assert "60,000 training and 10,000 test images" in first
+    assert "train-images" in first and "t10k-images" in first and "t10k-labels" in first
     for name, min_size in [("curves.png", (400, 200)), ("predictions.png", (400, 300))]:
         with Image.open(cwd / "run" / name) as img:
             assert img.format == "PNG" and img.size[0] >= min_size[0] and img.size[1] >= min_size[1]
     assert (cwd / "run" / "model.safetensors").stat().st_size > 100_000
+
+
+def test_sources_are_named_by_their_shared_folder():
+    class Set:
+        def __init__(self, source):
+            self.source = source
+
+    a, b = Set("/d/{a.gz, b.gz}"), Set("/d/{c.gz, d.gz}")
+    assert cli._sources(a, b) == "/d/{a.gz, b.gz, c.gz, d.gz}"
+    assert cli._sources(a, Set("/e/{c.gz}")) == "/d/{a.gz, b.gz} and /e/{c.gz}"
+    assert cli._sources(a, Set(None)) == "/d/{a.gz, b.gz} and ?"
 
 
 def test_predict_is_the_articles_test_n(trained):

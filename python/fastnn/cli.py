@@ -20,6 +20,15 @@ __all__ = ["main"]
 DATASETS = ("fashion-mnist", "mnist")
 
 
+def _sources(*sets) -> str:
+    """Where the datasets were read: "folder/{a, b, c, d}" when they share a folder."""
+    sources = [str(getattr(d, "source", None) or "?") for d in sets]
+    parts = [src.rsplit("/{", 1) for src in sources]
+    if all(len(p) == 2 and p[1].endswith("}") for p in parts) and len({p[0] for p in parts}) == 1:
+        return f"{parts[0][0]}/{{{', '.join(p[1][:-1] for p in parts)}}}"
+    return " and ".join(sources)
+
+
 def _batch_size(text: str):
     if text == "full":
         return "full"
@@ -95,7 +104,7 @@ def cmd_train(args) -> int:
         (out / stale).unlink(missing_ok=True)
     print(
         f"{train.name}: {len(train):,} training and {len(test):,} test images "
-        f"(from {getattr(train, 'source', '?')})"
+        f"(from {_sources(train, test)})"
     )
     print(model)
     print(
