@@ -394,6 +394,16 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("reports"),
       "Tests: every reports-th thread team counts as a straggler (0: only slow teams do).");
   m.def(
+      "set_step_mode",
+      [](const std::string& mode) {
+        if (mode != "auto" && mode != "lanes" && mode != "split")
+          value_error("mode must be 'auto', 'lanes' or 'split', got '" + mode + "'");
+        cpu::set_step_mode(mode == "auto" ? 0 : mode == "lanes" ? 1 : 2);
+      },
+      py::arg("mode"),
+      "Tests: how dense_step(s) run a batch of two lanes whose first layer is wide: chosen by "
+      "timing ('auto'), or always 'lanes' or 'split' (the results are the same).");
+  m.def(
       "fma_loop",
       [](int64_t iterations) {
         if (iterations < 1) value_error("iterations must be >= 1");
@@ -409,6 +419,9 @@ PYBIND11_MODULE(_cpu, m) {
     d["openmp"] = cpu::openmp_enabled();
     d["num_threads"] = cpu::num_threads();
     d["straggler_trips"] = cpu::straggler_trips();
+    const auto [switches, split_steps] = cpu::step_mode_counts();
+    d["step_mode_switches"] = switches;
+    d["dual_split_steps"] = split_steps;
     return d;
   });
 }

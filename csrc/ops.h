@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 #include "common.h"
 
@@ -80,6 +81,10 @@ int64_t prepacked_b_panels(int64_t K, int64_t N);
 // NR: the columns of op(B) in one packed panel (panel p holds columns [p·NR, p·NR + NR)).
 template <class T>
 int64_t prepacked_b_panel_columns();
+// Whether gemm_ex sums each element of a product with N columns over all of its K at once
+// (one chain of FMAs), rather than in blocks of K added into C one after the other.
+template <class T>
+bool sums_whole_k(int64_t K, int64_t N);
 // Packs panel `panel` of op(B) into dst (which holds all the panels, in order).
 template <class T>
 void prepack_b_panel(T* dst, Matrix<const T> B, bool trans_b, int64_t panel);
@@ -193,6 +198,15 @@ template <class T>
 int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
                     const int64_t* x_rows, int64_t total, int64_t batch, const int64_t* labels,
                     T lr, T weight_decay, NextStep next, double* losses);
+
+// A batch of two lanes (64 to 384 rows) whose first layer is split-wide can run either way:
+// as lanes, or split by units with each weight and bias gradient summed over the lanes' rows
+// and then over the lanes, which gives the same bits. dense_steps times both and runs the
+// faster (see ModeChooser in dense_step.cpp); mode 1 forces lanes, 2 split, 0 back to timing
+// (tests). step_mode_counts: how often the timing changed its choice in this process, and how
+// many such steps in dense_steps ran split.
+void set_step_mode(int mode);
+std::pair<int64_t, int64_t> step_mode_counts();
 
 // ----------------------------------------------------------------- optim.cpp
 // In-place updates over `count` contiguous buffers in one call ("multi-tensor apply");

@@ -460,6 +460,7 @@ def steps_loop(x, labels, layers, relu, rows, batch_size, lr, weight_decay=0.0):
         (1000, 48, 300, 20, True),  # ... and a last minibatch of another size (40 rows)
         (300, 40, 300, (20, 12), True),  # in halves, two later layers
         (700, 128, 50, 9, True),  # two lanes
+        (700, 100, 300, 20, True),  # two lanes or split (dual): timed, may change between teams
         (260, 128, 20, 9, False),  # x's rows in order
         (40, 64, 9, 9, True),  # one step
         (0, 8, 3, 9, True),  # no rows: no steps
@@ -576,3 +577,71 @@ def test_weight_decay_needs_lr_and_numpy_bools_are_bools(rng):
 def test_dense_steps_batch_size_beyond_the_rows_is_one_step(rng):
     losses = ops.dense_steps(**valid(rng), batch_size=2**64, lr=0.1)
     assert losses.shape == (1,)
+
+
+@pytest.fixture
+def step_mode():
+    """Sets fastnn._cpu's step mode for dual batches; back to timing afterwards."""
+    yield fnn._cpu.set_step_mode
+    fnn._cpu.set_step_mode("auto")
+
+
+# Dual batches: two lanes (64 to 384 rows) whose first layer is wide (256 inputs or more, 16
+# units or more) and sums its forward over all of K at once (at most 32 units, or K <= 256).
+DUAL = [
+    # (batch, d_in, hidden layers, bias, relu of the first layer, dtype)
+    (64, 256, (16,), True, True, np.float32),
+    (65, 300, (20,), True, True, np.float32),  # lanes of 33 and 32 rows
+    (128, 784, (32, 10), True, True, np.float32),  # the article's step, with another layer
+    (200, 300, (24,), False, False, np.float32),  # no biases, no relu on the first layer
+    (384, 256, (40,), True, True, np.float32),  # 40 units: K = 256 is one block anyway
+    (128, 300, (16,), True, True, np.float64),
+]
+
+
+@pytest.mark.parametrize(("batch", "d_in", "hidden", "bias", "relu0", "dtype"), DUAL)
+def test_dual_batches_are_the_same_bits_as_lanes_or_split(
+    rng, step_mode, batch, d_in, hidden, bias, relu0, dtype
+):
+    """A dual batch's steps give the same weights, gradients and losses bit for bit whether
+    they run as two lanes, split by units between the two threads with the lanes' sums, or
+    as the timing chooses between teams (dense_steps), and dense_step alone either way; and
+    forcing split does run split steps."""
+    n = 7 * batch + 5
+    x = rng.standard_normal((n + 50, d_in)).astype(dtype)
+    labels = rng.integers(0, 6, n)
+    rows = rng.permutation(n + 50)[:n].astype(np.int64)
+    start = params(rng, (d_in, *hidden, 6), dtype)
+    relu = [relu0] + [True] * (len(hidden) - 1) + [False]
+    before = fnn.get_num_threads()
+    fnn.set_num_threads(2)
+    results = []
+    try:
+        for mode in ("lanes", "split", "auto"):
+            step_mode(mode)
+            w = [a.copy() for a, _ in start]
+            b = [c.copy() if bias else None for _, c in start]
+            dws = [np.full_like(a, np.nan) for a in w]
+            dbs = [np.full_like(c, np.nan) if bias else None for _, c in start]
+            split_before = fnn._cpu.config()["dual_split_steps"]
+            update = {"batch_size": batch, "lr": 0.1, "weight_decay": 0.01}
+            losses = ops.dense_steps(x, labels, w, b, relu, dws, dbs, rows=rows, **update)
+            split_steps = fnn._cpu.config()["dual_split_steps"] - split_before
+            if mode != "auto":  # all but the last, shorter minibatch are dual
+                assert split_steps == (len(losses) - 1 if mode == "split" else 0)
+            one_dw = [np.full_like(a, np.nan) for a in w]
+            one_db = [np.full_like(c, np.nan) if bias else None for _, c in start]
+            one = ops.dense_step(x, labels[:batch], w, b, relu, one_dw, one_db, rows=rows[:batch])
+            got = [*w, *dws, *one_dw] + ([*b, *dbs, *one_db] if bias else [])
+            results.append((np.append(losses, one), got))
+    finally:
+        fnn.set_num_threads(before)
+    for losses, arrays in results[1:]:
+        np.testing.assert_array_equal(losses, results[0][0])
+        for got, want in zip(arrays, results[0][1], strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_set_step_mode_names_the_modes():
+    with pytest.raises(ValueError, match="'auto', 'lanes' or 'split'"):
+        fnn._cpu.set_step_mode("fast")

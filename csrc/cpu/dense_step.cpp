@@ -10,8 +10,11 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <optional>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu/parallel.h"
@@ -143,13 +146,15 @@ void backward_layer(const DenseLayer<T>& layer, int64_t l, int64_t n, bool first
   }
 }
 
-// The softmax cross-entropy rows of a block: loss into lane.loss, dlogits into the last grad.
+// The softmax cross-entropy of rows [r0, r0 + n) of a block's logits: their loss added into
+// lane.loss, their dlogits into the same rows of the last grad.
 template <class T>
-void block_loss(const DenseLayer<T>* layers, int64_t count, Matrix<const T> logits, int64_t n,
-                const int64_t* labels, double scale, LaneBuffers<T>& lane) {
+void block_loss(const DenseLayer<T>* layers, int64_t count, Matrix<const T> logits, int64_t r0,
+                int64_t n, const int64_t* labels, double scale, LaneBuffers<T>& lane) {
   const int64_t classes = layers[count - 1].W.rows;
-  Matrix<T> g{lane.grad[count - 1], n, classes, classes, 1};
-  lane.loss += softmax_cross_entropy_rows<T>(g, logits, labels, scale);
+  Matrix<T> g{lane.grad[count - 1] + r0 * classes, n, classes, classes, 1};
+  const Matrix<const T> z{logits.data + r0 * logits.rs, n, logits.cols, logits.rs, logits.cs};
+  lane.loss += softmax_cross_entropy_rows<T>(g, z, labels + r0, scale);
 }
 
 // Columns [c0, c1) of n rows of X (rows[0..n), or the rows from r0 on), as a prefetch hint;
@@ -213,7 +218,7 @@ void run_lane(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
     }
     const Matrix<const T> logits =
         forward_from(layers, count, 0, xb, n, lane, lane.packed_w.data(), &ahead[0]);
-    block_loss(layers, count, logits, n, labels + r0, scale, lane);
+    block_loss(layers, count, logits, 0, n, labels + r0, scale, lane);
     for (int64_t l = count - 1; l >= 0; --l) {
       const Matrix<const T> x_l =
           l ? Matrix<const T>{lane.act[l - 1], n, layers[l].W.cols, layers[l].W.cols, 1} : xb;
@@ -252,7 +257,7 @@ struct UnitJob {
 template <class T>
 struct StepPlan {
   int64_t batch, lanes, in0, out0;
-  bool split, gather;
+  bool split, dual, gather;  // dual: lanes or split steps, as the plan's mode chooser decides
   int64_t cut[3], width[2];
   std::vector<int64_t> packed_at;  // layer l's panels at packed + packed_at[l]
   std::vector<UnitJob> unit_jobs;  // not split: a job per panel of NR units
@@ -272,7 +277,6 @@ struct StepPlan {
   StepPlan(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X, bool rows, int64_t n)
       : batch(n), lanes(lanes_for(n)), in0(X.cols), out0(layers[0].W.rows),
         gather(rows || X.cs != 1), scale(1.0 / double(n)) {
-    const int64_t block = std::min(kBlockRows, ceil_div(batch, lanes));
     // A small batch is one lane of one block. When its first layer is wide, that layer's two
     // products are cut by its units (rows of W1) into two fixed halves that two threads
     // share: each thread computes its half of the first layer's output, forward, then after
@@ -283,17 +287,30 @@ struct StepPlan {
     // bit for bit. (Batch 128 cut so, against two lanes of 64 rows: from 7 % slower to 19 %
     // faster in paired epochs on the shared machine, 1.00 at the median; each thread then
     // reads all 128 rows.)
-    split = lanes == 1 && in0 >= kSplitColumns && out0 >= kSplitUnits;
+    const bool wide = in0 >= kSplitColumns && out0 >= kSplitUnits;
+    split = lanes == 1 && wide;
+    // Two lanes of one block each can also run split, with the lanes' sums (split_rest), so
+    // bit for bit the same: which one is faster depends on the machine's state (see
+    // ModeChooser), so such a plan holds the buffers of both. The first layer's forward
+    // product must then sum each output over all of K at once, as the halves' narrower
+    // products do, and X's columns must be contiguous (split steps read its rows in place).
+    dual = lanes == 2 && batch <= 2 * kBlockRows && wide && sums_whole_k<T>(in0, out0) &&
+           X.cs == 1;
+    const bool splits = split || dual;
+    // Rows per lane buffer: a block, or the whole batch for split steps (gathered rows: a
+    // block when dual).
+    const int64_t block = splits ? batch : std::min(kBlockRows, ceil_div(batch, lanes));
+    const int64_t x_block = dual ? ceil_div(batch, lanes) : block;
     cut[0] = 0;
-    cut[1] = split ? round_up(ceil_div(out0, 2), 8) : out0;
+    cut[1] = splits ? round_up(ceil_div(out0, 2), 8) : out0;
     cut[2] = out0;
     width[0] = cut[1] - cut[0];
     width[1] = cut[2] - cut[1];
-    const int64_t buffers = split ? 2 : lanes;  // LaneBuffers: one per lane, or per thread
+    const int64_t buffers = splits ? 2 : lanes;  // LaneBuffers: one per lane, or per thread
     constexpr int64_t kAlign = 64 / sizeof(T);  // lanes' buffers start on their own lines
 
     // One scratch area, cut per lane: [x][act, grad per layer][partial dW per layer].
-    int64_t per_lane = gather ? round_up(block * in0, kAlign) : 0, weights = 0, outs = 0;
+    int64_t per_lane = gather ? round_up(x_block * in0, kAlign) : 0, weights = 0, outs = 0;
     for (int64_t l = 0; l < count; ++l) {
       per_lane += 2 * round_up(block * layers[l].W.rows, kAlign);
       weights += round_up(layers[l].W.rows * layers[l].W.cols, kAlign);
@@ -312,10 +329,10 @@ struct StepPlan {
         unit_jobs.push_back({l, i0, std::min(rows, i0 + nr), panels ? i0 / nr : -1});
     }
     int64_t copies = 0;  // split: one parity's copies of layers 1..
-    for (int64_t l = 1; split && l < count; ++l)
+    for (int64_t l = 1; splits && l < count; ++l)
       copies += round_up(layers[l].W.rows * layers[l].W.cols, kAlign) +
                 round_up(layers[l].W.rows, kAlign) + packed_at[l + 1] - packed_at[l];
-    for (int p = 0; split && p < 2; ++p) {
+    for (int p = 0; splits && p < 2; ++p) {
       part_panels[p] = prepacked_b_panels<T>(in0, width[p]);
       part_at[p + 1] = part_at[p] + round_up(part_panels[p] * 16 * in0, kAlign);
     }
@@ -334,7 +351,7 @@ struct StepPlan {
       T* p = scratch + k * (per_lane + weights);
       LaneBuffers<T>& b = lane[size_t(k)];
       b.x = p;
-      p += gather ? round_up(block * in0, kAlign) : 0;
+      p += gather ? round_up(x_block * in0, kAlign) : 0;
       for (int64_t l = 0; l < count; ++l) {
         b.act.push_back(p);
         p += round_up(block * layers[l].W.rows, kAlign);
@@ -352,7 +369,7 @@ struct StepPlan {
                                                                        : nullptr);
     }
     T* c = part_packed + part_at[2];
-    for (int q = 0; split && q < 2; ++q) {
+    for (int q = 0; splits && q < 2; ++q) {
       h[q] = lane[size_t(q)].act[0];
       view[q].assign(layers, layers + count);
       view_packed[q].assign(size_t(count), nullptr);
@@ -464,6 +481,40 @@ void split_forward(StepPlan<T>& plan, const DenseLayer<T>& first, Matrix<const T
   }
 }
 
+// A split step's weight and bias gradients of units [u0, u1) of layer l (rows of its W, columns
+// of its output gradient g, n rows of `out` floats), with its input x (the rows x_rows of it,
+// or in place), into dW (those units' rows), summed as lanes and finish_units sum them: over
+// each lane's rows, then the lanes in order (the lane's sum added into the result by the
+// update of C), so that a dual plan's split and lanes steps give the same bits. Then those
+// units' SGD update, if asked.
+template <class T>
+void lane_summed_grads(const StepPlan<T>& plan, const DenseLayer<T>& layer, int64_t l,
+                       const T* g, int64_t u0, int64_t u1, Matrix<const T> x,
+                       const int64_t* x_rows, Matrix<T> dW, T lr, T weight_decay) {
+  const int64_t out = layer.W.rows;
+  for (int64_t k = 0; k < plan.lanes; ++k) {
+    int64_t b0, b1;
+    lane_range(plan.batch, k, &b0, &b1);
+    const int64_t m = b1 - b0;
+    const Matrix<const T> xk{x_rows ? x.data : x.data + b0 * x.rs, m, x.cols, x.rs, x.cs};
+    gemm_ex<T>(true, false, T(1), Matrix<const T>{g + b0 * out + u0, m, u1 - u0, out, 1}, xk,
+               k == 0 ? T(0) : T(1), dW, nullptr, 1, false, nullptr,
+               x_rows ? x_rows + b0 : nullptr);
+    if (layer.b.data) {
+      double* acc = plan.lane[size_t(k)].db + plan.lane[size_t(k)].db_at[l];
+      std::fill(acc + u0, acc + u1, 0.0);
+      simd_call<add_column_sums<T>>(acc, g + b0 * out, out, m, u0, u1);
+    }
+  }
+  for (int64_t j = u0; layer.b.data && j < u1; ++j) {
+    double sum = 0.0;
+    for (int64_t k = 0; k < plan.lanes; ++k)
+      sum += plan.lane[size_t(k)].db[plan.lane[size_t(k)].db_at[l] + j];
+    bias_step(layer, j, sum, lr, weight_decay);
+  }
+  sgd_rows(layer, u0, u1, lr, weight_decay);
+}
+
 // Each thread runs the later layers on the whole of h itself (cheaper than passing their
 // results between the cores); thread 0 also computes their weight and bias gradients, updates
 // them and publishes them for the next step. Then each thread computes its halves of the first
@@ -486,37 +537,31 @@ void split_rest(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count,
     for (int64_t i = 0; p != t && i < n; ++i)
       for (int64_t j = cut[p]; j < cut[p + 1]; j += 64 / int64_t(sizeof(T)))
         __builtin_prefetch(h + i * out0 + j, 0, 3);
+  const Matrix<const T> logits =
+      forward_from(view, count, 1, h_all, n, own, plan.view_packed[q].data());
   own.loss = 0.0;
-  block_loss(view, count, forward_from(view, count, 1, h_all, n, own, plan.view_packed[q].data()),
-             n, labels, plan.scale, own);
+  for (int64_t k = 0; k < plan.lanes; ++k) {  // the loss summed as the lanes sum it
+    int64_t b0, b1;
+    lane_range(n, k, &b0, &b1);
+    block_loss(view, count, logits, b0, b1 - b0, labels, plan.scale, own);
+  }
   for (int64_t l = count - 1; l >= 1; --l) {
     const Matrix<const T> x_l =
         l > 1 ? Matrix<const T>{own.act[l - 1], n, layers[l].W.cols, layers[l].W.cols, 1}
               : h_all;
-    backward_layer(view[l], l, n, true, x_l, lane[0].db + lane[0].db_at[l], own, t == 0);
+    backward_layer(view[l], l, n, true, x_l, nullptr, own, false);
+    if (t == 0)
+      lane_summed_grads(plan, layers[l], l, own.grad[l], 0, layers[l].W.rows, x_l, nullptr,
+                        layers[l].dW, lr, weight_decay);
   }
-  if (t == 0) {
-    for (int64_t l = 1; l < count; ++l) {
-      sgd_rows(layers[l], 0, layers[l].W.rows, lr, weight_decay);
-      for (int64_t j = 0; layers[l].b.data && j < layers[l].W.rows; ++j)
-        bias_step(layers[l], j, lane[0].db[lane[0].db_at[l] + j], lr, weight_decay);
-    }
-    publish(plan, layers, count, 1 - q);
-  }
+  if (t == 0) publish(plan, layers, count, 1 - q);
   const DenseLayer<T>& first = layers[0];
   T* g = own.grad[0];  // the gradient of h: each thread has all of it
-  double* db = lane[0].db + lane[0].db_at[0];
   for (int p = t; p < 2; p += team) {  // this half's relu mask, bias and weight gradients
     if (first.relu)
       simd_call<relu_mask<T>>(g, out0, h, out0, n, cut[p], cut[p + 1]);
-    if (first.b.data) {
-      std::fill(db + cut[p], db + cut[p + 1], 0.0);
-      simd_call<add_column_sums<T>>(db, static_cast<const T*>(g), out0, n, cut[p], cut[p + 1]);
-      for (int64_t j = cut[p]; j < cut[p + 1]; ++j) bias_step(first, j, db[j], lr, weight_decay);
-    }
-    gemm_ex<T>(true, false, T(1), Matrix<const T>{g + cut[p], n, plan.width[p], out0, 1}, xb,
-               T(0), plan.units(first.dW, p), nullptr, 1, false, nullptr, xb_rows);
-    sgd_rows(first, cut[p], cut[p + 1], lr, weight_decay);
+    lane_summed_grads(plan, first, 0, g, cut[p], cut[p + 1], xb, xb_rows,
+                      plan.units(first.dW, p), lr, weight_decay);
   }
 }
 
@@ -585,15 +630,96 @@ void step_lanes(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count,
   finish_units(plan, layers, lr, weight_decay, pack);
 }
 
-// The step's mean loss, on one thread once its lanes are done.
+// Which way a dual plan's steps run (lanes or split: the same bits). Two lanes pass ≈ 200 KB
+// between the cores each step (partial weight gradients, packed panels); split steps pass
+// ≈ 10 KB but each thread reads every row. On the shared development machine a cache line's
+// round trip between its two cores took ≈ 60 ns or ≈ 350 ns, changing from minute to minute
+// (where the host puts them): batch-128 epochs ran 9–16 % faster split in the second state,
+// 2–11 % slower in the first. So dense_steps measures both: it runs the
+// faster one, and after every kExploreAfter seconds of it, it times kExploreSteps of the other
+// (2-thread teams only; a team's first step, which starts the team and its caches, is not
+// counted).
+struct ModeChooser {
+  static constexpr double kExploreAfter = 0.04;  // seconds
+  static constexpr int64_t kExploreSteps = 8;
+  static constexpr double kSwitchBelow = 0.97;  // the other way's step time over this one's
+  std::mutex mutex;
+  int forced = 0;                   // 0: by timing; 1: lanes; 2: split (tests)
+  int64_t shape[3] = {-1, -1, -1};  // batch, in, out of the plans measured
+  bool prefer_split = false;
+  double seconds[2] = {0.0, 0.0};  // latest mean step time, lanes and split (0: not yet)
+  double since_explore = 0.0;      // seconds of steps since the last exploration
+  bool exploring = false;
+  int64_t switches = 0, split_steps = 0;  // for show_config
+
+  // The way of the next team of a dual plan of this shape, and its most steps.
+  std::pair<bool, int64_t> next(const int64_t (&key)[3]) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (forced) return {forced == 2, std::numeric_limits<int64_t>::max()};
+    if (!std::equal(key, key + 3, shape)) {  // another shape: start over, lanes first
+      std::copy(key, key + 3, shape);
+      prefer_split = false;
+      seconds[0] = seconds[1] = since_explore = 0.0;
+    }
+    const double mine = seconds[prefer_split];
+    exploring = mine > 0.0 && (seconds[!prefer_split] == 0.0 || since_explore >= kExploreAfter);
+    if (exploring) return {!prefer_split, kExploreSteps};
+    if (mine == 0.0) return {prefer_split, kExploreSteps};
+    return {prefer_split, std::max<int64_t>(kExploreSteps,
+                                            int64_t((kExploreAfter - since_explore) / mine) + 1)};
+  }
+  // A team's steps and the seconds of all but its first; timed: a 2-thread team that ran
+  // all its steps.
+  void report(bool split, int64_t steps, double seconds_after_first, bool timed) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (split) split_steps += steps;
+    if (forced || !timed || steps < 3) return;
+    seconds[split] = seconds_after_first / double(steps - 1);
+    if (!exploring) {
+      since_explore += seconds[split] * double(steps);
+      return;
+    }
+    exploring = false;
+    since_explore = 0.0;
+    if (seconds[split] < kSwitchBelow * seconds[prefer_split]) {
+      prefer_split = split;
+      ++switches;
+    }
+  }
+  // Whether a step (not timed) of a team of nt threads runs split: one thread runs lanes.
+  bool split_for(int nt) {
+    std::lock_guard<std::mutex> lock(mutex);
+    return forced ? forced == 2 : nt > 1 && prefer_split;
+  }
+};
+
+ModeChooser& mode_chooser() {
+  static ModeChooser chooser;
+  return chooser;
+}
+
+// The step's mean loss, on one thread once its lanes are done (split: each thread has it all,
+// summed as the lanes sum it).
 template <class T>
-T step_loss(const StepPlan<T>& plan) {
+T step_loss(const StepPlan<T>& plan, bool split) {
   double loss = 0.0;
-  for (int64_t k = 0; k < plan.lanes; ++k) loss += plan.lane[size_t(k)].loss;
+  for (int64_t k = 0; k < (split ? 1 : plan.lanes); ++k) loss += plan.lane[size_t(k)].loss;
   return static_cast<T>(loss / double(plan.batch));  // as softmax_cross_entropy: a division
 }
 
 }  // namespace
+
+void set_step_mode(int mode) {
+  ModeChooser& c = mode_chooser();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  c.forced = mode;
+}
+
+std::pair<int64_t, int64_t> step_mode_counts() {
+  ModeChooser& c = mode_chooser();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  return {c.switches, c.split_steps};
+}
 
 template <class T>
 T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
@@ -610,10 +736,11 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
   }
   StepPlan<T> plan(layers, count, X, x_rows != nullptr, batch);
   const int nt = plan.threads();
+  const bool split = plan.split || (plan.dual && mode_chooser().split_for(nt));
   std::optional<SerialScope> serial;
   if (nt == 1) serial.emplace();
   run_team(nt, plan.flops / 50e9, [&] {
-    if (!plan.split) {
+    if (!split) {
       pack_weights(plan, layers);
       return step_lanes(plan, layers, count, X, x_rows, labels, lr, weight_decay, next, false);
     }
@@ -622,7 +749,7 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
     team_barrier();
     split_rest(plan, layers, count, X, x_rows, labels, lr, weight_decay, 0);
   });
-  return step_loss(plan);
+  return step_loss(plan, split);
 }
 
 template <class T>
@@ -661,6 +788,14 @@ int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> 
     const int nt = plan->threads();
     std::optional<SerialScope> serial;
     if (nt == 1) serial.emplace();
+    // A dual plan's way (lanes or split) for this team, and its most steps.
+    bool split = plan->split || (plan->dual && mode_chooser().split_for(nt));
+    int64_t max_steps = std::numeric_limits<int64_t>::max();
+    const int64_t shape[3] = {n, X.cols, layers[0].W.rows};
+    if (plan->dual && nt > 1) std::tie(split, max_steps) = mode_chooser().next(shape);
+    int64_t team_steps = 0;
+    double after_first = 0.0;  // seconds of the team's steps after its first
+    bool tripped = false;
     // A team stays for the following steps of this size, instead of a team started and
     // stopped per step. After each step thread 0 records the loss and reports the step to the
     // straggler guard: a straggling step (a thread parked by a busy machine's scheduler) ends
@@ -668,15 +803,17 @@ int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> 
     // as the guard counts asks.
     auto t0 = std::chrono::steady_clock::now();
     auto finish_step = [&](int64_t rows) {  // thread 0; true: the team leaves
-      const double loss = double(step_loss(*plan));
+      const double loss = double(step_loss(*plan, split));
       losses[done++] = loss;
       stop = !std::isfinite(loss);
       r0 += rows;
       const auto t1 = std::chrono::steady_clock::now();
       const std::chrono::duration<double> dt = t1 - t0;
       t0 = t1;
-      const bool tripped = nt > 1 && team_finished(dt.count(), plan->flops / 50e9, nt);
-      return tripped || stop || nt == 1 || r0 >= total || std::min(batch, total - r0) != n;
+      if (++team_steps > 1) after_first += dt.count();
+      tripped = nt > 1 && team_finished(dt.count(), plan->flops / 50e9, nt);
+      return tripped || stop || nt == 1 || r0 >= total || std::min(batch, total - r0) != n ||
+             team_steps >= max_steps;
     };
     // Lanes: two barriers per step, one after the lanes (in step_lanes) and one after
     // finish_units, which packs the weights for the next step, and thread 0's serial end.
@@ -700,7 +837,7 @@ int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> 
     std::atomic<int64_t> leave_at{-1};  // set by thread 0 before that barrier
     auto split_body = [&] {
       const bool first = team_index() == 0;
-      int64_t at = r0;
+      int64_t at = r0, steps = 0;
       int q = 0;
       bool ends = false;  // known to this thread: the team's steps are over
       if (first) publish(*plan, layers, count, 0);
@@ -712,18 +849,21 @@ int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> 
         split_rest(*plan, layers, count, s.X, s.rows, labels + at, lr, weight_decay, q);
         at += s.n;
         q = 1 - q;
-        // Both threads know when the rows run out or the size changes (another plan).
-        ends = nt == 1 || at >= total || std::min(batch, total - at) != n;
+        // Both threads know when the rows run out, the size changes (another plan) or the
+        // team has run its steps.
+        ends = nt == 1 || at >= total || std::min(batch, total - at) != n || ++steps >= max_steps;
         if (first && finish_step(s.n)) {  // also a loss that is not finite, or a straggler
           ends = true;
           leave_at.store(at, std::memory_order_release);
         }
       }
     };
-    if (plan->split)
+    if (split)
       run_team(nt, -1.0, split_body);
     else
       run_team(nt, -1.0, lanes_body);
+    if (plan->dual)
+      mode_chooser().report(split, team_steps, after_first, nt > 1 && !tripped && !stop);
   }
   return done;
 }

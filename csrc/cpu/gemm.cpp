@@ -756,6 +756,13 @@ bool fits_whole_k(int64_t K, int64_t N) {
   return K * ceil_div(N, NR) * NR * int64_t(sizeof(T)) <= (256 << 10);
 }
 
+// A is packed (in K blocks) when enough B panels reuse each packed copy; otherwise it is read
+// in place.
+template <class T>
+bool packs_a(int64_t N) {
+  return ceil_div(std::min(N, Blocking<T>::NC), Blocking<T>::NR) > 2;
+}
+
 template <class T>
 void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T> B, T beta,
           Matrix<T> C, const Epilogue<T>* ep, const int64_t* a_rows = nullptr,
@@ -803,7 +810,7 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   const int64_t mc_size = ceil_div(ceil_div(M, m_blocks), MR) * MR;
   // A is read in place when few B panels would reuse a packed copy, a gathered minibatch
   // (a_rows) too: each tile then reads its rows in place through the row table.
-  const bool packed_a = ceil_div(std::min(N, NC), NR) > 2;
+  const bool packed_a = packs_a<T>(N);
   // Skinny products whose whole op(B) fits in L2 (the MLP's X·W1ᵀ, H·W2ᵀ, dY·W2) take K in
   // one block: B is packed once and each C tile is written once, not once per K block.
   // A prepacked op(B) holds whole-K panels: taken whole like that, or, when A is packed, in
@@ -1030,6 +1037,11 @@ int64_t prepacked_b_panel_columns() {
 }
 
 template <class T>
+bool sums_whole_k(int64_t K, int64_t N) {
+  return K <= Blocking<T>::KC || (!packs_a<T>(N) && fits_whole_k<T>(K, N));
+}
+
+template <class T>
 void prepack_b_panel(T* dst, Matrix<const T> B, bool trans_b, int64_t panel) {
   constexpr int64_t NR = Blocking<T>::NR;
   const int64_t K = trans_b ? B.cols : B.rows, N = trans_b ? B.rows : B.cols;
@@ -1124,6 +1136,7 @@ double fma_loop(int64_t iterations) {
                            const PrefetchRows*);                                               \
   template int64_t prepacked_b_panels<T>(int64_t, int64_t);                                    \
   template int64_t prepacked_b_panel_columns<T>();                                             \
+  template bool sums_whole_k<T>(int64_t, int64_t);                                             \
   template void prepack_b_panel<T>(T*, Matrix<const T>, bool, int64_t);
 FASTNN_INSTANTIATE(float)
 FASTNN_INSTANTIATE(double)
