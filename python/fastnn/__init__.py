@@ -52,8 +52,9 @@ def show_config(file=None) -> dict:
     Keys: version, python, platform, compiler, gemm_isa (the GEMM micro-kernel in use:
     ``avx2+fma`` or ``portable``), openmp (built with OpenMP), num_threads,
     straggler_trips (how often a thread team waited for a parked thread and the kernels
-    fell back to one thread for a while: a busy machine), OMP_NUM_THREADS, cuda_built,
-    cuda_devices (names of the GPUs present).
+    fell back to one thread for a while: a busy machine), step_mode_switches (how often the
+    training steps' timing switched a batch of two lanes between lanes and split steps: see
+    ``ops.dense_step``), OMP_NUM_THREADS, cuda_built, cuda_devices (names of the GPUs present).
     """
     native = _cpu.config()
     info = {
@@ -65,6 +66,7 @@ def show_config(file=None) -> dict:
         "openmp": native["openmp"],
         "num_threads": native["num_threads"],
         "straggler_trips": native["straggler_trips"],
+        "step_mode_switches": native["step_mode_switches"],
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),
         "cuda_built": cuda.is_built(),
         "cuda_devices": [cuda.device_name(i) for i in range(cuda.device_count())],
