@@ -453,6 +453,22 @@ std::pair<Matrix<const T>, const int64_t*> split_input(const StepPlan<T>& plan,
   return {{X.data, plan.batch, plan.in0, X.rs, X.cs}, x_rows};
 }
 
+// Part `part` of 2 of the next step's rows, all of which each thread of a split step reads,
+// fetched toward L2 during its products (all lines toward L1 would evict this step's working
+// set: batch 32 epochs 61 -> 63 ms; a quarter of them left unfetched: 61): the first half
+// during the forward product, the second during the weight gradient's.
+template <class T>
+PrefetchRows split_ahead(Matrix<const T> X, const NextStep& next, int64_t n, int part) {
+  PrefetchRows ahead;
+  const int64_t m = std::min(n, next.batch), half = m / 2;
+  if (next.rows) {
+    ahead = part == 0 ? rows_ahead(X, next.rows, 0, half, 0, X.cols)
+                      : rows_ahead(X, next.rows + half, 0, m - half, 0, X.cols);
+    ahead.to_l2 = true;
+  }
+  return ahead;
+}
+
 template <class T>
 void split_forward(StepPlan<T>& plan, const DenseLayer<T>& first, Matrix<const T> X,
                    const int64_t* x_rows, const NextStep& next, int q) {
@@ -461,14 +477,7 @@ void split_forward(StepPlan<T>& plan, const DenseLayer<T>& first, Matrix<const T
   LaneBuffers<T>& own = plan.lane[size_t(t)];
   if (X.cs != 1) gather_rows(own.x, X, x_rows, 0, n, 0, in0);
   const auto [xb, xb_rows] = split_input(plan, X, x_rows, own);
-  // The next step's rows, all of which each thread reads, fetched toward L2 during its
-  // product (all lines toward L1 would evict this step's working set: batch 32 epochs
-  // 61 -> 63 ms; a quarter of them left unfetched: 61).
-  PrefetchRows ahead;
-  if (next.rows) {
-    ahead = rows_ahead(X, next.rows, 0, std::min(n, next.batch), 0, in0);
-    ahead.to_l2 = true;
-  }
+  const PrefetchRows ahead = split_ahead(X, next, n, 0);
   for (int p = t; p < 2; p += team) {
     T* part = plan.part_packed + plan.part_at[p];
     for (int64_t panel = 0; panel < plan.part_panels[p]; ++panel)
@@ -490,7 +499,8 @@ void split_forward(StepPlan<T>& plan, const DenseLayer<T>& first, Matrix<const T
 template <class T>
 void lane_summed_grads(const StepPlan<T>& plan, const DenseLayer<T>& layer, int64_t l,
                        const T* g, int64_t u0, int64_t u1, Matrix<const T> x,
-                       const int64_t* x_rows, Matrix<T> dW, T lr, T weight_decay) {
+                       const int64_t* x_rows, Matrix<T> dW, T lr, T weight_decay,
+                       const PrefetchRows* prefetch = nullptr) {
   const int64_t out = layer.W.rows;
   for (int64_t k = 0; k < plan.lanes; ++k) {
     int64_t b0, b1;
@@ -499,7 +509,7 @@ void lane_summed_grads(const StepPlan<T>& plan, const DenseLayer<T>& layer, int6
     const Matrix<const T> xk{x_rows ? x.data : x.data + b0 * x.rs, m, x.cols, x.rs, x.cs};
     gemm_ex<T>(true, false, T(1), Matrix<const T>{g + b0 * out + u0, m, u1 - u0, out, 1}, xk,
                k == 0 ? T(0) : T(1), dW, nullptr, 1, false, nullptr,
-               x_rows ? x_rows + b0 : nullptr);
+               x_rows ? x_rows + b0 : nullptr, nullptr, k == 0 ? prefetch : nullptr);
     if (layer.b.data) {
       double* acc = plan.lane[size_t(k)].db + plan.lane[size_t(k)].db_at[l];
       std::fill(acc + u0, acc + u1, 0.0);
@@ -522,7 +532,7 @@ void lane_summed_grads(const StepPlan<T>& plan, const DenseLayer<T>& layer, int6
 template <class T>
 void split_rest(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count,
                 Matrix<const T> X, const int64_t* x_rows, const int64_t* labels, T lr,
-                T weight_decay, int q) {
+                T weight_decay, const NextStep& next, int q) {
   const int t = team_index(), team = team_size();
   const int64_t n = plan.batch, out0 = plan.out0, *cut = plan.cut;
   std::vector<LaneBuffers<T>>& lane = plan.lane;
@@ -560,8 +570,9 @@ void split_rest(StepPlan<T>& plan, const DenseLayer<T>* layers, int64_t count,
   for (int p = t; p < 2; p += team) {  // this half's relu mask, bias and weight gradients
     if (first.relu)
       simd_call<relu_mask<T>>(g, out0, h, out0, n, cut[p], cut[p + 1]);
+    const PrefetchRows ahead = split_ahead(X, next, n, 1);
     lane_summed_grads(plan, first, 0, g, cut[p], cut[p + 1], xb, xb_rows,
-                      plan.units(first.dW, p), lr, weight_decay);
+                      plan.units(first.dW, p), lr, weight_decay, p == t ? &ahead : nullptr);
   }
 }
 
@@ -747,7 +758,7 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
     if (team_index() == 0) publish(plan, layers, count, 0);
     split_forward(plan, layers[0], X, x_rows, next, 0);
     team_barrier();
-    split_rest(plan, layers, count, X, x_rows, labels, lr, weight_decay, 0);
+    split_rest(plan, layers, count, X, x_rows, labels, lr, weight_decay, next, 0);
   });
   return step_loss(plan, split);
 }
@@ -846,7 +857,7 @@ int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> 
         if (!ends) split_forward(*plan, layers[0], s.X, s.rows, s.ahead, q);
         team_barrier();
         if (ends || leave_at.load(std::memory_order_acquire) == at) break;
-        split_rest(*plan, layers, count, s.X, s.rows, labels + at, lr, weight_decay, q);
+        split_rest(*plan, layers, count, s.X, s.rows, labels + at, lr, weight_decay, s.ahead, q);
         at += s.n;
         q = 1 - q;
         // Both threads know when the rows run out, the size changes (another plan) or the
