@@ -654,53 +654,66 @@ struct ModeChooser {
   static constexpr double kExploreAfter = 0.04;  // seconds
   static constexpr int64_t kExploreSteps = 8;
   static constexpr double kSwitchBelow = 0.97;  // the other way's step time over this one's
+  // What is known of one shape (batch, in, out: an epoch's last, shorter minibatch is
+  // another shape, so a few are kept).
+  struct Shape {
+    int64_t key[3] = {-1, -1, -1};
+    bool prefer_split = false;
+    double seconds[2] = {0.0, 0.0};  // latest mean step time, lanes and split (0: not yet)
+    double since_explore = 0.0;      // seconds of steps since the last exploration
+    bool exploring = false;
+  };
   std::mutex mutex;
-  int forced = 0;                   // 0: by timing; 1: lanes; 2: split (tests)
-  int64_t shape[3] = {-1, -1, -1};  // batch, in, out of the plans measured
-  bool prefer_split = false;
-  double seconds[2] = {0.0, 0.0};  // latest mean step time, lanes and split (0: not yet)
-  double since_explore = 0.0;      // seconds of steps since the last exploration
-  bool exploring = false;
+  int forced = 0;  // 0: by timing; 1: lanes; 2: split (tests)
+  Shape shapes[4];
+  int64_t replace = 0;                    // the entry a new shape takes, in turn
   int64_t switches = 0, split_steps = 0;  // for show_config
 
-  // The way of the next team of a dual plan of this shape, and its most steps.
+  Shape& find(const int64_t (&key)[3]) {  // with the mutex held
+    for (Shape& s : shapes)
+      if (std::equal(key, key + 3, s.key)) return s;
+    Shape& s = shapes[replace++ % 4];
+    s = Shape{};
+    std::copy(key, key + 3, s.key);
+    return s;
+  }
+  // The way of the next 2-thread team of a dual plan of this shape, and its most steps.
   std::pair<bool, int64_t> next(const int64_t (&key)[3]) {
     std::lock_guard<std::mutex> lock(mutex);
     if (forced) return {forced == 2, std::numeric_limits<int64_t>::max()};
-    if (!std::equal(key, key + 3, shape)) {  // another shape: start over, lanes first
-      std::copy(key, key + 3, shape);
-      prefer_split = false;
-      seconds[0] = seconds[1] = since_explore = 0.0;
-    }
-    const double mine = seconds[prefer_split];
-    exploring = mine > 0.0 && (seconds[!prefer_split] == 0.0 || since_explore >= kExploreAfter);
-    if (exploring) return {!prefer_split, kExploreSteps};
-    if (mine == 0.0) return {prefer_split, kExploreSteps};
-    return {prefer_split, std::max<int64_t>(kExploreSteps,
-                                            int64_t((kExploreAfter - since_explore) / mine) + 1)};
+    Shape& s = find(key);
+    const double mine = s.seconds[s.prefer_split];
+    s.exploring =
+        mine > 0.0 && (s.seconds[!s.prefer_split] == 0.0 || s.since_explore >= kExploreAfter);
+    if (s.exploring) return {!s.prefer_split, kExploreSteps};
+    if (mine == 0.0) return {s.prefer_split, kExploreSteps};
+    return {s.prefer_split,
+            std::max<int64_t>(kExploreSteps, int64_t((kExploreAfter - s.since_explore) / mine) + 1)};
   }
   // A team's steps and the seconds of all but its first; timed: a 2-thread team that ran
   // all its steps.
-  void report(bool split, int64_t steps, double seconds_after_first, bool timed) {
+  void report(const int64_t (&key)[3], bool split, int64_t steps, double seconds_after_first,
+              bool timed) {
     std::lock_guard<std::mutex> lock(mutex);
     if (split) split_steps += steps;
     if (forced || !timed || steps < 3) return;
-    seconds[split] = seconds_after_first / double(steps - 1);
-    if (!exploring) {
-      since_explore += seconds[split] * double(steps);
+    Shape& s = find(key);
+    s.seconds[split] = seconds_after_first / double(steps - 1);
+    if (!s.exploring) {
+      s.since_explore += s.seconds[split] * double(steps);
       return;
     }
-    exploring = false;
-    since_explore = 0.0;
-    if (seconds[split] < kSwitchBelow * seconds[prefer_split]) {
-      prefer_split = split;
+    s.exploring = false;
+    s.since_explore = 0.0;
+    if (s.seconds[split] < kSwitchBelow * s.seconds[s.prefer_split]) {
+      s.prefer_split = split;
       ++switches;
     }
   }
-  // Whether a step (not timed) of a team of nt threads runs split: one thread runs lanes.
-  bool split_for(int nt) {
+  // Whether a step that is not timed (a team of nt threads) runs split: one thread runs lanes.
+  bool split_for(const int64_t (&key)[3], int nt) {
     std::lock_guard<std::mutex> lock(mutex);
-    return forced ? forced == 2 : nt > 1 && prefer_split;
+    return forced ? forced == 2 : nt > 1 && find(key).prefer_split;
   }
 };
 
@@ -747,7 +760,8 @@ T dense_step(const DenseLayer<T>* layers, int64_t count, Matrix<const T> X,
   }
   StepPlan<T> plan(layers, count, X, x_rows != nullptr, batch);
   const int nt = plan.threads();
-  const bool split = plan.split || (plan.dual && mode_chooser().split_for(nt));
+  const int64_t shape[3] = {batch, X.cols, layers[0].W.rows};
+  const bool split = plan.split || (plan.dual && mode_chooser().split_for(shape, nt));
   std::optional<SerialScope> serial;
   if (nt == 1) serial.emplace();
   run_team(nt, plan.flops / 50e9, [&] {
@@ -800,9 +814,9 @@ int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> 
     std::optional<SerialScope> serial;
     if (nt == 1) serial.emplace();
     // A dual plan's way (lanes or split) for this team, and its most steps.
-    bool split = plan->split || (plan->dual && mode_chooser().split_for(nt));
-    int64_t max_steps = std::numeric_limits<int64_t>::max();
     const int64_t shape[3] = {n, X.cols, layers[0].W.rows};
+    bool split = plan->split || (plan->dual && mode_chooser().split_for(shape, nt));
+    int64_t max_steps = std::numeric_limits<int64_t>::max();
     if (plan->dual && nt > 1) std::tie(split, max_steps) = mode_chooser().next(shape);
     int64_t team_steps = 0;
     double after_first = 0.0;  // seconds of the team's steps after its first
@@ -874,7 +888,7 @@ int64_t dense_steps(const DenseLayer<T>* layers, int64_t count, Matrix<const T> 
     else
       run_team(nt, -1.0, lanes_body);
     if (plan->dual)
-      mode_chooser().report(split, team_steps, after_first, nt > 1 && !tripped && !stop);
+      mode_chooser().report(shape, split, team_steps, after_first, nt > 1 && !tripped && !stop);
   }
   return done;
 }
