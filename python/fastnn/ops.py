@@ -585,9 +585,12 @@ def dense_step(
     rows there is one lane, bitwise equal to the unfused kernels when the first layer has
     fewer than 256 inputs (with more, its products sum all of K at once, where
     ``dense_forward`` sums it in blocks; two threads then share that layer by its units).
-    A batch of two lanes (64 to 384 rows) with such a first layer (of at most 32 units, or
-    at most 256 inputs) can run either way, as two lanes or split by units with the lanes'
-    sums: bitwise the same results; ``dense_steps`` times both and runs the faster.
+    A batch of two lanes (64 to 384 rows) with such a first layer can run either way, as two
+    lanes or split by units with the lanes' sums (bitwise the same results; ``dense_steps``
+    times both and runs the faster), when that layer's product sums over all its inputs at
+    once (float32: up to 16 units with 4,096 inputs, 32 with 2,048, any number with 256;
+    float64: up to 16 units with 2,048 inputs, any number with 256) and x's rows are
+    contiguous.
 
     Parameters
     ----------
