@@ -936,6 +936,22 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
             t.pf_line0 = ip * L / mp;
             t.pf_line1 = (ip + 1) * L / mp;
           }
+          // A read in place row by row over many rows (X·W1ᵀ at full batch): the next tile's
+          // rows, a share of their lines per column group, fetched while this tile computes
+          // (its rows are a few streams that the hardware prefetcher runs too little ahead of).
+          PrefetchRows next_a;
+          if (!packed_a && !t.pf && acs == 1 && kc == K && M >= 1024 && i + mr < M) {
+            next_a.base = reinterpret_cast<const char*>(A.data + (a_rows ? 0 : (i + mr) * ars));
+            next_a.rows = a_rows ? a_rows + i + mr : nullptr;
+            next_a.count = std::min(MR, M - i - mr);
+            next_a.stride = ars * int64_t(sizeof(T));
+            next_a.bytes = K * int64_t(sizeof(T));
+            next_a.to_l2 = true;
+            const int64_t L = next_a.count * ceil_div(next_a.bytes, 64);
+            t.pf = &next_a;
+            t.pf_line0 = jg * L / ngroups;
+            t.pf_line1 = (jg + 1) * L / ngroups;
+          }
           run_tile(t, avx2);
         };
         auto pack_a = [&](int64_t ic, int64_t p) {  // panel p of the M block at row ic
