@@ -257,7 +257,7 @@ struct UnitJob {
 template <class T>
 struct StepPlan {
   int64_t batch, lanes, in0, out0;
-  bool split, dual, gather;  // dual: lanes or split steps, as the plan's mode chooser decides
+  bool split, dual, gather;  // dual: lanes or split steps, as ModeChooser decides
   int64_t cut[3], width[2];
   std::vector<int64_t> packed_at;  // layer l's panels at packed + packed_at[l]
   std::vector<UnitJob> unit_jobs;  // not split: a job per panel of NR units
@@ -284,9 +284,7 @@ struct StepPlan {
     // passing their results between cores; weight and bias gradients on thread 0 only), and
     // computes its half of the first layer's weight gradient (split_rest). Every element of
     // every product is the same sum as without the cut: the results are those of one thread
-    // bit for bit. (Batch 128 cut so, against two lanes of 64 rows: from 7 % slower to 19 %
-    // faster in paired epochs on the shared machine, 1.00 at the median; each thread then
-    // reads all 128 rows.)
+    // bit for bit. (Two lanes can also be cut so: see dual below.)
     const bool wide = in0 >= kSplitColumns && out0 >= kSplitUnits;
     split = lanes == 1 && wide;
     // Two lanes of one block each can also run split, with the lanes' sums (split_rest), so
