@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -349,6 +350,14 @@ int64_t dense_steps(const py::object& x_obj, const py::object& labels_obj,
   return done;
 }
 
+// The index of value among three options, or a ValueError that names the argument and them.
+int choice(const char* name, const std::string& value, const std::array<const char*, 3>& options) {
+  for (size_t i = 0; i < options.size(); ++i)
+    if (value == options[i]) return int(i);
+  value_error(std::string(name) + " must be '" + options[0] + "', '" + options[1] + "' or '" +
+              options[2] + "', got '" + value + "'");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
@@ -378,9 +387,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def(
       "set_isa",
       [](const std::string& isa) {
-        if (isa != "auto" && isa != "avx2" && isa != "portable")
-          value_error("isa must be 'auto', 'avx2' or 'portable', got '" + isa + "'");
-        cpu::set_isa_level(isa == "auto" ? 0 : isa == "avx2" ? 1 : 2);
+        cpu::set_isa_level(choice("isa", isa, {"auto", "avx2", "portable"}));
       },
       py::arg("isa"),
       "Which SIMD code the kernels run: picked by CPU ('auto'), at most AVX2 + FMA ('avx2': "
@@ -396,9 +403,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def(
       "set_step_mode",
       [](const std::string& mode) {
-        if (mode != "auto" && mode != "lanes" && mode != "split")
-          value_error("mode must be 'auto', 'lanes' or 'split', got '" + mode + "'");
-        cpu::set_step_mode(mode == "auto" ? 0 : mode == "lanes" ? 1 : 2);
+        cpu::set_step_mode(choice("mode", mode, {"auto", "lanes", "split"}));
       },
       py::arg("mode"),
       "Tests: how dense_step(s) run a batch of two lanes whose first layer is wide: chosen by "
