@@ -708,10 +708,14 @@ struct ModeChooser {
       ++switches;
     }
   }
-  // Whether a step that is not timed (a team of nt threads) runs split: one thread runs lanes.
+  // Whether a step that is not timed (a team of nt threads) runs split: one thread runs lanes,
+  // and so does a shape not measured yet (looked up without taking an entry).
   bool split_for(const int64_t (&key)[3], int nt) {
     std::lock_guard<std::mutex> lock(mutex);
-    return forced ? forced == 2 : nt > 1 && find(key).prefer_split;
+    if (forced) return forced == 2;
+    for (const Shape& s : shapes)
+      if (std::equal(key, key + 3, s.key)) return nt > 1 && s.prefer_split;
+    return false;
   }
 };
 
