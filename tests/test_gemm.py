@@ -212,6 +212,69 @@ def test_gemm_strided_out(rng, gemm_isa, dtype, out_view, beta):
     np.testing.assert_array_equal(buf, before)
 
 
+# A short, wide product over a long K with op(A) K-major and op(B) row-contiguous (dW =
+# dYᵀ·X at full batch) is formed as its transpose Xᵀ·dY (gemm.cpp: long_k_transposed: float
+# on AVX-512F CPUs, K >= 4096, M = 32, 48 or 64, N >= 4·M; other shapes take the general
+# path). (M, N, K): the last tile of X's columns short (N % 6 != 0), the last K block short
+# or exactly full, a half-width last tile (48 rows), and shapes just outside the path.
+LONG_K_CASES = [
+    (np.float32, 32, 784, 4352),
+    (np.float32, 48, 193, 4097),
+    (np.float32, 64, 257, 4100),
+    (np.float32, 16, 101, 4097),  # one panel: general path
+    (np.float32, 32, 127, 4096),  # N < 4·M: general path
+    (np.float64, 32, 130, 4099),  # double: general path
+]
+
+
+def long_k_operands(rng, dtype, m, n, k, a_view):
+    """dY (K, M) and X (K, N) as gemm(a, x, trans_a=...) reads them for dW = dYᵀ·X."""
+    dy = rng.standard_normal((k, m)).astype(dtype)
+    x = rng.standard_normal((k, n)).astype(dtype)
+    if a_view == "dY.T":  # trans_a on dY (K, M)
+        return dy, x, True
+    if a_view == "fortran":  # op(A) = A (M, K) stored column by column
+        return np.asfortranarray(dy.T), x, False
+    return dy[::-1], x[::-1], True  # dY's and X's rows read backwards (negative row steps)
+
+
+@pytest.mark.parametrize(("dtype", "m", "n", "k"), LONG_K_CASES)
+@pytest.mark.parametrize("a_view", ["dY.T", "fortran", "reversed_k"])
+@pytest.mark.parametrize(("alpha", "beta", "out_view"), [(1, 0, "c"), (0.5, 1.5, "step")])
+def test_long_k_weight_gradient(rng, gemm_isa, dtype, m, n, k, a_view, alpha, beta, out_view):
+    a, x, trans_a = long_k_operands(rng, dtype, m, n, k, a_view)
+    buf = rng.standard_normal((m, 2 * n) if out_view == "step" else (m, n)).astype(dtype)
+    out = buf[:, ::2] if out_view == "step" else buf
+    if beta == 0:
+        out[...] = np.nan  # beta == 0 must not read out
+    before = buf.copy()
+    got = check(a, x, trans_a=trans_a, alpha=alpha, beta=beta, out=out)
+    assert np.isfinite(got).all()
+    if out_view == "step":  # the columns between the view's are untouched
+        np.testing.assert_array_equal(buf[:, 1::2], before[:, 1::2])
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(32, 784, 4352), (48, 193, 4097), (64, 257, 4100)])
+@pytest.mark.parametrize("a_view", ["dY.T", "fortran", "reversed_k"])
+def test_long_k_transposed_gives_the_general_paths_bits(rng, m, n, k, a_view):
+    """The transposed long-K path (taken with AVX-512F) sums each element over the same K
+    blocks with the same FMAs as the general path (AVX2 forced), beta·C with the first
+    block: bitwise the same result. (Equal trivially without AVX-512F.)"""
+    a, x, trans_a = long_k_operands(rng, np.float32, m, n, k, a_view)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    results = []
+    for isa in ("avx2", "auto"):
+        fastnn._cpu.set_isa(isa)
+        try:
+            c = c0.copy()
+            ops.gemm(a, x, trans_a=trans_a, alpha=-0.75, beta=1.25, out=c)
+            results.append((ops.gemm(a, x, trans_a=trans_a), c))
+        finally:
+            fastnn._cpu.set_isa("auto")
+    for got, want in zip(results[1], results[0], strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gemm_broadcast_inputs(rng, dtype):
     # Stride-0 views: every row of A equal, every column of B equal.

@@ -84,6 +84,20 @@ def test_gemm_same_bits_for_1_and_2_threads(rng, shape, dtype):
     same_for_1_and_2_threads(lambda: ops.gemm(a, b))
 
 
+@pytest.mark.parametrize(("dtype", "units"), [(np.float32, 32), (np.float32, 48), (np.float64, 24)])
+def test_full_batch_weight_gradient_same_bits(rng, dtype, units):
+    """dW = dYᵀ·X over a long K, formed as its transpose with each thread on its own columns
+    of X (gemm.cpp: long_k_transposed): K blocks summed in order whatever the threads."""
+    dy, x = normal(rng, (9000, units), dtype), normal(rng, (9000, 300), dtype)
+    c0 = normal(rng, (units, 300), dtype)
+
+    def call():
+        out = c0.copy()
+        return ops.gemm(dy, x, trans_a=True, alpha=0.5, beta=-2.0, out=out)
+
+    same_for_1_and_2_threads(call)
+
+
 @pytest.mark.parametrize("trans", ["NT", "TN", "TT"])
 def test_gemm_transposed_with_alpha_beta_same_bits(rng, trans):
     m, n, k = 130, 70, 600
