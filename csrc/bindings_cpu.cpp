@@ -350,12 +350,14 @@ int64_t dense_steps(const py::object& x_obj, const py::object& labels_obj,
   return done;
 }
 
-// The index of value among three options, or a ValueError that names the argument and them.
-int choice(const char* name, const std::string& value, const std::array<const char*, 3>& options) {
+// The index of value (a str: bytes are a TypeError) among three options, or a ValueError
+// that names the argument and them, and shows value as repr() does (whole, NUL included).
+int choice(const char* name, const py::str& value, const std::array<const char*, 3>& options) {
+  const std::string v = value;
   for (size_t i = 0; i < options.size(); ++i)
-    if (value == options[i]) return int(i);
+    if (v == options[i]) return int(i);
   value_error(std::string(name) + " must be '" + options[0] + "', '" + options[1] + "' or '" +
-              options[2] + "', got '" + value + "'");
+              options[2] + "', got " + std::string(py::repr(value)));
 }
 
 }  // namespace
@@ -386,7 +388,7 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("n"));
   m.def(
       "set_isa",
-      [](const std::string& isa) {
+      [](const py::str& isa) {
         cpu::set_isa_level(choice("isa", isa, {"auto", "avx2", "portable"}));
       },
       py::arg("isa"),
@@ -402,7 +404,7 @@ PYBIND11_MODULE(_cpu, m) {
       "Tests: every reports-th thread team counts as a straggler (0: only slow teams do).");
   m.def(
       "set_step_mode",
-      [](const std::string& mode) {
+      [](const py::str& mode) {
         cpu::set_step_mode(choice("mode", mode, {"auto", "lanes", "split"}));
       },
       py::arg("mode"),

@@ -642,6 +642,16 @@ def test_dual_batches_are_the_same_bits_as_lanes_or_split(
             np.testing.assert_array_equal(got, want)
 
 
-def test_set_step_mode_names_the_modes():
-    with pytest.raises(ValueError, match="'auto', 'lanes' or 'split'"):
-        fnn._cpu.set_step_mode("fast")
+@pytest.mark.parametrize(
+    ("setter", "options"),
+    [("set_step_mode", "'auto', 'lanes' or 'split'"), ("set_isa", "'auto', 'avx2' or 'portable'")],
+)
+def test_mode_setters_name_their_options(setter, options):
+    set_mode = getattr(fnn._cpu, setter)
+    with pytest.raises(ValueError, match=f"{options}, got 'fast'"):
+        set_mode("fast")
+    with pytest.raises(ValueError, match=r"got 'auto\\x00x'"):  # the whole value, NUL and all
+        set_mode("auto\x00x")
+    with pytest.raises(TypeError):  # bytes are not a mode name
+        set_mode(b"auto")
+    set_mode("auto")
