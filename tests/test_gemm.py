@@ -212,18 +212,20 @@ def test_gemm_strided_out(rng, gemm_isa, dtype, out_view, beta):
     np.testing.assert_array_equal(buf, before)
 
 
-# A short, wide product over a long K with op(A) K-major and op(B) row-contiguous (dW =
-# dYᵀ·X at full batch) is formed as its transpose Xᵀ·dY (gemm.cpp: long_k_transposed: float
-# on AVX-512F CPUs, K >= 4096, M = 32, 48 or 64, N >= 4·M; other shapes take the general
-# path). (M, N, K): the last tile of X's columns short (N % 6 != 0), the last K block short
-# or exactly full, a half-width last tile (48 rows), and shapes just outside the path.
+# A short, wide product over more than 192 rows with op(A) K-major and op(B) row-contiguous
+# (dW = dYᵀ·X at full batch) is formed as its transpose Xᵀ·dY (gemm.cpp: long_k_transposed:
+# float on AVX-512F CPUs, M = 32, 48 or 64, N >= 4·M; other shapes take the general path).
+# (M, N, K): the last tile of X's columns short (N % 6 != 0), the last K block short or
+# exactly full, a half-width last tile (48 rows), and shapes just outside the path.
 LONG_K_CASES = [
     (np.float32, 32, 784, 4352),
-    (np.float32, 48, 193, 4097),
-    (np.float32, 64, 257, 4100),
-    (np.float32, 16, 101, 4097),  # one panel: general path
-    (np.float32, 32, 127, 4096),  # N < 4·M: general path
-    (np.float64, 32, 130, 4099),  # double: general path
+    (np.float32, 48, 193, 513),
+    (np.float32, 64, 257, 300),
+    (np.float32, 32, 130, 193),  # one K block, just long enough
+    (np.float32, 32, 130, 192),  # general path: K too short
+    (np.float32, 16, 101, 1000),  # general path: one panel
+    (np.float32, 32, 127, 600),  # general path: N < 4·M
+    (np.float64, 32, 130, 4099),  # general path: double
 ]
 
 
@@ -254,7 +256,9 @@ def test_long_k_weight_gradient(rng, gemm_isa, dtype, m, n, k, a_view, alpha, be
         np.testing.assert_array_equal(buf[:, 1::2], before[:, 1::2])
 
 
-@pytest.mark.parametrize(("m", "n", "k"), [(32, 784, 4352), (48, 193, 4097), (64, 257, 4100)])
+@pytest.mark.parametrize(
+    ("m", "n", "k"), [(32, 784, 4352), (48, 193, 4097), (64, 257, 4100), (32, 784, 193)]
+)
 @pytest.mark.parametrize("a_view", ["dY.T", "fortran", "reversed_k"])
 def test_long_k_transposed_gives_the_general_paths_bits(rng, m, n, k, a_view):
     """The transposed long-K path (taken with AVX-512F) sums each element over the same K

@@ -763,9 +763,10 @@ bool packs_a(int64_t N) {
   return ceil_div(std::min(N, Blocking<T>::NC), Blocking<T>::NR) > 2;
 }
 
-// A short, wide product over a long K whose op(A) is K-major and op(B) row-contiguous: dW =
-// dYᵀ·X at full batch (M = 32 units, N = 784 inputs, K = 60,000 rows). Computed as its
-// transpose dWᵀ = Xᵀ·dY into scratch, then written into C transposed. A tile of dWᵀ takes 6
+// A short, wide product over more than kWideInPlaceK rows whose op(A) is K-major and op(B)
+// row-contiguous: dW = dYᵀ·X at full batch (M = 32 units, N = 784 inputs, K = 60,000 rows),
+// or over a contiguous minibatch of 256. Computed as its transpose dWᵀ = Xᵀ·dY into
+// scratch, then written into C transposed. A tile of dWᵀ takes 6
 // columns of X, broadcast in place from each row of X (X is never copied), and all 32
 // columns of dY from a packed copy of its K block that stays in L1: 12 FMAs per k step for 8
 // loads, where dW's own orientation does 6 for 7. Each thread keeps the same tiles (a range
@@ -773,15 +774,17 @@ bool packs_a(int64_t N) {
 // the next block of X, row by row, a share per tile, toward L2 while a block computes (a
 // tile walks down 256 rows of X 3 KB apart: stalls the hardware prefetcher does not hide).
 // Every element is summed in K blocks of kLongKc rows, in order, whatever the thread count.
-constexpr int64_t kLongK = 4096;  // K from which gemm() takes this path
-constexpr int64_t kLongKc = 256;  // KC, the general path's K block (the same sums)
+// dW1's shape, 2 threads: K = 256 148 → 154 GFLOP/s, 1,024: 114 → 164, 60,000: 145 → 185.
+constexpr int64_t kWideInPlaceK = 192;  // longer K blocks: the general path's dW tiles narrow
+constexpr int64_t kLongKc = 256;        // KC, the general path's K block (the same sums)
 
 // Taken for float on CPUs with AVX-512F, where a tile spans 32 of dY's columns (with 16, or
-// for double, it measured slower than the general path: dW at 16 units 64 → 52 GFLOP/s).
+// for double, it measured slower than the general path: dW at 16 units 64 → 52 GFLOP/s), and
+// not at K <= 192, where the general path's wide tiles do better (K = 128: 143 against 117).
 template <class T>
 bool long_k_transposed(int64_t M, int64_t N, int64_t K, int64_t ars, int64_t bcs, bool avx2) {
   constexpr int64_t NR = Blocking<T>::NR;
-  return std::is_same_v<T, float> && avx2 && use_avx512() && K >= kLongK && ars == 1 &&
+  return std::is_same_v<T, float> && avx2 && use_avx512() && K > kWideInPlaceK && ars == 1 &&
          bcs == 1 && M % NR == 0 && M >= 2 * NR && M <= 4 * NR && N >= 4 * M;
 }
 
@@ -924,12 +927,13 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   // the K blocks need no barrier at all.
   const bool direct_b = bcs == 1 && m_blocks == 1 && N % NR == 0 && !prepacked_b;
   // Columns per tile: two panels (one wide AVX-512 tile) for float where the CPU has it,
-  // unless B is read in place in K blocks over 192 rows: the M block's tiles reuse each
+  // unless B is read in place in K blocks over 192 rows (for float on such CPUs, only those
+  // that long_k_transposed leaves here): the M block's tiles reuse each
   // tile's slice of B from L1, and 32 columns of 256 rows (32 KB) would not stay there (dW1
   // at batch 60,000, 1 thread: 70 GFLOP/s with 16-column tiles, 59 with 32; the fused
   // step's 192-row blocks gain from 32).
   const int64_t group =
-      std::is_same_v<T, float> && avx2 && use_avx512() && !(direct_b && kc_max > 192) ? 2 : 1;
+      std::is_same_v<T, float> && avx2 && use_avx512() && !(direct_b && kc_max > kWideInPlaceK) ? 2 : 1;
   T* bp = direct_b || prepacked_b ? const_cast<T*>(prepacked_b)
                                   : thread_scratch<T>(0, kc_max * nc_max);
   const bool own_ap = ic_parallel || direct_b;
