@@ -113,7 +113,9 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
         Use the transpose of ``a`` / ``b``.
     alpha, beta : float
         Scalars. ``beta == 0`` overwrites ``out`` without reading it (NaN in it does not
-        leak); ``beta != 0`` needs ``out``.
+        leak); ``beta != 0`` needs ``out``. ``alpha == 0`` reads neither ``a`` nor ``b``
+        (the BLAS rule: NaN or Inf in them does not reach ``out``, which becomes
+        ``beta·out``; NumPy's ``0 * (a @ b)`` would be NaN there).
     out : ndarray, shape (M, N), optional
         Output; may be ``a`` or ``b`` themselves (the product is then formed in scratch
         memory first). Any strides.
