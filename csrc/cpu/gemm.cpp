@@ -808,9 +808,8 @@ void gemm_long_k_transposed(T alpha, const T* a, int64_t acs, const T* b, int64_
   T* ct = thread_scratch<T>(1, N * M);  // dWᵀ, N × M, row-major
   run_team(static_cast<int>(std::min<int64_t>(nt, mtiles)), 2.0 * M * N * K / 50e9, [&] {
     T* bp = thread_scratch<T>(0, kLongKc * M);  // this thread's packed K block of op(A)ᵀ
-    // This thread's tiles, as team_for would give them: X's columns [c0, c0 + cols).
-    const int64_t ix = team_index(), size = team_size(), q = mtiles / size, r = mtiles % size;
-    const int64_t tile0 = ix * q + std::min(ix, r), tile1 = tile0 + q + (ix < r ? 1 : 0);
+    int64_t tile0, tile1;  // this thread's tiles: X's columns [c0, c0 + cols)
+    team_range(mtiles, &tile0, &tile1);
     const int64_t c0 = tile0 * MR, cols = std::min(N, tile1 * MR) - c0;
     if (beta != T(0))  // beta·C, transposed, in this thread's rows of dWᵀ
       for (int64_t i = 0; i < M; ++i)

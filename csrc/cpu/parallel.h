@@ -86,13 +86,20 @@ void run_team(int threads, double solo_seconds, F&& team_body) {
   if (solo_seconds >= 0) team_finished(dt.count(), solo_seconds, threads);
 }
 
-// body(i) for this thread's iterations of [0, n) under a static schedule, as OpenMP's
+// This thread's iterations [*begin, *end) of [0, n) under a static schedule, as OpenMP's
 // schedule(static): one contiguous range per thread, the first n % size ranges one longer.
-// The same n gives a thread the same range every time. Then a barrier, unless nowait.
+// The same n gives a thread the same range every time.
+inline void team_range(int64_t n, int64_t* begin, int64_t* end) {
+  const int64_t t = team_index(), size = team_size(), q = n / size, r = n % size;
+  *begin = t * q + std::min(t, r);
+  *end = *begin + q + (t < r ? 1 : 0);
+}
+
+// body(i) for this thread's iterations of [0, n) (team_range); then a barrier, unless nowait.
 template <class F>
 void team_for(int64_t n, F&& body, bool nowait = false) {
-  const int64_t t = team_index(), size = team_size(), q = n / size, r = n % size;
-  const int64_t begin = t * q + std::min(t, r), end = begin + q + (t < r ? 1 : 0);
+  int64_t begin, end;
+  team_range(n, &begin, &end);
   for (int64_t i = begin; i < end; ++i) body(i);
   if (!nowait) team_barrier();
 }
