@@ -268,9 +268,10 @@ struct Update {
 // stride: Xᵀ in the transposed weight gradient), so the row offsets 0..MR are compile-time
 // constants; otherwise they are read from the tile (a row table, or rows far apart), which
 // costs six registers of addresses (the transposed dW1 at 60,000 rows: 82 → 87–88 GFLOP/s
-// on one thread, 154–160 → 166–171 on two, alternating calls). The k stride is the tile's acs either way (MR when
-// packed). kPackedB: B's k stride is NR. R: the rows computed, MR (6) or 4 for a tile of at most 4 rows (the 4-row
-// kernel is still FMA-bound, so a short tile costs 4/6 of a full one, not all of it).
+// on one thread, 154–160 → 166–171 on two, alternating calls). The k stride is the tile's
+// acs either way (MR when packed). kPackedB: B's k stride is NR. R: the rows computed, MR
+// (6) or 4 for a tile of at most 4 rows (the 4-row kernel is still FMA-bound, so a short
+// tile costs 4/6 of a full one, not all of it).
 // kPrefetch: the tile has lines of t.pf to prefetch. kBRows: B's rows come from t.b_rows.
 template <class T, bool kPacked, bool kPackedB, int R, bool kPrefetch, bool kBRows>
 FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
@@ -772,10 +773,10 @@ bool packs_a(int64_t N) {
 // A short, wide product over more than kWideInPlaceK rows whose op(A) is K-major and op(B)
 // row-contiguous: dW = dYᵀ·X at full batch (M = 32 units, N = 784 inputs, K = 60,000 rows),
 // or over a contiguous minibatch of 256. Computed as its transpose dWᵀ = Xᵀ·dY into
-// scratch, then written into C transposed. A tile of dWᵀ takes 6
-// columns of X, broadcast in place from each row of X (X is never copied), and all 32
-// columns of dY from a packed copy of its K block that stays in L1: 12 FMAs per k step for 8
-// loads, where dW's own orientation does 6 for 7. Each thread keeps the same tiles (a range
+// scratch, then written into C transposed. A tile of dWᵀ takes 6 columns of X, broadcast in
+// place from each row of X (X is never copied), and all 32 columns of dY from a packed copy
+// of its K block that stays in L1: 12 FMAs per k step for 8 loads, where dW's own
+// orientation does 6 for 7. Each thread keeps the same tiles (a range
 // of X's columns) in every K block, so the blocks need no barrier, and fetches its part of
 // the next block of X, row by row, a share per tile, toward L2 while a block computes (a
 // tile walks down 256 rows of X 3 KB apart: stalls the hardware prefetcher does not hide).
@@ -933,10 +934,10 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   const bool direct_b = bcs == 1 && m_blocks == 1 && N % NR == 0 && !prepacked_b;
   // Columns per tile: two panels (one wide AVX-512 tile) for float where the CPU has it,
   // unless B is read in place in K blocks over 192 rows (for float on such CPUs, only those
-  // that long_k_transposed leaves here): the M block's tiles reuse each
-  // tile's slice of B from L1, and 32 columns of 256 rows (32 KB) would not stay there (dW1
-  // at batch 60,000, 1 thread: 70 GFLOP/s with 16-column tiles, 59 with 32; the fused
-  // step's 192-row blocks gain from 32).
+  // that long_k_transposed leaves here): the M block's tiles reuse each tile's slice of B
+  // from L1, and 32 columns of 256 rows (32 KB) would not stay there (dW1 at batch 60,000,
+  // 1 thread: 70 GFLOP/s with 16-column tiles, 59 with 32; the fused step's 192-row blocks
+  // gain from 32).
   const bool wide = std::is_same_v<T, float> && avx2 && use_avx512();
   const int64_t group = wide && !(direct_b && kc_max > kWideInPlaceK) ? 2 : 1;
   T* bp = direct_b || prepacked_b ? const_cast<T*>(prepacked_b)
