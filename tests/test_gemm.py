@@ -237,11 +237,13 @@ def long_k_operands(rng, dtype, m, n, k, a_view):
         return dy, x, True
     if a_view == "fortran":  # op(A) = A (M, K) stored column by column
         return np.asfortranarray(dy.T), x, False
+    if a_view == "broadcast_x":  # handout C12: every row of X the same (a stride-0 view)
+        return dy, np.broadcast_to(x[0], (k, n)), True
     return dy[::-1], x[::-1], True  # dY's and X's rows read backwards (negative row steps)
 
 
 @pytest.mark.parametrize(("dtype", "m", "n", "k"), LONG_K_CASES)
-@pytest.mark.parametrize("a_view", ["dY.T", "fortran", "reversed_k"])
+@pytest.mark.parametrize("a_view", ["dY.T", "fortran", "reversed_k", "broadcast_x"])
 @pytest.mark.parametrize(("alpha", "beta", "out_view"), [(1, 0, "c"), (0.5, 1.5, "step")])
 def test_long_k_weight_gradient(rng, gemm_isa, dtype, m, n, k, a_view, alpha, beta, out_view):
     a, x, trans_a = long_k_operands(rng, dtype, m, n, k, a_view)
@@ -256,10 +258,28 @@ def test_long_k_weight_gradient(rng, gemm_isa, dtype, m, n, k, a_view, alpha, be
         np.testing.assert_array_equal(buf[:, 1::2], before[:, 1::2])
 
 
+@pytest.mark.parametrize("beta", [0.0, 1.5])
+def test_long_k_out_aliasing_x(rng, beta):
+    """Handout C15 on the transposed path: out is rows of X itself; the result is the
+    product of X as it was, never a partial or overwritten one."""
+    dy = rng.standard_normal((600, 32)).astype(np.float32)
+    x = rng.standard_normal((600, 200)).astype(np.float32)
+    x0 = x.copy()
+    out = x[5:37]
+    expected = ref.gemm(dy, x0, trans_a=True, beta=beta, c=x0[5:37].astype(np.float64))
+    got = ops.gemm(dy, x, trans_a=True, beta=beta, out=out)
+    assert got is out
+    ref.assert_within(
+        got, expected, bound(dy, x0, np.float32, trans_a=True, beta=beta, c=x0[5:37]), what="gemm"
+    )
+    np.testing.assert_array_equal(x[:5], x0[:5])
+    np.testing.assert_array_equal(x[37:], x0[37:])
+
+
 @pytest.mark.parametrize(
     ("m", "n", "k"), [(32, 784, 4352), (48, 193, 4097), (64, 257, 4100), (32, 784, 193)]
 )
-@pytest.mark.parametrize("a_view", ["dY.T", "fortran", "reversed_k"])
+@pytest.mark.parametrize("a_view", ["dY.T", "fortran", "reversed_k", "broadcast_x"])
 def test_long_k_transposed_gives_the_general_paths_bits(rng, m, n, k, a_view):
     """The transposed long-K path (taken with AVX-512F) sums each element over the same K
     blocks with the same FMAs as the general path (AVX2 forced), beta·C with the first
