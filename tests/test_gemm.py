@@ -242,10 +242,27 @@ def long_k_operands(rng, dtype, m, n, k, a_view):
     return dy[::-1], x[::-1], True  # dY's and X's rows read backwards (negative row steps)
 
 
-@pytest.mark.parametrize(("dtype", "m", "n", "k"), LONG_K_CASES)
+# dW = dYᵀ·X with K <= 192 and B read in place: on AVX-512F two packed panels of equal
+# height (6 + 6 or 4 + 4 rows) share one 32-column tile. Rows 8 = 4+4, 12 = 6+6, 13 = 6+6 and
+# a 1-row panel alone, 14 = 6 alone and 4+4, 16 = 6+6 and 4 alone, 32 = (6+6)·2 + 4+4; N an
+# odd number of 16-column panels ends in a narrow tile, where a pair runs panel by panel.
+PAIR_CASES = [
+    (8, 48, 7),
+    (12, 784, 128),
+    (13, 64, 1),
+    (14, 48, 192),
+    (16, 784, 33),
+    (20, 112, 64),
+    (32, 784, 128),
+]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "m", "n", "k"), LONG_K_CASES + [(np.float32, *case) for case in PAIR_CASES]
+)
 @pytest.mark.parametrize("a_view", ["dY.T", "fortran", "reversed_k", "broadcast_x"])
 @pytest.mark.parametrize(("alpha", "beta", "out_view"), [(1, 0, "c"), (0.5, 1.5, "step")])
-def test_long_k_weight_gradient(rng, gemm_isa, dtype, m, n, k, a_view, alpha, beta, out_view):
+def test_weight_gradient(rng, gemm_isa, dtype, m, n, k, a_view, alpha, beta, out_view):
     a, x, trans_a = long_k_operands(rng, dtype, m, n, k, a_view)
     buf = rng.standard_normal((m, 2 * n) if out_view == "step" else (m, n)).astype(dtype)
     out = buf[:, ::2] if out_view == "step" else buf
@@ -293,6 +310,32 @@ def test_long_k_transposed_gives_the_general_paths_bits(rng, m, n, k, a_view):
             c = c0.copy()
             ops.gemm(a, x, trans_a=trans_a, alpha=-0.75, beta=1.25, out=c)
             results.append((ops.gemm(a, x, trans_a=trans_a), c))
+        finally:
+            fastnn._cpu.set_isa("auto")
+    for got, want in zip(results[1], results[0], strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(("m", "n", "k"), PAIR_CASES)
+def test_paired_panels_give_the_avx2_bits(rng, m, n, k):
+    """A tile of two packed panels (24 accumulators) gives each element the same FMAs in the
+    same order as AVX2's one-panel 16-column tiles: bitwise the same dW, with alpha and
+    beta, a strided out, and a minibatch read through a row table (dense_backward's rows).
+    (Equal trivially without AVX-512F.)"""
+    dy = rng.standard_normal((k, m)).astype(np.float32)
+    x = rng.standard_normal((k + 5, n)).astype(np.float32)
+    rows = rng.integers(0, k + 5, k)
+    w = rng.standard_normal((m, n)).astype(np.float32)
+    c0 = rng.standard_normal((m, 2 * n)).astype(np.float32)
+    results = []
+    for isa in ("avx2", "auto"):
+        fastnn._cpu.set_isa(isa)
+        try:
+            c = c0.copy()
+            ops.gemm(dy, x[:k], trans_a=True, alpha=-0.75, beta=1.25, out=c[:, ::2])
+            results.append(
+                [ops.gemm(dy, x[:k], trans_a=True), c, *ops.dense_backward(dy, x, w, rows=rows)]
+            )
         finally:
             fastnn._cpu.set_isa("auto")
     for got, want in zip(results[1], results[0], strict=True):

@@ -67,7 +67,8 @@ struct Tile {
   int64_t kc;
   T* c;  // C(i0, j0)
   int64_t rs_c, cs_c;
-  int64_t mr, nr;  // valid rows / columns of the tile (<= MR, NR)
+  int64_t mr, nr;  // valid rows / columns of the tile (<= MR, NR; 2·MR for a pair)
+  int64_t a_next = 0;  // 0, or a pair: rows mr/2.. come from the packed panel a + a_next
   int64_t j0;      // column of C, for the bias
   T alpha, beta;
   const Epilogue<T>* ep;  // null unless this is the last K block
@@ -503,16 +504,23 @@ FASTNN_TARGET void pack_b_panel_transposed_avx2(float* __restrict dst, const flo
 // as microkernel_avx2 and the same update of C after it (a multiply and an add, never
 // fused), so its results are bitwise those of two 16-column tiles. Each A element is
 // broadcast once for 32 columns instead of twice, and a product has half the tiles.
-template <bool kPacked, bool kPackedB, int R, bool kPrefetch, bool kBRows>
+// kPair: two packed panels of R rows each (t.a and t.a + t.a_next), 2·R rows of C: 24
+// accumulators for R = 6, one B row's two vectors used 12 times, and half the tiles' fixed
+// costs (call, C prefetch, loop start and end). Each C element gets the same FMAs in the same
+// order as in a single-panel tile.
+template <bool kPacked, bool kPackedB, int R, bool kPrefetch, bool kBRows, bool kPair = false>
 FASTNN_TARGET_AVX512 void microkernel_avx512(const Tile<float>& t) {
   constexpr int64_t MR = Blocking<float>::MR, NR = Blocking<float>::NR;
+  constexpr int RT = kPair ? 2 * R : R;  // rows of the tile
+  static_assert(!kPair || kPacked, "a pair is two packed panels");
   int64_t off[MR];
   tile_offsets<float, kPacked>(t, off);
-  __m512 c[R][2];
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = _mm512_setzero_ps();
+  __m512 c[RT][2];
+#pragma GCC unroll 12
+  for (int r = 0; r < RT; ++r) c[r][0] = c[r][1] = _mm512_setzero_ps();
   prefetch_c_tile(t);
   const float* a = t.a;
+  const float* a2 = kPair ? t.a + t.a_next : nullptr;
   const float* b = t.b;
   const int64_t acs = t.acs;
   const int64_t brs = kPackedB ? NR : t.brs, step = t.b_step;
@@ -531,27 +539,28 @@ FASTNN_TARGET_AVX512 void microkernel_avx512(const Tile<float>& t) {
     if constexpr (kPrefetch)
       if (pf.left > 0 && (k & pf.mask) == 0) pf.issue();
     const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + step);
-#pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) {
-      const __m512 ar = _mm512_set1_ps(a[off[r]]);
+#pragma GCC unroll 12
+    for (int r = 0; r < RT; ++r) {
+      const __m512 ar = _mm512_set1_ps(r < R ? a[off[r]] : a2[r - R]);
       c[r][0] = _mm512_fmadd_ps(ar, b0, c[r][0]);
       c[r][1] = _mm512_fmadd_ps(ar, b1, c[r][1]);
     }
     a += acs;
+    if constexpr (kPair) a2 += acs;
     b += brs;
   }
-  __m512 acc[MR][2];  // constant indices in the loop above, as in microkernel_avx2
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) {
+  __m512 acc[2 * MR][2];  // constant indices in the loop above, as in microkernel_avx2
+#pragma GCC unroll 12
+  for (int r = 0; r < RT; ++r) {
     acc[r][0] = c[r][0];
     acc[r][1] = c[r][1];
   }
-#pragma GCC unroll 6
-  for (int r = R; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+#pragma GCC unroll 12
+  for (int r = RT; r < 2 * MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
   const int64_t n1 = t.nr - NR;  // 1..16 columns in the second panel
   if (t.cs_c != 1 || (t.ep && t.ep->bias && t.ep->bias_inc != 1)) {
-    alignas(64) float buf[2][MR * NR];  // the two 16-column tiles, stored as such
-    for (int64_t r = 0; r < MR; ++r) {
+    alignas(64) float buf[2][2 * MR * NR];  // the two 16-column tiles, stored as such
+    for (int64_t r = 0; r < 2 * MR; ++r) {
       _mm512_store_ps(buf[0] + r * NR, acc[r][0]);
       _mm512_store_ps(buf[1] + r * NR, acc[r][1]);
     }
@@ -621,6 +630,21 @@ void run_simd(const Tile<T>& t) {
                 : run_simd<T, kWide, kFixed..., false>(t);
   }
 }
+
+// A pair of packed panels (t.a_next != 0, float, 17 to 32 columns, B read in place: the
+// driver pairs only there, and only when use_avx512()): the kernel instance for the panels'
+// height (4 or 6), prefetch and B rows.
+template <bool... kFixed>
+void run_pair(const Tile<float>& t) {
+  if constexpr (sizeof...(kFixed) == 3) {
+    constexpr bool f[] = {kFixed...};
+    return microkernel_avx512<true, false, f[0] ? 4 : 6, f[1], f[2], true>(t);
+  } else {
+    constexpr size_t i = sizeof...(kFixed);
+    const bool flag = i == 0 ? t.mr <= 8 : i == 1 ? t.pf_line1 > t.pf_line0 : t.b_rows != nullptr;
+    return flag ? run_pair<kFixed..., true>(t) : run_pair<kFixed..., false>(t);
+  }
+}
 #endif
 
 // A tile of up to NR columns, or (nr > NR: the driver asks only when use_avx512()) a wide
@@ -628,14 +652,27 @@ void run_simd(const Tile<T>& t) {
 template <class T>
 inline void run_tile(const Tile<T>& t, bool avx2) {
 #ifdef FASTNN_X86
+  if constexpr (std::is_same_v<T, float>)
+    if (t.a_next) return run_pair(t);
   if (avx2) return t.nr > Blocking<T>::NR ? run_simd<T, true>(t) : run_simd<T, false>(t);
 #endif
   microkernel_portable<T>(t);
 }
 
+// R rows of op(A) that lie next to each other in memory (A transposed, as dYᵀ in dW) into a
+// packed panel: a copy of R elements per k, of a length the compiler knows.
+template <class T, int R>
+void pack_a_unit_rows(T* __restrict dst, const T* a, int64_t acs, int64_t kc) {
+  constexpr int64_t MR = Blocking<T>::MR;
+  for (int64_t k = 0; k < kc; ++k)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) dst[k * MR + r] = a[k * acs + r];
+}
+
 // Packs rows [0, mr) × cols [0, kc) of op(A) (element (r, k) at a[row(r)*ars + k*acs], row(r)
 // = rows[r] for a gathered batch, else r) into one MR-row panel, k-major inside
 // (dst[k*MR + r]); rows past mr are zero. The loop runs along the contiguous direction.
+
 template <class T>
 void pack_a_panel(T* __restrict dst, const T* a, const int64_t* rows, int64_t ars, int64_t acs,
                   int64_t mr, int64_t kc) {
@@ -643,6 +680,10 @@ void pack_a_panel(T* __restrict dst, const T* a, const int64_t* rows, int64_t ar
   if (mr < MR) std::fill(dst, dst + kc * MR, T(0));
   int64_t off[MR];
   for (int64_t r = 0; r < mr; ++r) off[r] = (rows ? rows[r] : r) * ars;
+  if (!rows && ars == 1 && (mr == MR || mr == 4)) {
+    if (mr == MR) return pack_a_unit_rows<T, MR>(dst, a, acs, kc);
+    return pack_a_unit_rows<T, 4>(dst, a, acs, kc);
+  }
   if (ars == 1 || std::abs(ars) < std::abs(acs)) {
     for (int64_t k = 0; k < kc; ++k)
       for (int64_t r = 0; r < mr; ++r) dst[k * MR + r] = a[off[r] + k * acs];
@@ -986,10 +1027,12 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
         }
         // Runs tile (ip, jg) of the M block that starts at row ic: panels jg·group .. of B.
         const int64_t ngroups = ceil_div(npanels, group);
-        auto tiles = [&](int64_t ic, int64_t ip, int64_t jg) {
+        // pair: panels ip and ip + 1 (of equal height) in one tile, A packed, B in place.
+        auto tiles = [&](int64_t ic, int64_t ip, int64_t jg, bool pair) {
           int64_t i, mr;
           tile_span<T>(std::min(mc_size, M - ic), ip, &i, &mr);
           i += ic;
+          const int64_t np = pair ? 2 : 1;  // panels in the tile
           const int64_t jp = jg * group, j = jc + jp * NR;
           Tile<T> t;
           t.packed = packed_a;
@@ -1020,7 +1063,8 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           t.c = C.data + i * C.rs + j * C.cs;
           t.rs_c = C.rs;
           t.cs_c = C.cs;
-          t.mr = mr;
+          t.mr = np * mr;
+          t.a_next = pair ? MR * kc : 0;
           t.nr = std::min(group * NR, N - j);
           t.j0 = j;
           t.alpha = alpha;
@@ -1031,11 +1075,11 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           if (prefetch && prefetch->count > 0 && prefetch->bytes > 0 && jc == 0 && pc == 0) {  // tile q of Q takes lines [q·L/Q, (q+1)·L/Q)
             const int64_t tiles_per_block = ceil_div(mc_size, MR);
             const int64_t Q = m_blocks * tiles_per_block * ngroups;
-            const int64_t q = ((ic / mc_size) * tiles_per_block + ip) * ngroups + jg;
+            const int64_t q = ((ic / mc_size) * ngroups + jg) * tiles_per_block + ip;
             const int64_t L = prefetch->count * ceil_div(prefetch->bytes, 64);
             t.pf = prefetch;
             t.pf_line0 = q * L / Q;
-            t.pf_line1 = (q + 1) * L / Q;
+            t.pf_line1 = (q + np) * L / Q;
           }
           // B read in place over several K blocks: the same panel's slice of the next K
           // block, a share of its lines per tile, fetched while this block computes (its rows
@@ -1051,7 +1095,7 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
             const int64_t L = kn * ceil_div(next_b.bytes, 64);
             t.pf = &next_b;
             t.pf_line0 = ip * L / mp;
-            t.pf_line1 = (ip + 1) * L / mp;
+            t.pf_line1 = (ip + np) * L / mp;
           }
           // A read in place row by row over many rows (X·W1ᵀ at full batch): the next tile's
           // rows, a share of their lines per column group, fetched while this tile computes
@@ -1087,7 +1131,7 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
             if (packed_a)
               for (int64_t p = 0; p < mpanels; ++p) pack_a(ic, p);
             for (int64_t jg = 0; jg < ngroups; ++jg)
-              for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jg);
+              for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jg, false);
           });
         } else {
           for (int64_t ic = 0; ic < M; ic += mc_size) {
@@ -1096,11 +1140,41 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
             if (direct_b) {
               if (packed_a)
                 for (int64_t p = 0; p < mpanels; ++p) pack_a(ic, p);
-              // nowait: a static schedule gives each thread the same tiles in every K block,
-              // and B is not shared scratch.
-              team_for(
-                  ngroups * mpanels,
-                  [&](int64_t q) { tiles(ic, q % mpanels, q / mpanels); }, /*nowait=*/true);
+              // Units of a column group: two panels of equal height (4 or 6 rows) in one
+              // 32-column AVX-512 tile where packed, else one panel (dW1, 32 rows: three
+              // units, not six tiles).
+              constexpr int64_t kMaxPanels = ceil_div(MC, MR);
+              int64_t first[kMaxPanels], height[kMaxPanels];
+              bool pair[kMaxPanels];
+              int64_t units = 0;
+              for (int64_t p = 0; p < mpanels; ++units) {
+                int64_t i, h, i2, h2 = 0;
+                tile_span<T>(mc, p, &i, &h);
+                if (p + 1 < mpanels) tile_span<T>(mc, p + 1, &i2, &h2);
+                pair[units] = packed_a && group == 2 && h2 == h && (h == MR || h == 4);
+                first[units] = p;
+                height[units] = pair[units] ? 2 * h : h;
+                p += pair[units] ? 2 : 1;
+              }
+              // Each thread takes a contiguous run of units of about equal area (dW1 at batch
+              // 128: 75 + 75 tiles left one thread 5 % more work, its last tiles being the
+              // 16-column edge), the same run in every K block; B is not shared scratch, so
+              // the K blocks need no barrier.
+              auto width = [&](int64_t jg) { return std::min(group * NR, nc - jg * group * NR); };
+              int64_t q0, q1;
+              team_range_by_cost(
+                  ngroups * units,
+                  [&](int64_t q) { return double(height[q % units] * width(q / units)); }, &q0,
+                  &q1);
+              for (int64_t q = q0; q < q1; ++q) {
+                const int64_t u = q % units, jg = q / units;
+                if (pair[u] && width(jg) > NR) {
+                  tiles(ic, first[u], jg, true);
+                } else {  // a pair's panels one by one in a narrow (AVX2) edge tile
+                  for (int64_t p = first[u]; p < first[u] + (pair[u] ? 2 : 1); ++p)
+                    tiles(ic, p, jg, false);
+                }
+              }
               continue;
             }
             if (packed_a) team_for(mpanels, [&](int64_t p) { pack_a(ic, p); });
@@ -1108,10 +1182,11 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
               // A read in place: all the tiles of its rows in turn, so that each row panel
               // comes from memory once and is reused from L1 for every B panel.
               team_for(ngroups * mpanels,
-                       [&](int64_t q) { tiles(ic, q / ngroups, q % ngroups); });
+                       [&](int64_t q) { tiles(ic, q / ngroups, q % ngroups, false); });
               continue;
             }
-            team_for(ngroups * mpanels, [&](int64_t q) { tiles(ic, q % mpanels, q / mpanels); });
+            team_for(ngroups * mpanels,
+                     [&](int64_t q) { tiles(ic, q % mpanels, q / mpanels, false); });
           }
         }
       }

@@ -95,6 +95,26 @@ inline void team_range(int64_t n, int64_t* begin, int64_t* end) {
   *end = *begin + q + (t < r ? 1 : 0);
 }
 
+// This thread's items [*begin, *end) of [0, n) when item i costs cost(i) > 0: contiguous
+// ranges, item i going to the thread whose equal share of the total cost holds the item's
+// midpoint. The same n and costs give a thread the same range every time.
+template <class F>
+void team_range_by_cost(int64_t n, F&& cost, int64_t* begin, int64_t* end) {
+  const int64_t t = team_index(), size = team_size();
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) total += cost(i);
+  *begin = *end = 0;
+  double before = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double c = cost(i);
+    const int64_t owner = std::min<int64_t>(size - 1, static_cast<int64_t>((before + c / 2) * size / total));
+    if (owner < t) *begin = i + 1;
+    if (owner <= t) *end = i + 1;
+    before += c;
+  }
+  *end = std::max(*begin, *end);
+}
+
 // body(i) for this thread's iterations of [0, n) (team_range); then a barrier, unless nowait.
 template <class F>
 void team_for(int64_t n, F&& body, bool nowait = false) {
