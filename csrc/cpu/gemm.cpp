@@ -549,20 +549,15 @@ FASTNN_TARGET_AVX512 void microkernel_avx512(const Tile<float>& t) {
     if constexpr (kPair) a2 += acs;
     b += brs;
   }
-  __m512 acc[2 * MR][2];  // constant indices in the loop above, as in microkernel_avx2
-#pragma GCC unroll 12
-  for (int r = 0; r < RT; ++r) {
-    acc[r][0] = c[r][0];
-    acc[r][1] = c[r][1];
-  }
-#pragma GCC unroll 12
-  for (int r = RT; r < 2 * MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  // The rows of C from the registers: loops over all RT rows, unrolled, that stop at mr, so
+  // that each c[r][h] has a constant index (a runtime one would put c in memory).
   const int64_t n1 = t.nr - NR;  // 1..16 columns in the second panel
   if (t.cs_c != 1 || (t.ep && t.ep->bias && t.ep->bias_inc != 1)) {
-    alignas(64) float buf[2][2 * MR * NR];  // the two 16-column tiles, stored as such
-    for (int64_t r = 0; r < 2 * MR; ++r) {
-      _mm512_store_ps(buf[0] + r * NR, acc[r][0]);
-      _mm512_store_ps(buf[1] + r * NR, acc[r][1]);
+    alignas(64) float buf[2][RT * NR];  // the two 16-column tiles, stored as such
+#pragma GCC unroll 12
+    for (int r = 0; r < RT; ++r) {
+      _mm512_store_ps(buf[0] + r * NR, c[r][0]);
+      _mm512_store_ps(buf[1] + r * NR, c[r][1]);
     }
     Tile<float> half = t;
     half.nr = NR;
@@ -574,9 +569,11 @@ FASTNN_TARGET_AVX512 void microkernel_avx512(const Tile<float>& t) {
   }
   const bool has_bias = t.ep && t.ep->bias, relu = t.ep && t.ep->relu;
   if (n1 == NR && t.alpha == 1.0f && t.beta == 0.0f && !has_bias && !relu) {
-    for (int64_t r = 0; r < t.mr; ++r) {
-      _mm512_storeu_ps(t.c + r * t.rs_c, acc[r][0]);
-      _mm512_storeu_ps(t.c + r * t.rs_c + NR, acc[r][1]);
+#pragma GCC unroll 12
+    for (int r = 0; r < RT; ++r) {
+      if (r == t.mr) break;
+      _mm512_storeu_ps(t.c + r * t.rs_c, c[r][0]);
+      _mm512_storeu_ps(t.c + r * t.rs_c + NR, c[r][1]);
     }
     return;
   }
@@ -585,10 +582,13 @@ FASTNN_TARGET_AVX512 void microkernel_avx512(const Tile<float>& t) {
   __m512 bias[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
   if (has_bias)
     for (int h = 0; h < 2; ++h) bias[h] = _mm512_maskz_loadu_ps(m[h], t.ep->bias + t.j0 + h * NR);
-  for (int64_t r = 0; r < t.mr; ++r)
+#pragma GCC unroll 12
+  for (int r = 0; r < RT; ++r) {
+    if (r == t.mr) break;
+#pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {  // Update's arithmetic, lane for lane
       float* cp = t.c + r * t.rs_c + h * NR;
-      __m512 v = _mm512_mul_ps(alpha, acc[r][h]);
+      __m512 v = _mm512_mul_ps(alpha, c[r][h]);
       if (t.beta != 0.0f)
         v = _mm512_add_ps(v, _mm512_mul_ps(beta, _mm512_maskz_loadu_ps(m[h], cp)));
       if (has_bias) v = _mm512_add_ps(v, bias[h]);
@@ -599,6 +599,7 @@ FASTNN_TARGET_AVX512 void microkernel_avx512(const Tile<float>& t) {
       }
       _mm512_mask_storeu_ps(cp, m[h], v);
     }
+  }
 }
 #endif
 
