@@ -313,21 +313,14 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
     a += acs;
     b += brs;
   }
-  // Copied out with constant indices, so that the loop's accumulators are never addressed
-  // by a run-time row number (which would keep them in memory instead of registers).
-  V acc[MR][2];
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) {
-    acc[r][0] = c[r][0];
-    acc[r][1] = c[r][1];
-  }
-#pragma GCC unroll 6
-  for (int r = R; r < MR; ++r) acc[r][0] = acc[r][1] = vzero(T{});
+  // The rows of C from the registers: loops over all R rows, unrolled, that stop at mr, so
+  // that each c[r][h] has a constant index (a runtime one would put c in memory).
   if (t.cs_c != 1 || (t.ep && t.ep->bias && t.ep->bias_inc != 1)) {
-    alignas(32) T buf[MR * NR];
-    for (int64_t r = 0; r < MR; ++r) {
-      vstore(buf + r * NR, acc[r][0]);
-      vstore(buf + r * NR + W, acc[r][1]);
+    alignas(32) T buf[R * NR];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      vstore(buf + r * NR, c[r][0]);
+      vstore(buf + r * NR + W, c[r][1]);
     }
     return store_tile(t, buf);
   }
@@ -337,9 +330,11 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
   // some CPUs), and a vector wholly past the edge is skipped.
   const bool has_bias = t.ep && t.ep->bias, relu = t.ep && t.ep->relu;
   if (t.nr == NR && t.alpha == T(1) && t.beta == T(0) && !has_bias && !relu) {
-    for (int64_t r = 0; r < t.mr; ++r) {  // the plain case: C = acc, whole vectors
-      vstore(t.c + r * t.rs_c, acc[r][0]);
-      vstore(t.c + r * t.rs_c + W, acc[r][1]);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {  // the plain case: C = the sums, whole vectors
+      if (r == t.mr) break;
+      vstore(t.c + r * t.rs_c, c[r][0]);
+      vstore(t.c + r * t.rs_c + W, c[r][1]);
     }
     return;
   }
@@ -354,10 +349,12 @@ FASTNN_TARGET void microkernel_avx2(const Tile<T>& t) {
     if (n1 > 0) bias1 = vmaskload(t.ep->bias + t.j0 + W, m1);
   }
   const Update<T> update{alpha, beta, t.beta != T(0), has_bias, relu};
-  for (int64_t r = 0; r < t.mr; ++r) {
-    T* c = t.c + r * t.rs_c;
-    update(c, acc[r][0], bias0, n0, m0);
-    if (n1 > 0) update(c + W, acc[r][1], bias1, n1, m1);
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    if (r == t.mr) break;
+    T* cr = t.c + r * t.rs_c;
+    update(cr, c[r][0], bias0, n0, m0);
+    if (n1 > 0) update(cr + W, c[r][1], bias1, n1, m1);
   }
 }
 #endif
