@@ -1070,7 +1070,9 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           t.ep = ep_k;
           t.pf = nullptr;
           t.pf_line0 = t.pf_line1 = 0;
-          if (prefetch && prefetch->count > 0 && prefetch->bytes > 0 && jc == 0 && pc == 0) {  // tile q of Q takes lines [q·L/Q, (q+1)·L/Q)
+          // The caller's prefetch: panel q of Q (panels numbered within each column group, so
+          // that a pair's two are consecutive) takes lines [q·L/Q, (q+1)·L/Q), a pair both.
+          if (prefetch && prefetch->count > 0 && prefetch->bytes > 0 && jc == 0 && pc == 0) {
             const int64_t tiles_per_block = ceil_div(mc_size, MR);
             const int64_t Q = m_blocks * tiles_per_block * ngroups;
             const int64_t q = ((ic / mc_size) * ngroups + jg) * tiles_per_block + ip;
