@@ -629,17 +629,21 @@ void run_simd(const Tile<T>& t) {
   }
 }
 
-// A pair of packed panels (t.a_next != 0, float, 17 to 32 columns, B read in place: the
-// driver pairs only there, and only when use_avx512()): the kernel instance for the panels'
-// height (4 or 6), prefetch and B rows.
+// A pair of panels (t.a_next != 0: float, 17 to 32 columns, only when use_avx512()), packed
+// or A's unit rows in place (Xᵀ in the transposed weight gradient): the kernel instance for
+// the panels' height (4 or 6), prefetch, B rows, and B packed or in place.
 template <bool... kFixed>
 void run_pair(const Tile<float>& t) {
-  if constexpr (sizeof...(kFixed) == 3) {
+  if constexpr (sizeof...(kFixed) == 4) {
     constexpr bool f[] = {kFixed...};
-    return microkernel_avx512<true, false, f[0] ? 4 : 6, f[1], f[2], true>(t);
+    if constexpr (!(f[2] && f[3]))  // a row table only ever comes with B in place
+      return microkernel_avx512<true, f[3], f[0] ? 4 : 6, f[1], f[2], true>(t);
   } else {
     constexpr size_t i = sizeof...(kFixed);
-    const bool flag = i == 0 ? t.mr <= 8 : i == 1 ? t.pf_line1 > t.pf_line0 : t.b_rows != nullptr;
+    const bool flag = i == 0   ? t.mr <= 8
+                      : i == 1 ? t.pf_line1 > t.pf_line0
+                      : i == 2 ? t.b_rows != nullptr
+                               : !t.b_rows && t.brs == Blocking<float>::NR;
     return flag ? run_pair<kFixed..., true>(t) : run_pair<kFixed..., false>(t);
   }
 }
@@ -866,35 +870,46 @@ void gemm_long_k_transposed(T alpha, const T* a, int64_t acs, const T* b, int64_
       next.bytes = cols * int64_t(sizeof(T));
       next.to_l2 = true;
       const int64_t lines = kn * ceil_div(next.bytes, 64);
-      for (int64_t ip = tile0; ip < tile1; ++ip) {
-        const int64_t i = ip * MR;
+      // Tile (ip, jg); pair: X's columns of panels ip and ip + 1 (12, all there) in one
+      // 12 × 32 tile.
+      auto tile = [&](int64_t ip, int64_t jg, bool pair) {
+        const int64_t i = ip * MR, j = jg * width, np = pair ? 2 : 1;
+        Tile<T> t;
+        t.a = b + pc * brs + i;
+        t.rows = nullptr;
+        t.ars = 1;
+        t.acs = brs;
+        t.packed = false;
+        t.b = bp + j * kc;
+        t.b_rows = nullptr;
+        t.brs = NR;
+        t.b_step = NR * kc;
+        t.kc = kc;
+        t.c = ct + i * M + j;
+        t.rs_c = M;
+        t.cs_c = 1;
+        t.mr = pair ? 2 * MR : std::min(MR, N - i);
+        t.a_next = pair ? MR : 0;
+        t.nr = std::min(width, M - j);
+        t.j0 = j;
+        t.alpha = alpha;
+        t.beta = pc == 0 && beta == T(0) ? T(0) : T(1);
+        t.ep = nullptr;
+        t.pf = jg == 0 && kn > 0 ? &next : nullptr;
+        t.pf_line0 = (ip - tile0) * lines / (tile1 - tile0);
+        t.pf_line1 = (ip + np - tile0) * lines / (tile1 - tile0);
+        run_tile(t, avx2);
+      };
+      for (int64_t ip = tile0; ip < tile1;) {
+        const bool pair = std::is_same_v<T, float> && ip + 1 < tile1 && N - ip * MR >= 2 * MR;
         for (int64_t jg = 0; jg < groups; ++jg) {
-          const int64_t j = jg * width;
-          Tile<T> t;
-          t.a = b + pc * brs + i;
-          t.rows = nullptr;
-          t.ars = 1;
-          t.acs = brs;
-          t.packed = false;
-          t.b = bp + j * kc;
-          t.b_rows = nullptr;
-          t.brs = NR;
-          t.b_step = NR * kc;
-          t.kc = kc;
-          t.c = ct + i * M + j;
-          t.rs_c = M;
-          t.cs_c = 1;
-          t.mr = std::min(MR, N - i);
-          t.nr = std::min(width, M - j);
-          t.j0 = j;
-          t.alpha = alpha;
-          t.beta = pc == 0 && beta == T(0) ? T(0) : T(1);
-          t.ep = nullptr;
-          t.pf = jg == 0 && kn > 0 ? &next : nullptr;
-          t.pf_line0 = (ip - tile0) * lines / (tile1 - tile0);
-          t.pf_line1 = (ip + 1 - tile0) * lines / (tile1 - tile0);
-          run_tile(t, avx2);
+          if (pair && std::min(width, M - jg * width) > NR) {
+            tile(ip, jg, true);
+          } else {
+            for (int64_t p = ip; p < ip + (pair ? 2 : 1); ++p) tile(p, jg, false);
+          }
         }
+        ip += pair ? 2 : 1;
       }
     }
     // The rows of dWᵀ this thread summed, into its columns of C.
