@@ -68,7 +68,8 @@ struct Tile {
   T* c;  // C(i0, j0)
   int64_t rs_c, cs_c;
   int64_t mr, nr;  // valid rows / columns of the tile (<= MR, NR; 2·MR for a pair)
-  int64_t a_next = 0;  // 0, or a pair: rows mr/2.. come from the packed panel a + a_next
+  int64_t a_next = 0;  // 0, or a pair: rows mr/2.. are those of a + a_next (the next packed
+                       // panel, or the next 6 of A's consecutive rows read in place)
   int64_t j0;      // column of C, for the bias
   T alpha, beta;
   const Epilogue<T>* ep;  // null unless this is the last K block
@@ -501,15 +502,15 @@ FASTNN_TARGET void pack_b_panel_transposed_avx2(float* __restrict dst, const flo
 // as microkernel_avx2 and the same update of C after it (a multiply and an add, never
 // fused), so its results are bitwise those of two 16-column tiles. Each A element is
 // broadcast once for 32 columns instead of twice, and a product has half the tiles.
-// kPair: two packed panels of R rows each (t.a and t.a + t.a_next), 2·R rows of C: 24
-// accumulators for R = 6, one B row's two vectors used 12 times, and half the tiles' fixed
-// costs (call, C prefetch, loop start and end). Each C element gets the same FMAs in the same
-// order as in a single-panel tile.
+// kPair: two panels of R rows each (t.a and t.a + t.a_next, packed or A's consecutive rows
+// in place), 2·R rows of C: 24 accumulators for R = 6, one B row's two vectors used 12 times,
+// and half the tiles' fixed costs (call, C prefetch, loop start and end). Each C element gets
+// the same FMAs in the same order as in a single-panel tile.
 template <bool kPacked, bool kPackedB, int R, bool kPrefetch, bool kBRows, bool kPair = false>
 FASTNN_TARGET_AVX512 void microkernel_avx512(const Tile<float>& t) {
   constexpr int64_t MR = Blocking<float>::MR, NR = Blocking<float>::NR;
   constexpr int RT = kPair ? 2 * R : R;  // rows of the tile
-  static_assert(!kPair || kPacked, "a pair is two packed panels");
+  static_assert(!kPair || kPacked, "a pair's rows are at constant offsets (packed or unit rows)");
   int64_t off[MR];
   tile_offsets<float, kPacked>(t, off);
   __m512 c[RT][2];
@@ -674,7 +675,6 @@ void pack_a_unit_rows(T* __restrict dst, const T* a, int64_t acs, int64_t kc) {
 // Packs rows [0, mr) × cols [0, kc) of op(A) (element (r, k) at a[row(r)*ars + k*acs], row(r)
 // = rows[r] for a gathered batch, else r) into one MR-row panel, k-major inside
 // (dst[k*MR + r]); rows past mr are zero. The loop runs along the contiguous direction.
-
 template <class T>
 void pack_a_panel(T* __restrict dst, const T* a, const int64_t* rows, int64_t ars, int64_t acs,
                   int64_t mr, int64_t kc) {
