@@ -276,11 +276,12 @@ def test_weight_gradient(rng, gemm_isa, dtype, m, n, k, a_view, alpha, beta, out
 
 
 @pytest.mark.parametrize("beta", [0.0, 1.5])
-def test_long_k_out_aliasing_x(rng, beta):
-    """Handout C15 on the transposed path: out is rows of X itself; the result is the
-    product of X as it was, never a partial or overwritten one."""
-    dy = rng.standard_normal((600, 32)).astype(np.float32)
-    x = rng.standard_normal((600, 200)).astype(np.float32)
+@pytest.mark.parametrize(("k", "n"), [(600, 200), (128, 208)])  # transposed; two-panel tiles
+def test_weight_gradient_out_aliasing_x(rng, beta, k, n):
+    """Handout C15 on the weight gradient's own paths: out is rows of X itself; the result
+    is the product of X as it was, never a partial or overwritten one."""
+    dy = rng.standard_normal((k, 32)).astype(np.float32)
+    x = rng.standard_normal((k, n)).astype(np.float32)
     x0 = x.copy()
     out = x[5:37]
     expected = ref.gemm(dy, x0, trans_a=True, beta=beta, c=x0[5:37].astype(np.float64))
