@@ -107,7 +107,8 @@ void team_range_by_cost(int64_t n, F&& cost, int64_t* begin, int64_t* end) {
   double before = 0;
   for (int64_t i = 0; i < n; ++i) {
     const double c = cost(i);
-    const int64_t owner = std::min<int64_t>(size - 1, static_cast<int64_t>((before + c / 2) * size / total));
+    const auto mid = static_cast<int64_t>((before + c / 2) * size / total);
+    const int64_t owner = std::min<int64_t>(size - 1, mid);
     if (owner < t) *begin = i + 1;
     if (owner <= t) *end = i + 1;
     before += c;
