@@ -1038,10 +1038,21 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
                          b_rows ? b_rows + pc : nullptr, brs, bcs, std::min(NR, N - j), kc);
           });
         }
-        // Runs tile (ip, jg) of the M block that starts at row ic: panels jg·group .. of B.
+        // Runs tile (ip, jg) of M block blk (rows from ic = blk·mc_size): panels jg·group ..
+        // of B.
         const int64_t ngroups = ceil_div(npanels, group);
+        // The caller's prefetch: panel q of Q (panels numbered within each column group, so
+        // that a pair's two are consecutive) takes lines [q·L/Q, (q+1)·L/Q), a pair both
+        // (rounded: a hint, whose shares need only cover the lines in order).
+        const int64_t tiles_per_block = ceil_div(mc_size, MR);
+        const int64_t pf_lines = prefetch && prefetch->count > 0 && prefetch->bytes > 0 &&
+                                         jc == 0 && pc == 0
+                                     ? prefetch->count * ceil_div(prefetch->bytes, 64)
+                                     : 0;
+        const double pf_per_panel = double(pf_lines) / double(m_blocks * tiles_per_block * ngroups);
         // pair: panels ip and ip + 1 (of equal height) in one tile, A packed, B in place.
-        auto tiles = [&](int64_t ic, int64_t ip, int64_t jg, bool pair) {
+        auto tiles = [&](int64_t blk, int64_t ip, int64_t jg, bool pair) {
+          const int64_t ic = blk * mc_size;
           int64_t i, mr;
           tile_span<T>(std::min(mc_size, M - ic), ip, &i, &mr);
           i += ic;
@@ -1085,16 +1096,11 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           t.ep = ep_k;
           t.pf = nullptr;
           t.pf_line0 = t.pf_line1 = 0;
-          // The caller's prefetch: panel q of Q (panels numbered within each column group, so
-          // that a pair's two are consecutive) takes lines [q·L/Q, (q+1)·L/Q), a pair both.
-          if (prefetch && prefetch->count > 0 && prefetch->bytes > 0 && jc == 0 && pc == 0) {
-            const int64_t tiles_per_block = ceil_div(mc_size, MR);
-            const int64_t Q = m_blocks * tiles_per_block * ngroups;
-            const int64_t q = ((ic / mc_size) * ngroups + jg) * tiles_per_block + ip;
-            const int64_t L = prefetch->count * ceil_div(prefetch->bytes, 64);
+          if (pf_lines > 0) {
+            const int64_t q = (blk * ngroups + jg) * tiles_per_block + ip;
             t.pf = prefetch;
-            t.pf_line0 = q * L / Q;
-            t.pf_line1 = (q + np) * L / Q;
+            t.pf_line0 = std::min(pf_lines, static_cast<int64_t>(double(q) * pf_per_panel + 0.5));
+            t.pf_line1 = std::min(pf_lines, static_cast<int64_t>(double(q + np) * pf_per_panel + 0.5));
           }
           // B read in place over several K blocks: the same panel's slice of the next K
           // block, a share of its lines per tile, fetched while this block computes (its rows
@@ -1146,10 +1152,10 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
             if (packed_a)
               for (int64_t p = 0; p < mpanels; ++p) pack_a(ic, p);
             for (int64_t jg = 0; jg < ngroups; ++jg)
-              for (int64_t ip = 0; ip < mpanels; ++ip) tiles(ic, ip, jg, false);
+              for (int64_t ip = 0; ip < mpanels; ++ip) tiles(blk, ip, jg, false);
           });
         } else {
-          for (int64_t ic = 0; ic < M; ic += mc_size) {
+          for (int64_t blk = 0, ic = 0; ic < M; ++blk, ic += mc_size) {
             const int64_t mc = std::min(mc_size, M - ic);
             const int64_t mpanels = ceil_div(mc, MR);
             if (direct_b) {
@@ -1178,30 +1184,27 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
               auto width = [&](int64_t jg) { return std::min(group * NR, nc - jg * group * NR); };
               int64_t q0, q1;
               team_range_by_cost(
-                  ngroups * units,
-                  [&](int64_t q) { return double(height[q % units] * width(q / units)); }, &q0,
-                  &q1);
-              for (int64_t q = q0; q < q1; ++q) {
-                const int64_t u = q % units, jg = q / units;
+                  ngroups, units, width, [&](int64_t u) { return height[u]; }, &q0, &q1);
+              for_grid_range(units, q0, q1, [&](int64_t jg, int64_t u) {
                 if (pair[u] && width(jg) > NR) {
-                  tiles(ic, first[u], jg, true);
+                  tiles(blk, first[u], jg, true);
                 } else {  // a pair's panels one by one in a narrow (AVX2) edge tile
                   for (int64_t p = first[u]; p < first[u] + (pair[u] ? 2 : 1); ++p)
-                    tiles(ic, p, jg, false);
+                    tiles(blk, p, jg, false);
                 }
-              }
+              });
               continue;
             }
             if (packed_a) team_for(mpanels, [&](int64_t p) { pack_a(ic, p); });
             if (!packed_a) {
               // A read in place: all the tiles of its rows in turn, so that each row panel
               // comes from memory once and is reused from L1 for every B panel.
-              team_for(ngroups * mpanels,
-                       [&](int64_t q) { tiles(ic, q / ngroups, q % ngroups, false); });
+              team_for_grid(mpanels, ngroups,
+                            [&](int64_t ip, int64_t jg) { tiles(blk, ip, jg, false); });
               continue;
             }
-            team_for(ngroups * mpanels,
-                     [&](int64_t q) { tiles(ic, q % mpanels, q / mpanels, false); });
+            team_for_grid(ngroups, mpanels,
+                          [&](int64_t jg, int64_t ip) { tiles(blk, ip, jg, false); });
           }
         }
       }

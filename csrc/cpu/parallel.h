@@ -95,25 +95,59 @@ inline void team_range(int64_t n, int64_t* begin, int64_t* end) {
   *end = *begin + q + (t < r ? 1 : 0);
 }
 
-// This thread's items [*begin, *end) of [0, n) when item i costs cost(i) > 0: contiguous
-// ranges, item i going to the thread whose equal share of the total cost holds the item's
-// midpoint. The same n and costs give a thread the same range every time.
-template <class F>
-void team_range_by_cost(int64_t n, F&& cost, int64_t* begin, int64_t* end) {
+// This thread's items [*begin, *end) of a grid of outer × inner items, item (o, i) numbered
+// o·inner + i and costing outer_cost(o) · inner_cost(i) > 0 (integers): contiguous ranges, an
+// item going to the thread whose equal share of the total cost holds the item's midpoint.
+// The same grid and costs give a thread the same range every time. Integer arithmetic, no
+// division per item (a tile's set-up is a few hundred cycles: an idiv per item showed).
+template <class F, class G>
+void team_range_by_cost(int64_t outer, int64_t inner, F&& outer_cost, G&& inner_cost,
+                        int64_t* begin, int64_t* end) {
   const int64_t t = team_index(), size = team_size();
-  double total = 0;
-  for (int64_t i = 0; i < n; ++i) total += cost(i);
+  int64_t per_outer = 0, total = 0;
+  for (int64_t i = 0; i < inner; ++i) per_outer += inner_cost(i);
+  for (int64_t o = 0; o < outer; ++o) total += outer_cost(o) * per_outer;
+  // The item with midpoint m = before + c/2 goes to thread ⌊m·size/total⌋ (the last one at
+  // most): one before t when (2·before + c)·size < 2·t·total, t or before when < 2·(t+1)·total.
+  const int64_t below = 2 * t * total, upto = 2 * (t + 1) * total;
   *begin = *end = 0;
-  double before = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double c = cost(i);
-    const auto mid = static_cast<int64_t>((before + c / 2) * size / total);
-    const int64_t owner = std::min<int64_t>(size - 1, mid);
-    if (owner < t) *begin = i + 1;
-    if (owner <= t) *end = i + 1;
-    before += c;
+  int64_t before = 0, q = 0;
+  for (int64_t o = 0; o < outer; ++o) {
+    const int64_t oc = outer_cost(o);
+    for (int64_t i = 0; i < inner; ++i) {
+      const int64_t c = oc * inner_cost(i), mid = (2 * before + c) * size;
+      ++q;
+      if (mid < below) *begin = q;
+      if (mid < upto || t == size - 1) *end = q;
+      before += c;
+    }
   }
   *end = std::max(*begin, *end);
+}
+
+// body(o, i) for items [begin, end) of an outer × inner grid (item o·inner + i), in order,
+// with one division for the whole range.
+template <class F>
+void for_grid_range(int64_t inner, int64_t begin, int64_t end, F&& body) {
+  if (begin >= end) return;
+  int64_t o = begin / inner, i = begin % inner;
+  for (int64_t q = begin; q < end; ++q) {
+    body(o, i);
+    if (++i == inner) {
+      i = 0;
+      ++o;
+    }
+  }
+}
+
+// body(o, i) for this thread's items of an outer × inner grid under team_range's static
+// schedule; then a barrier, unless nowait.
+template <class F>
+void team_for_grid(int64_t outer, int64_t inner, F&& body, bool nowait = false) {
+  int64_t begin, end;
+  team_range(outer * inner, &begin, &end);
+  for_grid_range(inner, begin, end, body);
+  if (!nowait) team_barrier();
 }
 
 // body(i) for this thread's iterations of [0, n) (team_range); then a barrier, unless nowait.
