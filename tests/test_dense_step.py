@@ -127,12 +127,18 @@ def test_bitwise_the_same_for_any_thread_count(rng, dtype, batch, d_in):
 
 @pytest.mark.parametrize("name", ["fortran", "negative_steps", "transposed"])
 @pytest.mark.parametrize(("n", "d_in", "hidden"), [(70, 9, 5), (30, 300, 20)])  # 2 lanes; split
-def test_strided_inputs(rng, name, n, d_in, hidden):
-    x = rng.standard_normal((n, d_in)).astype(np.float32)
+@pytest.mark.parametrize("shuffled", [False, True])  # rows of x in order; a row table
+def test_strided_inputs(rng, name, n, d_in, hidden, shuffled):
+    """x with strided columns is gathered, contiguous x is read in place (through the row
+    table for a shuffled minibatch): the same step either way."""
+    x = rng.standard_normal((n + 3, d_in)).astype(np.float32)
+    rows = rng.permutation(n + 3)[:n].astype(np.int64) if shuffled else None
+    if not shuffled:
+        x = x[:n]
     labels = rng.integers(0, 3, n)
     layers = params(rng, (d_in, hidden, 3), np.float32)
-    want = run(np.ascontiguousarray(x), labels, layers, [True, False])
-    got = run(views_2d(x, rng)[name], labels, layers, [True, False])
+    want = run(np.ascontiguousarray(x), labels, layers, [True, False], rows)
+    got = run(views_2d(x, rng)[name], labels, layers, [True, False], rows)
     assert got[0] == pytest.approx(want[0], rel=1e-6)
     for a, b in zip(got[1] + got[2], want[1] + want[2], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
