@@ -1049,7 +1049,11 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
                                          jc == 0 && pc == 0
                                      ? prefetch->count * ceil_div(prefetch->bytes, 64)
                                      : 0;
-        const double pf_per_panel = double(pf_lines) / double(m_blocks * tiles_per_block * ngroups);
+        const double pf_per_panel =
+            double(pf_lines) / double(m_blocks * tiles_per_block * ngroups);
+        auto pf_line = [&](int64_t q) {  // the first line of panel q's share
+          return std::min(pf_lines, static_cast<int64_t>(double(q) * pf_per_panel + 0.5));
+        };
         // pair: panels ip and ip + 1 (of equal height) in one tile, A packed, B in place.
         auto tiles = [&](int64_t blk, int64_t ip, int64_t jg, bool pair) {
           const int64_t ic = blk * mc_size;
@@ -1099,8 +1103,8 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
           if (pf_lines > 0) {
             const int64_t q = (blk * ngroups + jg) * tiles_per_block + ip;
             t.pf = prefetch;
-            t.pf_line0 = std::min(pf_lines, static_cast<int64_t>(double(q) * pf_per_panel + 0.5));
-            t.pf_line1 = std::min(pf_lines, static_cast<int64_t>(double(q + np) * pf_per_panel + 0.5));
+            t.pf_line0 = pf_line(q);
+            t.pf_line1 = pf_line(q + np);
           }
           // B read in place over several K blocks: the same panel's slice of the next K
           // block, a share of its lines per tile, fetched while this block computes (its rows
