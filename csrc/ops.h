@@ -162,10 +162,11 @@ struct NextStep {
 // labels[B] in [0, classes) (checked by the binding).
 //
 // The minibatch is cut into a fixed number of lanes (by B alone, never by the thread count)
-// and each lane into blocks of at most 192 rows. For each block, the rows are gathered once
-// into a contiguous buffer, then forward, loss gradient and backward run while the block is in
-// cache, each lane adding its blocks' weight gradients into its own partial; the partials are
-// summed in lane order. Each lane's activations are a block, never the batch. The products
+// and each lane into blocks of at most 192 rows. For each block (its rows read in place,
+// through x_rows when given; gathered into a contiguous buffer only when X's columns are
+// strided), forward, loss gradient and backward run while the block is in cache, each lane
+// adding its blocks' weight gradients into its own partial; the partials are summed in lane
+// order. Each lane's activations are a block, never the batch. The products
 // are those of dense_forward / dense_backward (the same gemm), with the weight gradient
 // summed per lane and block instead of over the whole batch at once: equal to float rounding.
 // A batch under 64 rows is one lane; when its first layer has 256 inputs or more and 16 units

@@ -48,8 +48,8 @@ void gather_rows(T* dst, Matrix<const T> X, const int64_t* rows, int64_t r0, int
   }
 }
 
-// Where one lane keeps its block: the gathered input, each layer's output and its gradient,
-// and (lanes after the first) its partial weight gradients.
+// Where one lane keeps its block: its input when gathered (X's columns strided), each layer's
+// output and its gradient, and (lanes after the first) its partial weight gradients.
 template <class T>
 struct LaneBuffers {
   T* x;                  // kBlockRows × in_0 (when X's columns are strided: gathered)

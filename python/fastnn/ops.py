@@ -619,8 +619,8 @@ def dense_step(
     next_rows : ndarray of int64, shape (B',), optional
         A hint: the row numbers of ``x`` that the next call will read (its ``rows``). While
         this step computes, the rows each thread takes first next time are fetched toward
-        its cache (software prefetch), so that the next step's gather reads them from L2
-        rather than from memory. The results do not depend on it. ``fit`` passes it.
+        its cache (software prefetch), so that the next step reads them from L2 rather
+        than from memory. The results do not depend on it. ``fit`` passes it.
 
     Returns
     -------
