@@ -59,8 +59,7 @@ FASTNN_TARGET void exp_shifted_avx2(const float* x, int64_t inc, float m, float*
       _mm256_storeu_ps(e + j, exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv)));
     } else if (inc == 1) {  // the row's last k < 8 elements, masked
       const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(k)), lane);
-      _mm256_maskstore_ps(e + j, mask,
-                          exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(x + j, mask), mv)));
+      store_first(e + j, exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(x + j, mask), mv)), k);
     } else {
       alignas(32) float in[8] = {0, 0, 0, 0, 0, 0, 0, 0}, out[8];
       for (int64_t i = 0; i < k; ++i) in[i] = x[(j + i) * inc];
