@@ -41,14 +41,9 @@ FASTNN_TARGET inline void store_first(float* p, __m256 v, int64_t n) {
   }
   if (n & 1) _mm_store_ss(p, x);
 }
+// A double is stored as its two float halves, bit for bit (2n floats: never a 4-byte piece).
 FASTNN_TARGET inline void store_first(double* p, __m256d v, int64_t n) {
-  __m128d x = _mm256_castpd256_pd128(v);
-  if (n & 2) {
-    _mm_storeu_pd(p, x);
-    x = _mm256_extractf128_pd(v, 1);
-    p += 2;
-  }
-  if (n & 1) _mm_store_sd(p, x);
+  store_first(reinterpret_cast<float*>(p), _mm256_castpd_ps(v), 2 * n);
 }
 
 template <auto F, class... A>
