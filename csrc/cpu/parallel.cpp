@@ -37,15 +37,19 @@ void run_serially_in_child() {
 }();
 
 // Kernel calls left to run on one thread after a straggling team. The count backs off:
-// it doubles (to 4096 calls, about a second of training) with each trip, and halves (to 64)
-// after as many teams in a row that did not straggle: a lone hiccup of a shared machine
-// costs little, and a sustained load (a straggling team every few dozen calls: halving per
-// good team kept the backoff at its floor, batch-32 epochs 1.6x the 1-thread time) runs on
-// one thread.
+// it grows eightfold (8, 64, 512, to 4096 calls, about a second of training) with each trip,
+// and halves (to 8) after as many teams in a row that did not straggle. A lone hiccup of a
+// shared machine costs little: 8 steps on one thread (the floor was 64 and the growth
+// twofold: a forced trip a few hundred steps apart cost batch-128 epochs 9–10 %, now
+// ≈ 1 %). A sustained load (a straggling team every few dozen calls) reaches one thread
+// within 4 trips, where each trip's stall is costly (a floor of 8 that doubled took 9 trips:
+// batch-32 epochs under one busy process 1.13–1.34× their 1-thread time, against
+// 1.07× before). Halving per good team had kept the backoff at its floor under a sustained
+// load: batch-32 epochs 1.6× the 1-thread time.
+constexpr int64_t kMinSolo = 8, kMaxSolo = 4096, kGrowth = 8;
 std::atomic<int64_t> g_solo_calls{0};
-std::atomic<int64_t> g_solo_backoff{64};
+std::atomic<int64_t> g_solo_backoff{kMinSolo};
 std::atomic<int64_t> g_good_teams{0};  // teams since the last trip or halving
-constexpr int64_t kMinSolo = 64, kMaxSolo = 4096;
 std::atomic<int64_t> g_straggler_trips{0};  // how often the guard has tripped (show_config)
 // A region is straggling when it took over 1 ms and over 5× what its work needs.
 constexpr double kStraggleSeconds = 1e-3, kStraggleFactor = 5.0;
@@ -82,7 +86,7 @@ bool team_finished(double seconds, double solo_seconds, int threads) {
   const int64_t backoff = g_solo_backoff.load(std::memory_order_relaxed);
   if (forced || (seconds > kStraggleSeconds && seconds > kStraggleFactor * needed)) {
     g_solo_calls.store(backoff, std::memory_order_relaxed);
-    g_solo_backoff.store(std::min(kMaxSolo, 2 * backoff), std::memory_order_relaxed);
+    g_solo_backoff.store(std::min(kMaxSolo, kGrowth * backoff), std::memory_order_relaxed);
     g_straggler_trips.fetch_add(1, std::memory_order_relaxed);
     g_good_teams.store(0, std::memory_order_relaxed);
     return true;
