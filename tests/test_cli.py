@@ -42,6 +42,16 @@ def test_train_prints_epochs_and_writes_its_files(trained):
     assert (cwd / "run" / "model.safetensors").stat().st_size > 100_000
 
 
+def test_train_zero_epochs_saves_and_scores_the_untrained_model(tmp_path):
+    out = fastnn("train", "--epochs", "0", "--hidden", "8", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("untrained test accuracy"))
+    accuracy = float(line.split()[3].rstrip("%,"))
+    assert 0.0 <= accuracy <= 40.0  # 10 classes, random weights: near chance, not trained
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert not (tmp_path / "run" / "curves.png").exists()  # no epochs, no curves
+
+
 def test_sources_are_named_by_their_shared_folder():
     class Set:
         def __init__(self, source):

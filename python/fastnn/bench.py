@@ -854,8 +854,20 @@ def _parser() -> argparse.ArgumentParser:
         prog="fastnn bench",
         description="One epoch of the article's MLP on Fashion-MNIST: fastnn vs NumPy vs PyTorch.",
     )
-    p.add_argument("--batch", nargs="+", default=["32", "128", "full"], metavar="B")
-    p.add_argument("--impl", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
+    p.add_argument(
+        "--batch",
+        nargs="+",
+        default=["32", "128", "full"],
+        metavar="B",
+        help="batch sizes, each an integer or 'full' (32 128 full)",
+    )
+    p.add_argument(
+        "--impl",
+        nargs="+",
+        choices=IMPLEMENTATIONS,
+        default=list(IMPLEMENTATIONS),
+        help="implementations to time (all; PyTorch only when installed)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of processes (3)")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per process (2)")
     p.add_argument("--steps", type=int, default=3, help="timed full-batch steps per process (3)")
