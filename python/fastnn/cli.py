@@ -129,10 +129,7 @@ def cmd_train(args) -> int:
     if args.epochs == 0:  # nothing trained: the model as initialised, and where it starts
         fnn.io.save(model, out / "model.safetensors", metadata=metadata)
         start = fnn.train.evaluate(model, test)
-        print(
-            f"untrained test accuracy {100 * start['accuracy']:.2f}%, "
-            f"loss {start['loss']:.4f}"
-        )
+        print(f"untrained test accuracy {100 * start['accuracy']:.2f}%, loss {start['loss']:.4f}")
     else:
         viz.plot_history(history, out / "curves.png")
         saved.insert(1, out / "curves.png")
