@@ -40,8 +40,8 @@ void run_serially_in_child() {
 // it grows eightfold (8, 64, 512, to 4096 calls, about a second of training) with each trip,
 // and halves (to 8) after as many teams in a row that did not straggle. A lone hiccup of a
 // shared machine costs little: 8 steps on one thread (the floor was 64 and the growth
-// twofold: a forced trip a few hundred steps apart cost batch-128 epochs 9–10 %, now
-// ≈ 1 %). A sustained load (a straggling team every few dozen calls) reaches one thread
+// twofold: a forced trip every 400 steps cost batch-128 epochs 9–10 %, now
+// ≈ 2 %). A sustained load (a straggling team every few dozen calls) reaches one thread
 // within 4 trips, where each trip's stall is costly (a floor of 8 that doubled took 9 trips:
 // batch-32 epochs under one busy process 1.13–1.34× their 1-thread time, against
 // 1.07× before). Halving per good team had kept the backoff at its floor under a sustained
