@@ -401,7 +401,8 @@ PYBIND11_MODULE(_cpu, m) {
         cpu::force_straggle_every(reports);
       },
       py::arg("reports"),
-      "Tests: every reports-th thread team counts as a straggler (0: only slow teams do).");
+      "Tests: every reports-th thread team counts as a straggler and the others never do (0: "
+      "slow teams do).");
   m.def(
       "set_step_mode",
       [](const py::str& mode) {
@@ -426,6 +427,8 @@ PYBIND11_MODULE(_cpu, m) {
     d["openmp"] = cpu::openmp_enabled();
     d["num_threads"] = cpu::num_threads();
     d["straggler_trips"] = cpu::straggler_trips();
+    d["straggler_solo_calls"] = cpu::straggler_solo_calls();
+    d["straggler_backoff"] = cpu::straggler_backoff();
     const auto [switches, split_steps] = cpu::step_mode_counts();
     d["step_mode_switches"] = switches;
     d["dual_split_steps"] = split_steps;

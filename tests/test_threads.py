@@ -215,6 +215,54 @@ def test_set_num_threads_round_trips():
         assert fastnn.show_config(file=io.StringIO())["num_threads"] == n
 
 
+def test_straggler_guard_backs_off_eightfold_from_8_calls():
+    """A trip sends the next 8 team-sized kernel calls to one thread; each further trip 8×
+    as many (64, 512, at most 4,096); after as many calls with good teams in a row the count
+    halves. Trips forced (force_straggle_every: the other teams never trip), in a fresh
+    interpreter (the state is process-wide)."""
+    out = run_child(
+        """
+        import json
+        import numpy as np
+        import fastnn
+        from fastnn import ops
+
+        c = fastnn._cpu
+        fastnn.set_num_threads(2)
+        a = np.ones((64, 64), np.float32)  # 0.5 MFLOP: a team of two
+        state = lambda: [c.config()[k] for k in
+                         ("straggler_trips", "straggler_solo_calls", "straggler_backoff")]
+        seen = {"start": state()}
+        c.force_straggle_every(1)  # every team trips
+        ops.gemm(a, a)
+        seen["one trip"] = state()
+        for _ in range(8):  # on one thread: no team, no trip
+            ops.gemm(a, a)
+        seen["after 8"] = state()
+        for trip in range(4):
+            ops.gemm(a, a)  # a team again: it trips
+            seen[f"trip {trip + 2}"] = state()
+            for _ in range(seen[f"trip {trip + 2}"][1]):
+                ops.gemm(a, a)
+        c.force_straggle_every(2**62)  # from here no team trips, whatever its time
+        for _ in range(4096):  # good teams: the backoff halves after 4,096 of them
+            ops.gemm(a, a)
+        seen["good"] = state()
+        c.force_straggle_every(0)
+        print(json.dumps(seen))
+        """,
+        timeout=300,
+    )
+    assert out["start"] == [0, 0, 8]
+    assert out["one trip"] == [1, 8, 64]
+    assert out["after 8"] == [1, 0, 64]
+    assert out["trip 2"] == [2, 64, 512]
+    assert out["trip 3"] == [3, 512, 4096]
+    assert out["trip 4"] == [4, 4096, 4096]
+    assert out["trip 5"] == [5, 4096, 4096]
+    assert out["good"] == [5, 0, 2048]
+
+
 # ---------------------------------------------------------------------------------- fork
 def run_child(*parts: str, timeout: float) -> dict:
     """Runs the code ``parts`` (each dedented) in a fresh interpreter; returns the JSON object

@@ -84,7 +84,8 @@ bool team_finished(double seconds, double solo_seconds, int threads) {
   if (g_regions.fetch_add(1, std::memory_order_relaxed) < 2 && !forced) return false;
   const double needed = solo_seconds / threads;
   const int64_t backoff = g_solo_backoff.load(std::memory_order_relaxed);
-  if (forced || (seconds > kStraggleSeconds && seconds > kStraggleFactor * needed)) {
+  const bool slow = every == 0 && seconds > kStraggleSeconds && seconds > kStraggleFactor * needed;
+  if (forced || slow) {
     g_solo_calls.store(backoff, std::memory_order_relaxed);
     g_solo_backoff.store(std::min(kMaxSolo, kGrowth * backoff), std::memory_order_relaxed);
     g_straggler_trips.fetch_add(1, std::memory_order_relaxed);
@@ -99,6 +100,8 @@ bool team_finished(double seconds, double solo_seconds, int threads) {
 }
 
 int64_t straggler_trips() { return g_straggler_trips.load(); }
+int64_t straggler_solo_calls() { return std::max<int64_t>(0, g_solo_calls.load()); }
+int64_t straggler_backoff() { return g_solo_backoff.load(); }
 
 namespace {
 thread_local int t_serial_depth = 0;

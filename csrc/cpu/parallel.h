@@ -50,8 +50,11 @@ bool openmp_enabled();             // built with OpenMP?
 bool team_allowed();
 bool team_finished(double seconds, double solo_seconds, int threads);  // true: it tripped
 int64_t straggler_trips();  // times the guard has tripped in this process
-// Tests: every `reports`-th team_finished trips the guard whatever its time (0: never), so
-// that the paths taken after a trip run deterministically.
+// Tests and show_config: kernel calls left on one thread, and the count the next trip sets.
+int64_t straggler_solo_calls();
+int64_t straggler_backoff();
+// Tests: every `reports`-th team_finished trips the guard whatever its time, and the others
+// never do (0: the times decide), so that the paths taken after a trip run deterministically.
 void force_straggle_every(int64_t reports);
 
 // Threads worth starting for `work` units (roughly flops or bytes): 1 below ~64k units per
