@@ -275,13 +275,14 @@ def test_dense_step_follows_parameters_that_are_replaced_or_made_read_only(rng):
         steps[0](x, y, opts[0])
 
 
-@pytest.mark.parametrize("rows_per_call", [1, 40, 10**6])
+@pytest.mark.parametrize("steps_per_call", [1, 4, 10**6])
 def test_fit_runs_several_steps_per_native_call_with_the_same_result(
-    rng, monkeypatch, rows_per_call
+    rng, monkeypatch, steps_per_call
 ):
-    """fit's fused path takes ``_ROWS_PER_CALL // batch_size`` minibatches per native call
-    (here 1, 4 or all): weights, epoch losses and the step named on a blow-up are those of
-    one call per step."""
+    """fit's fused path takes ``_FLOPS_PER_CALL`` worth of minibatches per native call (here
+    1, 4 or all): weights, epoch losses and the step named on a blow-up are those of one call
+    per step."""
+    flops_per_step = 6 * (6 * 9 + 9 * 4) * 10  # per row: 2 flops per weight forward, 4 back
     x = rng.standard_normal((203, 6)).astype(np.float32)
     y = rng.integers(0, 4, 203)
 
@@ -292,17 +293,23 @@ def test_fit_runs_several_steps_per_native_call_with_the_same_result(
         assert opt.step_count == 2 * 21
         return history["loss"], [p.data for p in model.parameters()]
 
-    monkeypatch.setattr(fnn.train, "_ROWS_PER_CALL", 1)
+    monkeypatch.setattr(fnn.train, "_FLOPS_PER_CALL", 1)
     want_loss, want_params = train((x, y))
-    monkeypatch.setattr(fnn.train, "_ROWS_PER_CALL", rows_per_call)
+    monkeypatch.setattr(fnn.train, "_FLOPS_PER_CALL", steps_per_call * flops_per_step)
+    calls = []
+    real_steps = fnn.ops.dense_steps
+    monkeypatch.setattr(
+        fnn.ops, "dense_steps", lambda *a, **k: calls.append(1) or real_steps(*a, **k)
+    )
     got_loss, got_params = train((x, y))
+    assert len(calls) == 2 * -(-21 // min(steps_per_call, 21))  # 2 epochs of 21 steps
     assert got_loss == want_loss
     for a, b in zip(got_params, want_params, strict=True):
         np.testing.assert_array_equal(a, b)
     x[117] = np.nan
     messages = []
-    for per_call in (1, rows_per_call):
-        monkeypatch.setattr(fnn.train, "_ROWS_PER_CALL", per_call)
+    for per_call in (1, steps_per_call):
+        monkeypatch.setattr(fnn.train, "_FLOPS_PER_CALL", per_call * flops_per_step)
         with pytest.raises(FloatingPointError, match="input batch itself holds NaN") as err:
             train((x, y))
         messages.append(str(err.value))
