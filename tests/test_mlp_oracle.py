@@ -1,7 +1,8 @@
 """End to end: the article's MLP in fastnn against a float64 NumPy MLP (tests/reference.py).
 
 Same weights give the same logits, loss and every parameter gradient (rtol 1e-4 in float32,
-the error model of a 784-long float32 dot product; near-exact in float64).
+and an absolute tolerance of 1e-4 of each result's largest element: the error model of a
+784-long float32 dot product; near-exact in float64).
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ import reference as ref
 )
 @pytest.mark.parametrize("batch", [1, 37, 128])
 def test_mlp_matches_the_numpy_oracle(rng, dtype, rtol, atol, batch):
-    params = ref.mlp_init(rng)
-    x = rng.random((batch, 784))
+    # The reference sees the same (rounded) inputs and weights as the model, so what is left
+    # is the float arithmetic; the tolerances scale with the largest element of each result
+    # (a logit near 0 is the sum of terms that are not: 1.1e-6 off against 1e-6 + 1e-4 · 0
+    # failed 7 of 600 random seeds in float32).
+    params = {k: v.astype(dtype).astype(np.float64) for k, v in ref.mlp_init(rng).items()}
+    x = rng.random((batch, 784)).astype(dtype).astype(np.float64)
     labels = rng.integers(0, 10, batch).astype(np.uint8)
     loss64, logits64, grads64 = ref.mlp_loss_and_grads(params, x, labels)
 
@@ -29,7 +34,9 @@ def test_mlp_matches_the_numpy_oracle(rng, dtype, rtol, atol, batch):
     model.load_state_dict(params)
     xd = x.astype(dtype)
     logits = model(xd)
-    np.testing.assert_allclose(logits.data, logits64, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(
+        logits.data, logits64, rtol=rtol, atol=atol + rtol * np.abs(logits64).max()
+    )
 
     loss, gx = None, None
 
