@@ -325,3 +325,65 @@ def test_float32_graph_keeps_float32(rng):
     x = rng.standard_normal((4, 3)).astype(np.float32)
     g = fnn.gradient(lambda x: fnn.sum(fnn.relu(x) * 2.0 + fnn.exp(x) / 3.0), x)[0]
     assert g.dtype == np.float32
+
+
+# ------------------------------------------------------------------ in place
+def test_in_place_update_under_no_grad_changes_the_parameter_itself():
+    """PyTorch's hand-written SGD step: ``p -= lr * p.grad`` under no_grad updates p's array in
+    place (it used to rebind the loop variable to a new Tensor and leave the model as it was)."""
+    model = fnn.Sequential(fnn.Dense(3, 2, fnn.relu, dtype=np.float64))
+    x = np.arange(6.0).reshape(2, 3)
+    fnn.sum(model(x)).backward()
+    before = {name: p.data.copy() for name, p in model.named_parameters()}
+    arrays = [p.data for p in model.parameters()]
+    with fnn.no_grad():
+        for p in model.parameters():
+            p -= 0.1 * p.grad
+    for (name, p), a in zip(model.named_parameters(), arrays, strict=True):
+        assert p.data is a  # the same array, changed in place
+        np.testing.assert_array_equal(p.data, before[name] - 0.1 * p.grad)
+    t = fnn.Tensor(np.ones(3))  # needs no grad: allowed outside no_grad too
+    t += fnn.Tensor(np.arange(3.0))
+    t *= 2.0
+    t /= np.array([1.0, 2.0, 4.0])
+    np.testing.assert_array_equal(t.data, [2.0, 2.0, 1.5])
+
+
+def test_in_place_op_in_a_graph_is_recorded_and_on_a_leaf_raises():
+    w = fnn.Tensor(np.ones(2), requires_grad=True)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        w -= 1.0
+    np.testing.assert_array_equal(w.data, [1.0, 1.0])
+    # A sum of losses built with += (PyTorch records it): a new Tensor each time, the
+    # constant it started from untouched, and the gradient flows.
+    c = fnn.Tensor(np.zeros(2))
+    total = c
+    for k in (1.0, 2.0, 3.0):
+        total += k * w
+    total *= w
+    total /= 2.0
+    np.testing.assert_array_equal(c.data, [0.0, 0.0])
+    fnn.sum(total).backward()
+    np.testing.assert_array_equal(w.grad, [6.0, 6.0])  # d/dw (6w · w / 2) = 6w
+    i = fnn.Tensor(np.ones(2, np.int64))
+    with pytest.raises(TypeError):  # NumPy's casting rule: no float into an int array
+        i += 0.5
+
+
+def test_float64_targets_give_a_float32_model_float32_gradients():
+    """NumPy targets are float64 by default: the loss promotes to float64 (NumPy's rule), and
+    the gradients come back in each parameter's own dtype (backward used to hand float64
+    gradients to the float32 dense kernel, which refused them)."""
+    rng = np.random.default_rng(7)
+    model = fnn.Sequential(fnn.Dense(5, 4, fnn.relu, rng=rng), fnn.Dense(4, 2, rng=rng))
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    target = rng.standard_normal((6, 2))  # float64
+    loss = fnn.losses.mse(model(x), target)
+    assert loss.dtype == np.float64
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert all(g.dtype == np.float32 for g in grads.values())
+    model.zero_grad()
+    fnn.losses.mse(model(x), target.astype(np.float32)).backward()
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(grads[name], p.grad, rtol=1e-5, atol=1e-6, err_msg=name)

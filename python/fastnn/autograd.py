@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import operator
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
@@ -128,8 +129,12 @@ class Tensor:
     ``Tensor(t)`` of another Tensor shares its data but starts a new graph (no gradient flows
     back to ``t``); so do ``float(t)``, ``t.item()`` and ``t.numpy()``. ``<``, ``<=``, ``>``,
     ``>=`` compare elementwise and return arrays; ``==`` is identity, as for any Python
-    object (Tensors are hashable). Changing ``.data`` in place after an op used it changes
-    what ``backward`` computes (no version counter, unlike PyTorch).
+    object (Tensors are hashable). ``+=``, ``-=``, ``*=``, ``/=`` change ``data`` in place
+    where autodiff records nothing (under ``no_grad()``, or no operand requires grad); a
+    Tensor in a graph gets ``t = t + other`` instead (recorded, a new Tensor), and a leaf that
+    requires grad raises RuntimeError outside ``no_grad()``, as in PyTorch. Changing
+    ``.data`` in place after an op used it changes what ``backward`` computes (no version
+    counter, unlike PyTorch).
 
     Examples
     --------
@@ -283,6 +288,35 @@ class Tensor:
     def __neg__(self):
         return neg(self)
 
+    # In place (``p -= lr * p.grad``), as in PyTorch: where autodiff records nothing (under
+    # no_grad(), or no operand requires grad) the values change where they are; a result in a
+    # graph is recorded as ``t = t op other`` (a new Tensor, the name rebound); a leaf that
+    # requires grad raises, as PyTorch's does.
+    def _in_place(self, other, symbol: str, op: Callable, out_of_place: Callable):
+        if is_grad_enabled() and (
+            self.requires_grad or (isinstance(other, Tensor) and other.requires_grad)
+        ):
+            if self.requires_grad and not self._parents:
+                raise RuntimeError(
+                    f"in-place {symbol} on a leaf Tensor that requires grad: write the update "
+                    f"under fastnn.no_grad() (an optimizer step), or t = t {symbol[0]} other"
+                )
+            return out_of_place(self, other)
+        op(self.data, _data(other))  # the array's own in-place operator: same object
+        return self
+
+    def __iadd__(self, other):
+        return self._in_place(other, "+=", operator.iadd, operator.add)
+
+    def __isub__(self, other):
+        return self._in_place(other, "-=", operator.isub, operator.sub)
+
+    def __imul__(self, other):
+        return self._in_place(other, "*=", operator.imul, operator.mul)
+
+    def __itruediv__(self, other):
+        return self._in_place(other, "/=", operator.itruediv, operator.truediv)
+
     def __pow__(self, exponent):
         return power(self, exponent)
 
@@ -417,6 +451,11 @@ def _backward_pass(root: Tensor, seed) -> list[tuple[Tensor, object]]:
         for parent, pg in zip(node._parents, node._backward(g), strict=True):
             if pg is None or not parent.requires_grad:
                 continue
+            # A gradient has its Tensor's dtype, as in PyTorch: float32 weights under a loss
+            # that NumPy's promotion made float64 (a float64 target) get float32 gradients,
+            # which the kernels of the ops before them take.
+            if pg.dtype != parent.dtype:
+                pg = pg.astype(parent.dtype)
             key = id(parent)
             # Out of place: a backward may hand the same array to two parents.
             grads[key] = pg if key not in grads else grads[key] + pg
