@@ -144,3 +144,66 @@ def test_train_refuses_a_bad_learning_rate_before_loading_anything(lr, capsys):
         cli.main(["train", "--lr", lr, "--data", "/nonexistent"])
     assert info.value.code == 2
     assert "--lr" in capsys.readouterr().err
+
+
+def test_an_interrupted_train_keeps_matching_files(tmp_path, monkeypatch, capsys):
+    """Ctrl-C anywhere in an epoch gives the one-line message; the folder then holds one run's
+    model, history, curves and predictions of the same finished epochs (an earlier run's
+    until this one finishes an epoch), never a mix and never nothing."""
+    import json
+
+    import fastnn as fnn
+    from fastnn import train as train_module
+
+    run = tmp_path / "run"
+    args = ["train", "--hidden", "8", "--out", str(run)]
+    assert cli.main([*args, "--epochs", "1"]) == 0
+    real_epoch, real_evaluate = train_module._epoch, train_module.evaluate
+
+    def interrupt_at(epoch, where):
+        def epoch_fn(*a):
+            if where == "steps" and a[7] == epoch:  # _epoch(..., epoch, epochs, ...)
+                raise KeyboardInterrupt
+            calls["epoch"] = a[7]
+            return real_epoch(*a)
+
+        def evaluate_fn(*a, **k):
+            if where == "evaluation" and calls.get("epoch") == epoch:
+                raise KeyboardInterrupt
+            return real_evaluate(*a, **k)
+
+        calls = {}
+        monkeypatch.setattr(train_module, "_epoch", epoch_fn)
+        monkeypatch.setattr(train_module, "evaluate", evaluate_fn)
+
+    def epochs_saved():
+        history = json.loads((run / "history.json").read_text())
+        meta = fnn.io.load_metadata(run / "model.safetensors")
+        return history["epoch"], meta.get("fastnn.epoch")
+
+    assert epochs_saved() == ([1], "1")
+    capsys.readouterr()
+    for epoch, where, expected in [
+        (3, "steps", ([1, 2], "2")),  # this run's two epochs replace the earlier run's
+        (1, "steps", ([1, 2], "2")),  # no epoch finished: the files are left as they were
+        (2, "evaluation", ([1], "1")),
+    ]:
+        interrupt_at(epoch, where)
+        assert cli.main([*args, "--epochs", "5"]) == 130
+        err = capsys.readouterr().err
+        assert f"training interrupted during epoch {epoch}" in err, err
+        assert epochs_saved() == expected
+        assert (run / "curves.png").is_file() and (run / "predictions.png").is_file()
+    assert not list(run.glob(".*tmp"))
+
+
+@pytest.mark.parametrize("outputs", [3, 12])
+def test_predict_refuses_a_model_with_other_than_ten_outputs(tmp_path, capsys, outputs):
+    import fastnn as fnn
+
+    path = tmp_path / "m.safetensors"
+    fnn.io.save(fnn.Sequential(fnn.Dense(784, outputs)), path)
+    assert cli.main(["predict", str(path), "--index", "0", "--out", str(tmp_path / "p.png")]) == 1
+    err = capsys.readouterr().err
+    assert f"outputs of shape ({outputs},)" in err and "10 classes" in err, err
+    assert not (tmp_path / "p.png").exists()

@@ -75,7 +75,6 @@ def _load_dataset(name: str, data_dir):
 
 def cmd_train(args) -> int:
     import fastnn as fnn
-    from fastnn import viz
 
     if args.device == "cuda":
         raise RuntimeError(
@@ -100,8 +99,6 @@ def cmd_train(args) -> int:
     else:
         opt = fnn.optim.Adam(model.parameters(), lr=1e-3 if args.lr is None else args.lr)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("curves.png", "predictions.png", "history.json"):  # from an earlier run
-        (out / stale).unlink(missing_ok=True)
     print(
         f"{train.name}: {len(train):,} training and {len(test):,} test images "
         f"(from {_sources(train, test)})"
@@ -112,38 +109,63 @@ def cmd_train(args) -> int:
         f"{args.epochs} epochs, {fnn.get_num_threads()} threads, seed {args.seed}"
     )
     metadata = {"dataset": args.dataset, "classes": json.dumps(list(train.classes))}
-    history = fnn.fit(
-        model,
-        train,
-        fnn.losses.softmax_cross_entropy,
-        opt,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        validation=test,
-        rng=rng,
-        verbose=1,
-        checkpoint=out / "model.safetensors",
-        metadata=metadata,
-    )
-    saved = [out / "model.safetensors", out / "predictions.png"]
+    checkpoint = out / "model.safetensors"
+    # An earlier run's files stay until this run replaces the model (after its first epoch);
+    # from then on, stopped or not, the folder holds this run's model, history, curves and
+    # predictions of the same epochs.
+    history = fnn.train.History()
+    try:
+        fnn.fit(
+            model,
+            train,
+            fnn.losses.softmax_cross_entropy,
+            opt,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            validation=test,
+            rng=rng,
+            verbose=1,
+            checkpoint=checkpoint,
+            metadata=metadata,
+            history=history,
+        )
+    except BaseException:
+        if history:  # the checkpoint holds this run's last finished epoch
+            _save_run(fnn.io.load(checkpoint), history, test, out)
+        raise
     if args.epochs == 0:  # nothing trained: the model as initialised, and where it starts
-        fnn.io.save(model, out / "model.safetensors", metadata=metadata)
+        fnn.io.save(model, checkpoint, metadata=metadata)
         start = fnn.train.evaluate(model, test)
         print(f"untrained test accuracy {100 * start['accuracy']:.2f}%, loss {start['loss']:.4f}")
     else:
-        viz.plot_history(history, out / "curves.png")
-        saved.insert(1, out / "curves.png")
         print(
             f"final test accuracy {100 * history['val_accuracy'][-1]:.2f}%, "
             f"mean epoch time {np.mean(history['seconds']):.3f} s"
         )
+    saved = [checkpoint, *_save_run(model, history, test, out)]
+    print(f"saved {', '.join(map(str, saved))}")
+    return 0
+
+
+def _save_run(model, history, test, out: Path) -> list[Path]:
+    """The learning curves (when an epoch finished; a stale curves.png is removed otherwise),
+    the first 32 test images with the model's predictions, and the history as JSON, each
+    written atomically into out; returns the paths written."""
+    import fastnn as fnn
+    from fastnn import viz
+    from fastnn._files import atomic_write_bytes
+
+    saved = []
+    if history:
+        viz.plot_history(history, out / "curves.png")
+        saved.append(out / "curves.png")
+    else:
+        (out / "curves.png").unlink(missing_ok=True)
     with fnn.no_grad():
         predicted = model(test.x[:32]).argmax(axis=1)
     viz.prediction_grid(out / "predictions.png", test.x[:32], predicted, test.y[:32], test.classes)
-    (out / "history.json").write_text(json.dumps(dict(history), indent=1))
-    saved.append(out / "history.json")
-    print(f"saved {', '.join(map(str, saved))}")
-    return 0
+    atomic_write_bytes(out / "history.json", json.dumps(dict(history), indent=1).encode())
+    return [*saved, out / "predictions.png", out / "history.json"]
 
 
 def cmd_predict(args) -> int:
@@ -161,10 +183,16 @@ def cmd_predict(args) -> int:
             f"--index must be in [0, {len(test)}) for the {dataset} test set, got {args.index}"
         )
     img, label = test.x[args.index], int(test.y[args.index])
-    with fnn.no_grad():
-        predicted = int(model(img[None]).argmax(axis=1)[0])
-    viz.save_image(args.out, img)
     names = test.classes
+    with fnn.no_grad():
+        scores = model(img[None])
+    if scores.ndim != 2 or scores.shape[1] != len(names):
+        raise ValueError(
+            f"{args.model}: the model gives outputs of shape {tuple(scores.shape[1:])} per "
+            f"image, but the {dataset} test set has {len(names)} classes"
+        )
+    predicted = int(scores.argmax(axis=1)[0])
+    viz.save_image(args.out, img)
     print(
         f"test image {args.index}: predicted {predicted} ({names[predicted]}), "
         f"true {label} ({names[label]}); saved {args.out}"
@@ -293,7 +321,7 @@ def main(argv=None) -> int:
         print(f"fastnn {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
-        print(f"fastnn {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        print(f"fastnn {args.command}: {str(err) or 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # stdout closed early (e.g. piped into head): stop quietly
         sys.stdout = open(os.devnull, "w")

@@ -384,6 +384,7 @@ def fit(
     checkpoint=None,
     metadata: dict | None = None,
     fused: bool = True,
+    history: History | None = None,
 ) -> History:
     """Train ``model`` on ``train`` for a number of epochs of shuffled minibatches.
 
@@ -412,6 +413,11 @@ def fit(
     fused : bool
         Use ``DenseStep`` (no autodiff graph, reused buffers; the same weights) when the model
         and loss allow it; False always runs ``train_step``.
+    history : History, optional
+        Where each finished epoch's record is appended (a new History when None), so that a
+        caller keeps the records of the epochs before an exception. An epoch counts as
+        finished once its checkpoint is saved: the checkpoint and the records always hold
+        the same epochs.
 
     Returns
     -------
@@ -425,7 +431,8 @@ def fit(
         The model in memory keeps the parameters after that step, which may hold NaN:
         reload the checkpoint (``fastnn.io.load``) to go on.
     KeyboardInterrupt
-        On Ctrl-C, with a message naming the epoch and what the checkpoint holds.
+        On Ctrl-C (during the steps, the evaluation or the checkpoint's save), with a message
+        naming the epoch and what the checkpoint holds.
     ValueError
         For epochs < 0, a batch size < 1, empty training or validation data, no optimizer or
         one that holds none of the model's parameters, inputs and labels of different
@@ -480,7 +487,7 @@ def fit(
     _warn_double_softmax(model, loss)
     size = _batch_size(batch_size, n)
     generator = _generator(rng)
-    history = History()
+    history = History() if history is None else history
     last_good = None
     show_bar = verbose >= 1 and sys.stderr.isatty()
     per_call = 1  # steps per step_fn call
@@ -531,6 +538,14 @@ def fit(
                 show_bar,
                 last_good,
             )
+            record["accuracy"] = evaluate(model, (x, y), loss=loss)["accuracy"]
+            if validation is not None:
+                val = evaluate(model, validation, loss=loss)
+                record["val_loss"], record["val_accuracy"] = val["loss"], val["accuracy"]
+            if checkpoint is not None:
+                meta = {**(metadata or {}), "fastnn.epoch": str(epoch)}
+                last_good = io.save(model, checkpoint, metadata=meta)
+            history.append(record)
         except KeyboardInterrupt:
             kept = (
                 f"{last_good} holds the model after epoch {epoch - 1}"
@@ -538,14 +553,6 @@ def fit(
                 else "no checkpoint was written"
             )
             raise KeyboardInterrupt(f"training interrupted during epoch {epoch}; {kept}") from None
-        record["accuracy"] = evaluate(model, (x, y), loss=loss)["accuracy"]
-        if validation is not None:
-            val = evaluate(model, validation, loss=loss)
-            record["val_loss"], record["val_accuracy"] = val["loss"], val["accuracy"]
-        history.append(record)
-        if checkpoint is not None:
-            meta = {**(metadata or {}), "fastnn.epoch": str(epoch)}
-            last_good = io.save(model, checkpoint, metadata=meta)
         if verbose >= 1:
             print(_epoch_line(record, epochs), flush=True)
     return history
