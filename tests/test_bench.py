@@ -147,3 +147,25 @@ def test_bad_options_are_one_line(tmp_path):
         timeout=60,
     )
     assert out.returncode == 2 and "--batch" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seed", "-5"], "--seed must be >= 0"),
+        (["--markdown", "afile/t.md"], "afile is a file, not a folder"),
+        (["--json", "."], "is a folder; give a file name"),
+        (["--plot", "chart.txt"], "ending in .png"),
+    ],
+)
+def test_bad_outputs_and_seed_are_refused_before_anything_runs(tmp_path, args, message):
+    (tmp_path / "afile").write_text("x")
+    out = subprocess.run(
+        [sys.executable, "-m", "fastnn", "bench", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert "machine:" not in out.stdout  # refused before any timing

@@ -240,6 +240,9 @@ def test_dataset_object():
         data.Dataset(x, y[:3])
     with pytest.raises(TypeError, match="integers"):
         data.Dataset(x, y.astype(np.float32))
+    for classes in (3, "abc"):  # a count or one string is not a list of names
+        with pytest.raises(TypeError, match="classes must be a sequence of class names"):
+            data.Dataset(x, y, classes)
 
 
 def test_flatten_false_gives_nchw(tmp_path, rng):

@@ -70,6 +70,13 @@ def test_unsavable_and_unreadable(tmp_path):
         fnn.io.load(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="metadata"):
         fnn.io.save(_model(), tmp_path / "m.safetensors", metadata={"epochs": 3})
+    for key in ("format", "fastnn.version", "fastnn.architecture"):  # load reads these
+        with pytest.raises(ValueError, match=f"'{key}' is written by fastnn"):
+            fnn.io.save(_model(), tmp_path / "r.safetensors", metadata={key: "junk"})
+    assert not (tmp_path / "r.safetensors").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError, match="afile is a file, not a folder"):
+        fnn.io.save(_model(), tmp_path / "afile" / "sub" / "m.safetensors")
 
 
 def _weights_one(value):

@@ -68,7 +68,9 @@ def test_dense_shape_error_names_layer_and_shapes():
     with pytest.raises(ValueError) as err:
         layer(np.zeros((32, 785), np.float32))
     msg = str(err.value)
-    assert "Dense(784 => 128" in msg and "x.shape[-1] == 784" in msg and "(32, 785)" in msg
+    assert "Dense(784 => 128" in msg and "(batch, 784)" in msg and "(32, 785)" in msg
+    with pytest.raises(ValueError, match=r"got \(2, 4, 784\); flatten the leading axes"):
+        layer(np.zeros((2, 4, 784), np.float32))  # the last axis fits: the rank does not
     with pytest.raises(TypeError, match="float16"):
         fnn.Dense(3, 2, dtype=np.float16)
     with pytest.raises(ValueError, match="non-negative"):
@@ -181,3 +183,15 @@ def test_dense_rejects_bad_sizes_and_activations():
         fnn.Dense(2, "3")
     with pytest.raises(TypeError, match="floating point"):
         fnn.Dense(2, 2).load_state_dict({"weight": np.ones((2, 2), np.int32), "bias": np.ones(2)})
+
+
+def test_sequential_refuses_what_is_not_a_layer_and_dense_takes_relu_as_a_function():
+    with pytest.raises(TypeError, match="layer 1 is a int"):
+        fnn.Sequential(fnn.Dense(3, 2), 5)
+    layer = fnn.Dense(3, 2, fnn.relu, rng=0)
+    x = np.arange(6.0, dtype=np.float32).reshape(2, 3) - 2
+    by_function = fnn.dense(x, layer.weight, layer.bias, activation=fnn.relu)
+    np.testing.assert_array_equal(by_function.data, layer(x).data)
+    np.testing.assert_array_equal(
+        by_function.data, fnn.dense(x, layer.weight, layer.bias, activation="relu").data
+    )

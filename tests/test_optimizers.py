@@ -90,6 +90,8 @@ def test_optimizer_argument_errors():
         fnn.optim.SGD([p], lr=-1)
     with pytest.raises(ValueError, match="requires_grad"):
         fnn.optim.SGD([fnn.Tensor(np.ones(2))], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[2\] is params\[0\] again"):
+        fnn.optim.Adam([p, fnn.Tensor(np.ones(1), requires_grad=True), p])
     with pytest.raises(ValueError, match="nesterov"):
         fnn.optim.SGD([p], lr=0.1, nesterov=True)
     with pytest.raises(ValueError, match="betas"):

@@ -13,13 +13,35 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_open", "atomic_write_bytes"]
+__all__ = ["atomic_open", "atomic_write_bytes", "writable_target"]
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def writable_target(path) -> Path:
+    """``path`` as a Path, checked as a file to write: not a folder, and no file where one of
+    its folders would be (the folders that do not exist yet are created by the writer).
+
+    Raises
+    ------
+    IsADirectoryError
+        ``path`` is a folder.
+    NotADirectoryError
+        A file stands where one of its folders would be; the message names it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name")
+    for folder in path.absolute().parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"cannot write {path}: {folder} is a file, not a folder")
+            break
+    return path
 
 
 @contextlib.contextmanager
@@ -31,9 +53,7 @@ def atomic_open(path) -> Iterator[BinaryIO]:
     OSError
         From the file system; the target is then unchanged.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give a file name")
+    path = writable_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -757,7 +757,8 @@ def dense(x, weight, bias=None, activation=None) -> Tensor:
     x : Tensor or ndarray, shape (B, in_features)
     weight : Tensor, shape (out_features, in_features)
     bias : Tensor, shape (out_features,), optional
-    activation : {None, "relu"}
+    activation : {None, "relu"} or ``fastnn.relu``
+        The fused activation (``fastnn.relu`` is taken as ``"relu"``, as ``Dense`` takes it).
 
     Returns
     -------
@@ -768,6 +769,8 @@ def dense(x, weight, bias=None, activation=None) -> Tensor:
     Backward: relu's mask from the output, then ``dense_backward`` (dX, dW, db in one call;
     dX is skipped when x needs no gradient).
     """
+    if activation is relu:
+        activation = "relu"
     x, w = _tensor(x), _tensor(weight)
     b = None if bias is None else _tensor(bias)
     out = ops.dense_forward(x.data, w.data, None if b is None else b.data, activation=activation)

@@ -901,6 +901,19 @@ def _validate(args, parser) -> None:
             parser.error(f"--{name} must be >= 1")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    # Output files are checked before anything runs (not after minutes of timing).
+    from fastnn._files import writable_target
+
+    for name in ("markdown", "json", "plot"):
+        try:
+            if getattr(args, name) is not None:
+                writable_target(getattr(args, name))
+        except OSError as err:
+            parser.error(f"--{name}: {err}")
+    if args.plot is not None and os.path.splitext(args.plot)[1].lower() != ".png":
+        parser.error(f"--plot: the chart is a PNG; give a name ending in .png, got {args.plot}")
 
 
 def main(argv=None) -> int:

@@ -295,7 +295,8 @@ class Dataset:
     ValueError
         If ``x`` and ``y`` have different lengths or ``y`` is not 1-D.
     TypeError
-        If ``y`` is not an integer array.
+        If ``y`` is not an integer array, or ``classes`` is not a sequence of names (an int
+        such as ``classes=10`` included).
 
     Examples
     --------
@@ -321,6 +322,11 @@ class Dataset:
             raise ValueError(f"Dataset: x has {len(x)} samples but y has {len(y)}")
         if classes is None:
             classes = [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)]
+        elif isinstance(classes, str) or not hasattr(classes, "__len__"):
+            raise TypeError(
+                f"Dataset: classes must be a sequence of class names, got {classes!r} "
+                f"(for numbered classes: classes=[str(i) for i in range(n)])"
+            )
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
             raise ValueError(
                 f"Dataset: labels span {int(y.min())}..{int(y.max())} but there are "

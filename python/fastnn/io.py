@@ -137,8 +137,9 @@ def save(model, path, *, metadata: dict | None = None, store_architecture: bool 
     Raises
     ------
     ValueError
-        A layer that cannot be described (with ``store_architecture``) or non-string
-        metadata.
+        A layer that cannot be described (with ``store_architecture``), non-string
+        metadata, or a metadata key that fastnn writes itself (``format``,
+        ``fastnn.version``, ``fastnn.architecture``; ``load`` reads them).
     OSError
         From the file system; the old file is then unchanged.
     """
@@ -150,6 +151,8 @@ def save(model, path, *, metadata: dict | None = None, store_architecture: bool 
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValueError(f"save: metadata must map str to str, got {key!r}: {value!r}")
+        if key in ("format", "fastnn.version", "fastnn.architecture"):
+            raise ValueError(f"save: metadata key {key!r} is written by fastnn; use another name")
         meta[key] = value
     tensors = {name: np.ascontiguousarray(a) for name, a in model.state_dict().items()}
     atomic_write_bytes(path, _st_save(tensors, metadata=meta))

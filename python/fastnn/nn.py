@@ -278,7 +278,11 @@ class Dense(Module):
         else:
             x = Tensor(x if getattr(x, "dtype", None) == dtype else np.asarray(x, dtype=dtype))
         if x.ndim not in (1, 2) or x.shape[-1] != self.in_features:
-            raise ValueError(f"{self!r} expected x.shape[-1] == {self.in_features}, got {x.shape}")
+            raise ValueError(
+                f"{self!r} expected x of shape ({self.in_features},) or (batch, "
+                f"{self.in_features}), got {x.shape}"
+                + ("; flatten the leading axes first" if x.ndim > 2 else "")
+            )
         name = _activation_name(self.activation)
         fused = name == "relu"
         x2 = autograd.reshape(x, (1, -1)) if x.ndim == 1 else x
@@ -333,6 +337,11 @@ class Sequential(Module):
     Supports ``len``, indexing (an int gives a layer, a slice a Sequential) and iteration;
     parameters are named ``"<index>.<name>"`` as in PyTorch.
 
+    Raises
+    ------
+    TypeError
+        A layer that is not callable (a Module or a function of a Tensor), named by its index.
+
     Examples
     --------
     >>> import fastnn as fnn
@@ -344,6 +353,12 @@ class Sequential(Module):
     def __init__(self, *layers: Callable):
         if len(layers) == 1 and isinstance(layers[0], list | tuple):
             layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not callable(layer):
+                raise TypeError(
+                    f"Sequential: layer {i} is a {type(layer).__name__}, not a layer or a "
+                    f"function of a Tensor"
+                )
         self.layers = list(layers)
 
     def named_children(self) -> Iterator[tuple[str, Module]]:

@@ -31,8 +31,9 @@ class Optimizer:
     Raises
     ------
     ValueError
-        An empty parameter list, an lr that is negative or not finite, or a parameter without
-        requires_grad (each rule also checks its own hyperparameters when built).
+        An empty parameter list, an lr that is negative or not finite, a parameter without
+        requires_grad, or one given twice (PyTorch warns; here it would be stepped twice)
+        (each rule also checks its own hyperparameters when built).
     TypeError
         A hyperparameter that is not a real number.
     """
@@ -41,9 +42,13 @@ class Optimizer:
         self.params = list(params)
         if not self.params:
             raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        seen: dict[int, int] = {}
         for i, p in enumerate(self.params):
             if not isinstance(p, Tensor) or not p.requires_grad:
                 raise ValueError(f"params[{i}] is not a Tensor with requires_grad=True")
+            if id(p) in seen:  # it would be updated twice per step
+                raise ValueError(f"params[{i}] is params[{seen[id(p)]}] again; pass it once")
+            seen[id(p)] = i
         self.lr = ops._hyper(lr, "lr")
         self.step_count = 0
 
