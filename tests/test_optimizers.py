@@ -178,3 +178,18 @@ def test_adam_step_must_be_an_int():
     p, g = [np.ones(2)], [np.ones(2)]
     with pytest.raises(TypeError, match="step"):
         fnn.ops.adam_update(p, g, [np.zeros(2)], [np.zeros(2)], lr=0.1, step=1.5)
+
+
+def test_zero_grad_set_to_none_false_zeroes_in_place():
+    model = fnn.Sequential(fnn.Dense(3, 2, rng=0))
+    opt = fnn.optim.SGD(model.parameters(), lr=0.1)
+    fnn.sum(model(np.ones((2, 3), np.float32))).backward()
+    arrays = [p.grad for p in model.parameters()]
+    for zero in (model.zero_grad, opt.zero_grad):
+        zero(set_to_none=False)
+        for p, a in zip(model.parameters(), arrays, strict=True):
+            assert p.grad is a and not a.any()  # the same arrays, zeroed
+    opt.zero_grad()  # PyTorch's default: None
+    assert all(p.grad is None for p in model.parameters())
+    model.zero_grad(set_to_none=False)  # nothing to zero: stays None
+    assert all(p.grad is None for p in model.parameters())

@@ -806,6 +806,17 @@ def softmax(x, axis: int = -1) -> Tensor:
     return _record(out.reshape(x.shape), (x,), backward, "softmax")
 
 
+def zero_grads(params, set_to_none: bool = True) -> None:
+    """Forget the gradients of ``params``: ``.grad = None`` (PyTorch's default), or with
+    ``set_to_none=False`` zeros written into the existing ``.grad`` arrays (they stay the same
+    objects; a missing one stays None)."""
+    for p in params:
+        if set_to_none or p.grad is None:
+            p.grad = None
+        else:
+            p.grad[...] = 0
+
+
 def detach(x) -> Tensor:
     """``x`` cut from the graph."""
     return _tensor(x).detach()

@@ -73,10 +73,10 @@ class Module:
         """Number of scalar parameters."""
         return sum(p.size for p in self.parameters())
 
-    def zero_grad(self) -> None:
-        """Forget accumulated gradients (``.grad = None``, as PyTorch's default)."""
-        for p in self.parameters():
-            p.grad = None
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget accumulated gradients: ``.grad = None`` (PyTorch's default), or zeros in
+        place with ``set_to_none=False``."""
+        autograd.zero_grads(self.parameters(), set_to_none)
 
     def train(self, mode: bool = True) -> Module:
         """Set training mode on this module and every sub-module; returns self."""

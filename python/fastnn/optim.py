@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from fastnn import ops
+from fastnn import autograd, ops
 from fastnn.autograd import Tensor
 
 __all__ = ["SGD", "Adam", "AdamW", "CosineLR", "Optimizer", "StepLR"]
@@ -52,10 +52,10 @@ class Optimizer:
         self.lr = ops._hyper(lr, "lr")
         self.step_count = 0
 
-    def zero_grad(self) -> None:
-        """Forget the parameters' gradients (``.grad = None``)."""
-        for p in self.params:
-            p.grad = None
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget the parameters' gradients: ``.grad = None`` (PyTorch's default), or zeros in
+        place with ``set_to_none=False``."""
+        autograd.zero_grads(self.params, set_to_none)
 
     def _groups(self):
         """Parameters that have a gradient, grouped by dtype (one native call per dtype)."""
