@@ -193,3 +193,76 @@ def test_zero_grad_set_to_none_false_zeroes_in_place():
     assert all(p.grad is None for p in model.parameters())
     model.zero_grad(set_to_none=False)  # nothing to zero: stays None
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: fnn.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        lambda ps: fnn.optim.SGD(ps, lr=0.1),
+        lambda ps: fnn.optim.Adam(ps, lr=1e-2, betas=(0.8, 0.99)),
+        lambda ps: fnn.optim.AdamW(ps, lr=1e-2),
+    ],
+)
+def test_state_dict_resumes_training_exactly(make):
+    """Three steps, the optimizer's state saved; a new model and optimizer loaded from the
+    saved weights and state go on exactly as the first (momentum, Adam's moments and its
+    step count included)."""
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((8, 4)), rng.integers(0, 3, 8)
+
+    def step(model, opt):
+        opt.zero_grad()
+        fnn.losses.softmax_cross_entropy(model(x), y).backward()
+        opt.step()
+
+    model = fnn.Sequential(
+        fnn.Dense(4, 5, fnn.relu, dtype=np.float64, rng=1), fnn.Dense(5, 3, dtype=np.float64, rng=2)
+    )
+    opt = make(model.parameters())
+    for _ in range(3):
+        step(model, opt)
+    saved_weights = {k: v.copy() for k, v in model.state_dict().items()}
+    saved = opt.state_dict()
+    assert saved["param_groups"][0]["step"] == 3 and saved["param_groups"][0]["params"] == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    for _ in range(3):
+        step(model, opt)
+
+    again = fnn.Sequential(
+        fnn.Dense(4, 5, fnn.relu, dtype=np.float64, rng=7), fnn.Dense(5, 3, dtype=np.float64, rng=8)
+    )
+    again.load_state_dict(saved_weights)
+    opt2 = make(again.parameters())
+    opt2.load_state_dict(saved)
+    for _ in range(3):
+        step(again, opt2)
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_load_state_dict_refuses_a_state_that_does_not_fit():
+    p = fnn.Tensor(np.ones(2), requires_grad=True)
+    adam = fnn.optim.Adam([p])
+    state = adam.state_dict()
+    with pytest.raises(ValueError, match="state is of 1 parameters, this optimizer has 2"):
+        fnn.optim.Adam([p, fnn.Tensor(np.ones(1), requires_grad=True)]).load_state_dict(state)
+    bad = adam.state_dict()
+    bad["state"][0]["exp_avg"] = np.ones(3)
+    with pytest.raises(ValueError, match=r"parameter 0's exp_avg must be an array of shape \(2,\)"):
+        adam.load_state_dict(bad)
+    with pytest.raises(ValueError, match="takes no"):
+        fnn.optim.SGD([p], lr=0.1).load_state_dict(state)  # Adam's betas
+    with pytest.raises(ValueError, match="built with momentum"):
+        fnn.optim.SGD([p], lr=0.1).load_state_dict(
+            fnn.optim.SGD([p], lr=0.1, momentum=0.9).state_dict()
+        )
+    nan_lr = adam.state_dict()
+    nan_lr["param_groups"][0]["lr"] = float("nan")
+    with pytest.raises(ValueError, match="lr"):
+        adam.load_state_dict(nan_lr)
+    assert adam.lr == 1e-3  # nothing changed

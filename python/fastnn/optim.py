@@ -74,6 +74,91 @@ class Optimizer:
     def _update(self, idx: list[int]) -> None:
         raise NotImplementedError
 
+    # What state_dict holds besides the step count: hyperparameters, and per-parameter
+    # buffers (lists of arrays shaped like the parameters, or None when unused).
+    _hyperparameters: tuple[str, ...] = ("lr",)
+    _buffers: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict:
+        """The optimizer's state, shaped as PyTorch's: ``{"state": {i: {name: array, ...},
+        ...}, "param_groups": [{"lr": ..., ..., "params": [0, 1, ...]}]}`` with the step
+        count as ``"step"`` in the group and copies of the buffers (momentum's ``velocity``,
+        Adam's ``exp_avg`` and ``exp_avg_sq``) under parameter i's index. Save it beside the
+        model to resume training exactly (``load_state_dict``)."""
+        group = {name: getattr(self, name) for name in self._hyperparameters}
+        group.update(step=self.step_count, params=list(range(len(self.params))))
+        state: dict = {i: {} for i in range(len(self.params))}
+        for name in self._buffers:
+            for i, a in enumerate(getattr(self, name) or ()):
+                state[i][name] = a.copy()
+        return {"state": state, "param_groups": [group]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore what ``state_dict`` returned, for an optimizer of the same kind built over
+        the same parameters (in the same order).
+
+        Raises
+        ------
+        ValueError
+            Another number of parameters, a missing or misshapen buffer (named),
+            hyperparameters this optimizer does not take or that its constructor would refuse
+            (SGD: momentum where it was built without, or none where with); nothing is
+            changed then.
+        """
+        try:
+            (group,) = state_dict["param_groups"]
+            state = state_dict["state"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                "load_state_dict: expected {'state': ..., 'param_groups': [one group]} as "
+                "state_dict() returns"
+            ) from None
+        if len(group.get("params", ())) != len(self.params):
+            raise ValueError(
+                f"load_state_dict: the state is of {len(group.get('params', ()))} parameters, "
+                f"this optimizer has {len(self.params)}"
+            )
+        extra = set(group) - {*self._hyperparameters, "step", "params"}
+        if extra:
+            raise ValueError(f"load_state_dict: {type(self).__name__} takes no {sorted(extra)}")
+        values = {
+            name: self._checked(name, group[name])
+            for name in self._hyperparameters
+            if name in group
+        }
+        copies = []
+        for name in self._buffers:
+            for i, a in enumerate(getattr(self, name) or ()):
+                b = state.get(i, {}).get(name)
+                if b is None or np.shape(b) != a.shape:
+                    raise ValueError(
+                        f"load_state_dict: parameter {i}'s {name} must be an array of shape "
+                        f"{a.shape}, got {None if b is None else np.shape(b)}"
+                    )
+                copies.append((a, b))
+        for a, b in copies:
+            np.copyto(a, b, casting="same_kind")
+        for name, value in values.items():
+            setattr(self, name, value)
+        self.step_count = int(group.get("step", self.step_count))
+
+    def _checked(self, name: str, value):
+        """A loaded hyperparameter, checked as the constructor checks it."""
+        if name == "betas":
+            betas = tuple(ops._hyper(b, f"betas[{i}]") for i, b in enumerate(value))
+            if len(betas) != 2 or not all(b < 1.0 for b in betas):
+                raise ValueError(f"load_state_dict: betas must be a pair in [0, 1), got {value}")
+            return betas
+        if name == "nesterov":
+            return bool(value)
+        value = ops._hyper(value, name)
+        if name == "momentum" and (value != 0) != (getattr(self, "velocity", None) is not None):
+            raise ValueError(
+                f"load_state_dict: momentum {value} in a state for an SGD built with "
+                f"momentum {self.momentum}: build it with the same kind of momentum"
+            )
+        return value
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent, optionally with momentum (Sutskever et al. 2013).
@@ -118,6 +203,9 @@ class SGD(Optimizer):
             raise ValueError("nesterov=True needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
         self.velocity = [np.zeros_like(p.data) for p in self.params] if momentum else None
+
+    _hyperparameters = ("lr", "momentum", "nesterov", "weight_decay")
+    _buffers = ("velocity",)
 
     def _update(self, idx):
         params = [self.params[i].data for i in idx]
@@ -175,6 +263,9 @@ class Adam(Optimizer):
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
         self.exp_avg = [np.zeros_like(p.data) for p in self.params]
         self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]
+
+    _hyperparameters = ("lr", "betas", "eps", "weight_decay")
+    _buffers = ("exp_avg", "exp_avg_sq")
 
     def _update(self, idx):
         ops.adam_update(
