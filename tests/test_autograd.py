@@ -306,7 +306,12 @@ def test_tensor_protocol():
     a = np.arange(6.0).reshape(2, 3)
     t = fnn.Tensor(a, requires_grad=True)
     assert t.shape == (2, 3) and t.dtype == np.float64 and t.ndim == 2 and len(t) == 2
-    assert t.numpy() is a and np.asarray(t) is a
+    assert t.numpy() is a
+    with pytest.raises(RuntimeError, match="cut it from the gradient"):
+        np.asarray(t)  # implicit, in a graph: refused, as PyTorch
+    with fnn.no_grad():
+        assert np.asarray(t) is a
+    assert np.asarray(t.detach()) is a
     rows = list(t)
     assert len(rows) == 2 and all(isinstance(r, fnn.Tensor) for r in rows)
     assert isinstance(a + t, fnn.Tensor) and isinstance(a * t, fnn.Tensor)  # ndarray ⊕ Tensor
@@ -387,3 +392,59 @@ def test_float64_targets_give_a_float32_model_float32_gradients():
     fnn.losses.mse(model(x), target.astype(np.float32)).backward()
     for name, p in model.named_parameters():
         np.testing.assert_allclose(grads[name], p.grad, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_the_articles_tuple_of_tensors_keeps_its_gradient():
+    """Julia's ``position .+ (sin(angle), cos(angle))`` translated literally: a tuple of
+    Tensors as an operand is stacked with its gradient; NumPy's own conversion of one (an
+    ndarray start, ``Tensor([...])``) is refused instead of silently giving a zero gradient."""
+    target = np.array([3.0, 3.0])
+
+    def loss(chain, start):
+        p = start
+        for angle in chain:
+            p = p + (fnn.sin(angle), fnn.cos(angle))  # noqa: RUF005 (a Tensor, not a tuple)
+        return fnn.sum((p - target) ** 2)
+
+    chain = np.array([0.3, 1.1, 2.0])
+    g = fnn.gradient(loss, chain, fnn.Tensor(np.zeros(2)))[0]
+    eps = 1e-6
+    fd = [
+        (
+            float(loss(chain + eps * e, np.zeros(2) + 0.0))
+            - float(loss(chain - eps * e, np.zeros(2)))
+        )
+        / (2 * eps)
+        for e in np.eye(3)
+    ]
+    np.testing.assert_allclose(g, fd, rtol=1e-6)
+    np.testing.assert_array_equal(fnn.gradient(loss, chain, np.zeros(2))[0], g)
+    with pytest.raises(RuntimeError, match=r"fastnn\.stack"):  # ndarray + tuple: NumPy's turn
+        fnn.gradient(lambda c: loss(c, np.zeros(2)), chain)
+    with pytest.raises(RuntimeError, match=r"fastnn\.stack"):
+        fnn.gradient(lambda a: fnn.sum(fnn.Tensor([fnn.sin(a), fnn.cos(a)])), 0.5)
+    zeros = fnn.Tensor(np.zeros((2, 2)))
+    nested = fnn.gradient(lambda a: fnn.sum(zeros + [[a, a], [a, 0.0]]), 0.5)  # noqa: RUF005
+    assert nested == (3.0,)
+
+
+def test_a_gradient_of_a_gradient_is_refused_not_zero():
+    with pytest.raises(NotImplementedError, match="second derivative"):
+        fnn.gradient(lambda x: fnn.gradient(lambda y: y**3, x)[0], 2.0)
+    assert fnn.gradient(lambda y: y**3, 2.0) == (12.0,)  # the flag does not stay set
+    with pytest.raises(ZeroDivisionError):
+        fnn.gradient(lambda y: 1 / 0, 2.0)  # nor after f raised
+    assert fnn.gradient(lambda y: y * y, 3.0) == (6.0,)
+
+
+def test_power_with_a_tensor_exponent():
+    g = fnn.gradient(lambda x: x**x, 2.0)[0]
+    assert g == pytest.approx(4.0 * (np.log(2.0) + 1.0), rel=1e-14)  # x^x (ln x + 1)
+    assert fnn.gradient(lambda x: x ** np.array(2.0), 3.0) == (6.0,)  # a 0-d array: a number
+    rng = np.random.default_rng(5)
+    a, b = rng.uniform(0.5, 2.0, (3, 4)), rng.uniform(-1.0, 2.0, (4,))
+    assert fnn.gradcheck(lambda a, b: fnn.sum(a**b), a, b)  # broadcast exponent
+    assert fnn.gradcheck(lambda b: fnn.sum(np.array([0.5, 2.0, 3.0]) ** b), b[:3])  # array base
+    ga, gb = fnn.gradient(lambda a, b: fnn.sum(a**b), np.array([0.0, 2.0]), np.array([2.0, 0.5]))
+    np.testing.assert_allclose(ga, [0.0, 0.5 / np.sqrt(2.0)])
+    np.testing.assert_allclose(gb, [0.0, np.sqrt(2.0) * np.log(2.0)])  # 0 at a = 0

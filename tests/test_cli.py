@@ -73,6 +73,11 @@ def test_predict_is_the_articles_test_n(trained):
     bad = fastnn("predict", "run/model.safetensors", "--index", "10000", cwd=cwd)
     assert bad.returncode == 1 and "--index must be in [0, 10000)" in bad.stderr
     assert "Traceback" not in bad.stderr
+    # The article's test(n) reads the training set (its X), where image 1 is a T-shirt/top
+    # (test image 1 is a pullover).
+    out = fastnn("predict", "run/model.safetensors", "--split", "train", "--index", "1", cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    assert "train image 1: predicted" in out.stdout and "true 0 (T-shirt/top)" in out.stdout
 
 
 def test_chain_writes_an_animated_gif(tmp_path):

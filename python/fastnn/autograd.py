@@ -127,7 +127,11 @@ class Tensor:
     (matmul, dense, softmax_cross_entropy) refuse mixed dtypes instead.
 
     ``Tensor(t)`` of another Tensor shares its data but starts a new graph (no gradient flows
-    back to ``t``); so do ``float(t)``, ``t.item()`` and ``t.numpy()``. ``<``, ``<=``, ``>``,
+    back to ``t``); so do ``float(t)``, ``t.item()`` and ``t.numpy()``. NumPy's implicit
+    conversion (``np.asarray(t)``, ``ndarray + (t1, t2)``, ``Tensor([t1, t2])``) of a Tensor
+    that requires grad raises RuntimeError instead (outside ``no_grad()``), as in PyTorch;
+    a tuple or list of Tensors as an operand of an op is stacked (``fnn.stack``), with its
+    gradient: ``p + (fnn.sin(a), fnn.cos(a))``. ``<``, ``<=``, ``>``,
     ``>=`` compare elementwise and return arrays; ``==`` is identity, as for any Python
     object (Tensors are hashable). ``+=``, ``-=``, ``*=``, ``/=`` change ``data`` in place
     where autodiff records nothing (under ``no_grad()``, or no operand requires grad); a
@@ -198,6 +202,15 @@ class Tensor:
         return self.data.reshape(()).item()
 
     def __array__(self, dtype=None, copy=None):
+        # NumPy converting a Tensor in a graph (np.asarray(t), ndarray + (t1, t2), a list of
+        # Tensors) would cut it from the gradient without a word: refused, as PyTorch does.
+        if self.requires_grad and is_grad_enabled():
+            raise RuntimeError(
+                "a Tensor that requires grad was turned into a NumPy array, which would cut it "
+                "from the gradient: build Tensors from Tensors with fastnn.stack([...]) (a "
+                "tuple or list of Tensors as an operand of +, -, *, / is stacked for you), "
+                "or take the values with t.numpy() / t.detach()"
+            )
         a = self.numpy()
         if dtype is not None and a.dtype != dtype:
             return a.astype(dtype)
@@ -376,7 +389,16 @@ def _data(x):
 
 
 def _tensor(x) -> Tensor:
-    return x if isinstance(x, Tensor) else Tensor(x)
+    if isinstance(x, Tensor):
+        return x
+    if _holds_tensor(x):
+        return stack(x)  # (sin(a), cos(a)): Julia's tuple, with its gradient
+    return Tensor(x)
+
+
+def _holds_tensor(x) -> bool:
+    """Whether a (nested) list or tuple holds a Tensor."""
+    return isinstance(x, list | tuple) and any(isinstance(e, Tensor) or _holds_tensor(e) for e in x)
 
 
 def _pair(a, b) -> tuple[Tensor, Tensor]:
@@ -526,13 +548,18 @@ def div(a, b) -> Tensor:
 
 
 def power(a, exponent) -> Tensor:
-    """a ** p for a scalar (Python or NumPy number) exponent p.
+    """a ** p, elementwise; p a number, or a Tensor or array (broadcast with a).
 
-    The derivative p·a^(p−1) is formed without logarithms, so it is exact at a = 0
-    (0 for p > 1) and for negative a with integer p.
+    For a number p the derivative p·a^(p−1) is formed without logarithms, so it is exact at
+    a = 0 (0 for p > 1) and for negative a with integer p. For a Tensor exponent,
+    ∂/∂p = a^p · ln a, taken as 0 where a = 0 (PyTorch's convention) and NaN for a < 0.
     """
-    if isinstance(exponent, Tensor) or not isinstance(exponent, numbers.Real):
-        raise TypeError("Tensor ** exponent needs a real scalar exponent")
+    if isinstance(exponent, np.ndarray) and exponent.ndim == 0:
+        exponent = exponent.item()
+    if isinstance(exponent, Tensor | np.ndarray | list | tuple):
+        return _tensor_power(a, exponent)
+    if not isinstance(exponent, numbers.Real):
+        raise TypeError(f"Tensor ** exponent needs a number, Tensor or array, got {exponent!r}")
     a = _tensor(a)
     p = exponent
 
@@ -548,10 +575,29 @@ def power(a, exponent) -> Tensor:
     return _record(a.data**p, (a,), backward, "pow")
 
 
+def _tensor_power(a, b) -> Tensor:
+    a, b = _pair(a, b)
+    out = a.data**b.data
+
+    def backward(g):
+        da = db = None
+        if a.requires_grad:
+            da = _unbroadcast(g * b.data * a.data ** (b.data - 1), a.shape)
+        if b.requires_grad:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                log_a = np.where(a.data == 0, 0, np.log(a.data))
+            db = _unbroadcast(g * out * log_a, b.shape)
+        return da, db
+
+    return _record(out, (a, b), backward, "pow")
+
+
 def rpower(base, a) -> Tensor:
-    """base ** a for a scalar base: d/da = base^a · ln(base)."""
+    """base ** a for a scalar base: d/da = base^a · ln(base) (an array base: ``power``)."""
+    if isinstance(base, np.ndarray | list | tuple):
+        return _tensor_power(base, a)
     if not isinstance(base, numbers.Real):
-        raise TypeError("scalar ** Tensor needs a real scalar base")
+        raise TypeError(f"base ** Tensor needs a number or an array base, got {base!r}")
     a = _tensor(a)
     out = np.power(base, a.data, dtype=a.dtype) if _is_float(a.data) else base**a.data
     return _record(out, (a,), lambda g: (g * out * np.log(base),), "rpow")
@@ -888,6 +934,9 @@ def gradient(f: Callable, *args) -> tuple:
     ------
     RuntimeError
         If ``f`` returns more than one element.
+    NotImplementedError
+        When called inside an ``f`` that ``gradient`` is differentiating: higher derivatives
+        are not recorded (the inner gradient would be a constant, its derivative 0).
 
     Notes
     -----
@@ -901,17 +950,27 @@ def gradient(f: Callable, *args) -> tuple:
     >>> fnn.gradient(lambda a, b: (a + b) * (a + b), 2.0, -3.0)
     (-2.0, -2.0)
     """
-    with enable_grad():
-        wrapped = [_leaf_like(a) for a in args]
-        out = f(*(w[0] for w in wrapped))
-        out = _tensor(out)
-        if out.data.size != 1:
-            raise RuntimeError(
-                f"gradient: f must return a single-element Tensor, got shape {out.shape}"
-            )
-        grads = {}
-        if out.requires_grad:
-            grads = {id(leaf): g for leaf, g in _backward_pass(out, np.ones_like(out.data))}
+    if getattr(_state, "in_gradient", False):
+        raise NotImplementedError(
+            "gradient called inside a function that gradient is differentiating (a second "
+            "derivative): not supported, as the inner result would be a constant to the "
+            "outer gradient, whose answer would silently be 0"
+        )
+    _state.in_gradient = True
+    try:
+        with enable_grad():
+            wrapped = [_leaf_like(a) for a in args]
+            out = f(*(w[0] for w in wrapped))
+            out = _tensor(out)
+            if out.data.size != 1:
+                raise RuntimeError(
+                    f"gradient: f must return a single-element Tensor, got shape {out.shape}"
+                )
+            grads = {}
+            if out.requires_grad:
+                grads = {id(leaf): g for leaf, g in _backward_pass(out, np.ones_like(out.data))}
+    finally:
+        _state.in_gradient = False
     return tuple(w[1](grads) for w in wrapped)
 
 

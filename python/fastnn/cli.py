@@ -177,24 +177,27 @@ def cmd_predict(args) -> int:
     dataset = meta.get("dataset", "fashion-mnist")
     if dataset not in DATASETS:
         raise ValueError(f"{args.model}: unknown dataset {dataset!r} in its metadata")
-    _, test = _load_dataset(dataset, args.data)
-    if not 0 <= args.index < len(test):
+    images = dict(zip(("train", "test"), _load_dataset(dataset, args.data), strict=True))[
+        args.split
+    ]
+    if not 0 <= args.index < len(images):
         raise ValueError(
-            f"--index must be in [0, {len(test)}) for the {dataset} test set, got {args.index}"
+            f"--index must be in [0, {len(images)}) for the {dataset} {args.split} set, got "
+            f"{args.index}"
         )
-    img, label = test.x[args.index], int(test.y[args.index])
-    names = test.classes
+    img, label = images.x[args.index], int(images.y[args.index])
+    names = images.classes
     with fnn.no_grad():
         scores = model(img[None])
     if scores.ndim != 2 or scores.shape[1] != len(names):
         raise ValueError(
             f"{args.model}: the model gives outputs of shape {tuple(scores.shape[1:])} per "
-            f"image, but the {dataset} test set has {len(names)} classes"
+            f"image, but the {dataset} {args.split} set has {len(names)} classes"
         )
     predicted = int(scores.argmax(axis=1)[0])
     viz.save_image(args.out, img)
     print(
-        f"test image {args.index}: predicted {predicted} ({names[predicted]}), "
+        f"{args.split} image {args.index}: predicted {predicted} ({names[predicted]}), "
         f"true {label} ({names[label]}); saved {args.out}"
     )
     return 0
@@ -275,13 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "predict",
-        help="the article's test(n): classify one test image",
-        description="Classify test image N (0-based) with a saved model; print "
-        "the predicted class and save the image as PNG.",
+        help="the article's test(n): classify one image",
+        description="Classify image N (0-based) of the test set (or, as the article's "
+        "test(n), of the training set) with a saved model; print the predicted class and "
+        "save the image.",
     )
     p.add_argument("model", help="a model file saved by 'fastnn train'")
     p.add_argument(
-        "--index", type=_int_at_least(0), required=True, metavar="N", help="test image, from 0"
+        "--index", type=_int_at_least(0), required=True, metavar="N", help="image, from 0"
+    )
+    p.add_argument(
+        "--split",
+        choices=["test", "train"],
+        default="test",
+        help="which set the image comes from (test; the article's test(n) reads train)",
     )
     p.add_argument("--data", metavar="DIR", help="folder with the IDX files (default: search)")
     p.add_argument("--out", default="image.png", help="image file (.png, .jpg, ...)")
