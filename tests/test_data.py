@@ -616,6 +616,14 @@ def test_one_hot():
         data.one_hot(np.array([0.0, 1.0]), 3)
     with pytest.raises(ValueError, match="classes must be >= 1"):
         data.one_hot(np.array([0]), 0)
+    # Flux's onehotbatch(labels, 0:9) and 1:10: the classes as a range of label values
+    labels = np.array([0, 2, 1, 2], np.uint8)
+    np.testing.assert_array_equal(data.one_hot(labels, range(3)), data.one_hot(labels, 3))
+    np.testing.assert_array_equal(data.one_hot(labels + 1, range(1, 4)), data.one_hot(labels, 3))
+    with pytest.raises(ValueError, match=r"label 0 is outside \[1, 4\)"):
+        data.one_hot(labels, range(1, 4))
+    with pytest.raises(ValueError, match="step 1"):
+        data.one_hot(labels, range(0, 6, 2))
 
 
 @pytest.mark.cuda

@@ -214,7 +214,8 @@ def cmd_chain(args) -> int:
     frames = viz.chain_gif(args.out, chains, start, target)
     print(
         f"loss {losses[0]:.4f} -> {losses[-1]:.4f} after {args.steps} steps; "
-        f"final distance to (3, 3): {np.sqrt(losses[-1]):.4f}; {frames} frames in {args.out}"
+        f"final distance to (3, 3): {np.sqrt(losses[-1]):.4f}; {frames} frames drawn into "
+        f"{args.out}"
     )
     return 0
 

@@ -778,7 +778,7 @@ def _array_module(a):
     return np
 
 
-def one_hot(labels, classes: int, dtype=np.float32):
+def one_hot(labels, classes: int | range, dtype=np.float32):
     """One-hot encode integer class labels.
 
     ``out[i, k] = 1 if labels[i] == k else 0``.
@@ -787,8 +787,9 @@ def one_hot(labels, classes: int, dtype=np.float32):
     ----------
     labels : array_like of int, shape (N,)
         Class indices in ``[0, classes)``; any integer dtype; a NumPy or CuPy array.
-    classes : int
-        Number of classes C (≥ 1).
+    classes : int or range
+        Number of classes C (≥ 1), or the labels' values as a range of step 1, as Flux's
+        ``onehotbatch(labels, 0:9)``: ``range(10)``, or ``range(1, 11)`` for labels 1..10.
     dtype : dtype
         Output dtype (float32 by default).
 
@@ -814,15 +815,22 @@ def one_hot(labels, classes: int, dtype=np.float32):
     labels = xp.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"one_hot: labels must be integers, got dtype {labels.dtype}")
+    first = 0
+    if isinstance(classes, range):
+        if classes.step != 1:
+            raise ValueError(f"one_hot: a range of classes needs step 1, got {classes}")
+        first, classes = classes.start, len(classes)
     classes = operator.index(classes)
     if classes < 1:
         raise ValueError(f"one_hot: classes must be >= 1, got {classes}")
     flat = labels.reshape(-1)
     if flat.size:
         lo, hi = int(flat.min()), int(flat.max())
-        if lo < 0 or hi >= classes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"one_hot: label {bad} is outside [0, {classes})")
+        if lo < first or hi >= first + classes:
+            bad = lo if lo < first else hi
+            raise ValueError(f"one_hot: label {bad} is outside [{first}, {first + classes})")
+    if first:
+        flat = flat - first
     out = xp.zeros((flat.size, classes), dtype=dtype)
     out[xp.arange(flat.size), flat] = 1
     return out.reshape((*labels.shape, classes))
