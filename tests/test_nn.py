@@ -127,6 +127,9 @@ def test_state_dict_round_trip_with_pytorch_keys(rng):
         b.load_state_dict({k: v for k, v in sd.items() if k != "1.bias"})
     b.load_state_dict({"0.bias": np.ones(3)}, strict=False)
     np.testing.assert_array_equal(b[0].bias.data, 1.0)
+    b.load_state_dict(dict(a.named_parameters()))  # Tensors that require grad, as PyTorch
+    np.testing.assert_array_equal(a(x).data, b(x).data)
+    assert b[0].weight.data is not a[0].weight.data  # copied, not shared
 
 
 def test_to_dtype_and_device():

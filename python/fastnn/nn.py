@@ -155,7 +155,9 @@ class Module:
                 raise KeyError(
                     f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
                 )
-        values = {name: np.asarray(state_dict[name]) for name in params if name in state_dict}
+        values = {  # Tensors too (another model's parameters), as PyTorch takes them
+            name: autograd.Tensor(state_dict[name]).numpy() for name in params if name in state_dict
+        }
         not_float = [f"{n} ({v.dtype})" for n, v in values.items() if v.dtype.kind != "f"]
         if not_float:
             raise TypeError(
