@@ -347,11 +347,40 @@ def test_in_place_update_under_no_grad_changes_the_parameter_itself():
     for (name, p), a in zip(model.named_parameters(), arrays, strict=True):
         assert p.data is a  # the same array, changed in place
         np.testing.assert_array_equal(p.data, before[name] - 0.1 * p.grad)
-    t = fnn.Tensor(np.ones(3))  # needs no grad: allowed outside no_grad too
+    t = fnn.Tensor(np.ones(3))  # not a parameter: t = t + other, in any mode
+    alias = t
     t += fnn.Tensor(np.arange(3.0))
     t *= 2.0
     t /= np.array([1.0, 2.0, 4.0])
     np.testing.assert_array_equal(t.data, [2.0, 2.0, 1.5])
+    np.testing.assert_array_equal(alias.data, [1.0, 1.0, 1.0])
+
+
+def test_in_place_ops_mean_the_same_with_and_without_grad_mode():
+    """An intermediate updated with *= while another name holds it: the same value, and a
+    gradient that gradcheck confirms, whether or not autodiff records (evaluate and fit's
+    validation run models under no_grad)."""
+
+    def f(a):
+        h = a * fnn.Tensor(2.0)  # a Tensor also when gradcheck passes plain arrays
+        saved = h
+        h *= h
+        return fnn.sum(saved + h)
+
+    a = np.array([1.0, 2.0])
+    with_grad = f(fnn.Tensor(a, requires_grad=True)).item()
+    with fnn.no_grad():
+        without = f(fnn.Tensor(a, requires_grad=True)).item()
+    assert with_grad == without == 26.0  # (2 + 4) + (4 + 16)
+    assert fnn.gradcheck(f, a)
+    # an op's output changed under no_grad no longer corrupts that op's backward
+    x = fnn.Tensor(np.array([1.0]), requires_grad=True)
+    y = fnn.exp(x)
+    kept = y
+    with fnn.no_grad():
+        y *= 0
+    fnn.sum(kept).backward()
+    np.testing.assert_allclose(x.grad, [np.e])
 
 
 def test_in_place_op_in_a_graph_is_recorded_and_on_a_leaf_raises():
@@ -371,8 +400,15 @@ def test_in_place_op_in_a_graph_is_recorded_and_on_a_leaf_raises():
     fnn.sum(total).backward()
     np.testing.assert_array_equal(w.grad, [6.0, 6.0])  # d/dw (6w · w / 2) = 6w
     i = fnn.Tensor(np.ones(2, np.int64))
-    with pytest.raises(TypeError):  # NumPy's casting rule: no float into an int array
-        i += 0.5
+    i += 0.5  # i = i + 0.5: NumPy's promotion, as for arrays written out of place
+    np.testing.assert_array_equal(i.data, [1.5, 1.5])
+    p = fnn.Tensor(np.ones(2, np.float32), requires_grad=True)
+    with fnn.no_grad(), pytest.raises(ValueError):  # a parameter keeps its shape
+        p += np.ones((2, 2))
+    with fnn.no_grad():
+        p += (fnn.Tensor(1.0), 2.0)  # a tuple operand, as everywhere
+    np.testing.assert_array_equal(p.data, [2.0, 3.0])
+    assert p.dtype == np.float32
 
 
 def test_float64_targets_give_a_float32_model_float32_gradients():
@@ -448,3 +484,14 @@ def test_power_with_a_tensor_exponent():
     ga, gb = fnn.gradient(lambda a, b: fnn.sum(a**b), np.array([0.0, 2.0]), np.array([2.0, 0.5]))
     np.testing.assert_allclose(ga, [0.0, 0.5 / np.sqrt(2.0)])
     np.testing.assert_allclose(gb, [0.0, np.sqrt(2.0) * np.log(2.0)])  # 0 at a = 0
+
+
+def test_power_edges_at_zero_give_zero_not_nan(recwarn):
+    x = fnn.Tensor(np.array([0.0, 2.0]), requires_grad=True)
+    fnn.sum(x ** np.array([0.0, 0.0])).backward()  # x^0 is constant, also at x = 0
+    np.testing.assert_array_equal(x.grad, [0.0, 0.0])
+    assert fnn.gradient(lambda z: 0.0**z, 2.0) == (0.0,)  # 0 ** z: PyTorch gives 0
+    ga, gb = fnn.gradient(lambda a, b: fnn.sum(a**b), np.array([0.0, 0.0]), np.array([0.0, 2.0]))
+    np.testing.assert_array_equal(ga, [0.0, 0.0])
+    np.testing.assert_array_equal(gb, [0.0, 0.0])
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -624,6 +624,8 @@ def test_one_hot():
         data.one_hot(labels, range(1, 4))
     with pytest.raises(ValueError, match="step 1"):
         data.one_hot(labels, range(0, 6, 2))
+    assert np.argmax(data.one_hot(np.array([99], np.int8), range(-100, 100))) == 199
+    assert np.argmax(data.one_hot(np.array([3], np.uint8), range(-1, 9))) == 4
 
 
 @pytest.mark.cuda

@@ -345,6 +345,8 @@ def test_fit_checks_its_arguments_up_front(rng):
         fnn.fit(model, (x, y), optimizer=other, verbose=0)
     with pytest.raises(ValueError, match="validation data has no samples"):
         fnn.fit(model, (x, y), optimizer=opt, validation=(x[:0], y[:0]), verbose=0)
+    with pytest.raises(ValueError, match="fit: metadata must map str to str"):
+        fnn.fit(model, (x, y), optimizer=opt, metadata={"epochs": 3}, checkpoint="c", verbose=0)
     for a, b in zip(model.parameters(), before, strict=True):
         np.testing.assert_array_equal(a.data, b)  # nothing trained
     ends_in_softmax = fnn.Sequential(*layers, fnn.Softmax())

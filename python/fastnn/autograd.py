@@ -133,10 +133,11 @@ class Tensor:
     a tuple or list of Tensors as an operand of an op is stacked (``fnn.stack``), with its
     gradient: ``p + (fnn.sin(a), fnn.cos(a))``. ``<``, ``<=``, ``>``,
     ``>=`` compare elementwise and return arrays; ``==`` is identity, as for any Python
-    object (Tensors are hashable). ``+=``, ``-=``, ``*=``, ``/=`` change ``data`` in place
-    where autodiff records nothing (under ``no_grad()``, or no operand requires grad); a
-    Tensor in a graph gets ``t = t + other`` instead (recorded, a new Tensor), and a leaf that
-    requires grad raises RuntimeError outside ``no_grad()``, as in PyTorch. Changing
+    object (Tensors are hashable). ``+=``, ``-=``, ``*=``, ``/=`` on a parameter (a leaf
+    that requires grad) change its ``data`` in place under ``no_grad()`` (an optimizer step
+    by hand) and raise RuntimeError outside it, as in PyTorch; on any other Tensor they are
+    ``t = t + other`` in every mode (a new Tensor, recorded when needed; other names for the
+    old Tensor keep its values, unlike PyTorch, where they would change too). Changing
     ``.data`` in place after an op used it changes what ``backward`` computes (no version
     counter, unlike PyTorch).
 
@@ -301,21 +302,20 @@ class Tensor:
     def __neg__(self):
         return neg(self)
 
-    # In place (``p -= lr * p.grad``), as in PyTorch: where autodiff records nothing (under
-    # no_grad(), or no operand requires grad) the values change where they are; a result in a
-    # graph is recorded as ``t = t op other`` (a new Tensor, the name rebound); a leaf that
-    # requires grad raises, as PyTorch's does.
+    # ``p -= lr * p.grad``: a parameter (a leaf that requires grad) is updated in place under
+    # no_grad() (the optimizer step by hand) and refused outside it, as in PyTorch. Every
+    # other Tensor gets ``t = t op other`` in every mode (a new Tensor, recorded when needed),
+    # so a function means the same with and without grad mode, and no array that a recorded
+    # op saved for its backward is ever changed under it.
     def _in_place(self, other, symbol: str, op: Callable, out_of_place: Callable):
-        if is_grad_enabled() and (
-            self.requires_grad or (isinstance(other, Tensor) and other.requires_grad)
-        ):
-            if self.requires_grad and not self._parents:
-                raise RuntimeError(
-                    f"in-place {symbol} on a leaf Tensor that requires grad: write the update "
-                    f"under fastnn.no_grad() (an optimizer step), or t = t {symbol[0]} other"
-                )
+        if not (self.requires_grad and not self._parents):
             return out_of_place(self, other)
-        op(self.data, _data(other))  # the array's own in-place operator: same object
+        if is_grad_enabled():
+            raise RuntimeError(
+                f"in-place {symbol} on a leaf Tensor that requires grad: write the update "
+                f"under fastnn.no_grad() (an optimizer step), or t = t {symbol[0]} other"
+            )
+        op(self.data, _data(_tensor(other)))  # the array's own in-place operator: same object
         return self
 
     def __iadd__(self, other):
@@ -581,12 +581,13 @@ def _tensor_power(a, b) -> Tensor:
 
     def backward(g):
         da = db = None
-        if a.requires_grad:
-            da = _unbroadcast(g * b.data * a.data ** (b.data - 1), a.shape)
-        if b.requires_grad:
-            with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if a.requires_grad:  # p·a^(p−1), 0 where p = 0 (a^0 is constant, also at a = 0)
+                da = np.where(b.data == 0, 0, b.data * a.data ** (b.data - 1))
+                da = _unbroadcast(g * da, a.shape)
+            if b.requires_grad:
                 log_a = np.where(a.data == 0, 0, np.log(a.data))
-            db = _unbroadcast(g * out * log_a, b.shape)
+                db = _unbroadcast(g * out * log_a, b.shape)
         return da, db
 
     return _record(out, (a, b), backward, "pow")
@@ -600,7 +601,8 @@ def rpower(base, a) -> Tensor:
         raise TypeError(f"base ** Tensor needs a number or an array base, got {base!r}")
     a = _tensor(a)
     out = np.power(base, a.data, dtype=a.dtype) if _is_float(a.data) else base**a.data
-    return _record(out, (a,), lambda g: (g * out * np.log(base),), "rpow")
+    ln = 0.0 if base == 0 else np.log(base)  # 0 ** a: 0 (PyTorch's convention), as power's
+    return _record(out, (a,), lambda g: (g * out * ln,), "rpow")
 
 
 def _unary(name: str, f, df_from_x_out) -> Callable[[object], Tensor]:

@@ -830,7 +830,7 @@ def one_hot(labels, classes: int | range, dtype=np.float32):
             bad = lo if lo < first else hi
             raise ValueError(f"one_hot: label {bad} is outside [{first}, {first + classes})")
     if first:
-        flat = flat - first
+        flat = flat.astype(xp.int64) - first  # in int64: int8 or uint8 labels would wrap
     out = xp.zeros((flat.size, classes), dtype=dtype)
     out[xp.arange(flat.size), flat] = 1
     return out.reshape((*labels.shape, classes))

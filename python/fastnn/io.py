@@ -20,7 +20,7 @@ from safetensors.numpy import save as _st_save
 from fastnn import autograd, nn
 from fastnn._files import atomic_write_bytes
 
-__all__ = ["architecture", "build", "load", "load_metadata", "save"]
+__all__ = ["architecture", "build", "check_metadata", "load", "load_metadata", "save"]
 
 _LAYERS = {"Dense": nn.Dense, "ReLU": nn.ReLU, "Softmax": nn.Softmax, "Flatten": nn.Flatten}
 _FUNCTIONS = {"relu": autograd.relu, "softmax": autograd.softmax}
@@ -137,26 +137,44 @@ def save(model, path, *, metadata: dict | None = None, store_architecture: bool 
     Raises
     ------
     ValueError
-        A layer that cannot be described (with ``store_architecture``), non-string
-        metadata, or a metadata key that fastnn writes itself (``format``,
-        ``fastnn.version``, ``fastnn.architecture``; ``load`` reads them).
+        A layer that cannot be described (with ``store_architecture``) or non-string
+        metadata. (Keys that fastnn writes itself, ``format``, ``fastnn.version``,
+        ``fastnn.architecture``, take the model's own values whatever ``metadata`` says.)
     OSError
         From the file system; the old file is then unchanged.
     """
     from fastnn import __version__
 
-    meta = {"format": "pt", "fastnn.version": __version__}
+    meta = check_metadata(metadata)
+    meta.update({"format": "pt", "fastnn.version": __version__})
     if store_architecture:
         meta["fastnn.architecture"] = json.dumps(architecture(model))
-    for key, value in (metadata or {}).items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise ValueError(f"save: metadata must map str to str, got {key!r}: {value!r}")
-        if key in ("format", "fastnn.version", "fastnn.architecture"):
-            raise ValueError(f"save: metadata key {key!r} is written by fastnn; use another name")
-        meta[key] = value
     tensors = {name: np.ascontiguousarray(a) for name, a in model.state_dict().items()}
     atomic_write_bytes(path, _st_save(tensors, metadata=meta))
     return Path(path)
+
+
+_OWN_KEYS = ("format", "fastnn.version", "fastnn.architecture")
+
+
+def check_metadata(metadata: dict | None, where: str = "save") -> dict:
+    """The caller's metadata as ``save`` stores it: a dict of str to str, without the keys
+    that ``save`` writes itself (``format``, ``fastnn.version``, ``fastnn.architecture``:
+    those of ``load_metadata(path)`` are replaced by the model's own, so metadata read from
+    one file can be given to the next).
+
+    Raises
+    ------
+    ValueError
+        A key or value that is not a str (named; ``where`` says who was called).
+    """
+    meta = {}
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"{where}: metadata must map str to str, got {key!r}: {value!r}")
+        if key not in _OWN_KEYS:
+            meta[key] = value
+    return meta
 
 
 def _read(path) -> tuple[dict, dict]:

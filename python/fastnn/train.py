@@ -434,10 +434,11 @@ def fit(
         On Ctrl-C (during the steps, the evaluation or the checkpoint's save), with a message
         naming the epoch and what the checkpoint holds.
     ValueError
-        For epochs < 0, a batch size < 1, empty training or validation data, no optimizer or
-        one that holds none of the model's parameters, inputs and labels of different
-        lengths, validation samples shaped unlike the training ones, validation inputs (in
-        NumPy) that hold NaN or inf, named by the first such sample, or
+        For epochs < 0, a batch size < 1, metadata that is not str to str, empty training
+        or validation data, no optimizer or one that holds none of the model's parameters,
+        inputs and labels of different lengths, validation samples shaped unlike the
+        training ones, validation inputs (in NumPy) that hold NaN or inf, named by the first
+        such sample, or
         (for a Sequential of Dense layers under softmax cross-entropy) a label outside
         [0, classes), named by its index in the data.
     TypeError
@@ -484,6 +485,7 @@ def fit(
             )
         _check_labels(model, loss, vy, "validation")
         _check_finite(vx, "validation")
+    io.check_metadata(metadata, "fit")  # before training, not at the first checkpoint
     _warn_double_softmax(model, loss)
     size = _batch_size(batch_size, n)
     generator = _generator(rng)
