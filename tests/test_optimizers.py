@@ -253,7 +253,9 @@ def test_load_state_dict_refuses_a_state_that_does_not_fit():
         fnn.optim.Adam([p, fnn.Tensor(np.ones(1), requires_grad=True)]).load_state_dict(state)
     bad = adam.state_dict()
     bad["state"][0]["exp_avg"] = np.ones(3)
-    with pytest.raises(ValueError, match=r"parameter 0's exp_avg must be an array of shape \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"parameter 0's exp_avg must be a float array of shape \(2,\)"
+    ):
         adam.load_state_dict(bad)
     with pytest.raises(ValueError, match="takes no"):
         fnn.optim.SGD([p], lr=0.1).load_state_dict(state)  # Adam's betas
@@ -266,3 +268,72 @@ def test_load_state_dict_refuses_a_state_that_does_not_fit():
     with pytest.raises(ValueError, match="lr"):
         adam.load_state_dict(nan_lr)
     assert adam.lr == 1e-3  # nothing changed
+    sgd = fnn.optim.SGD([p], lr=0.1, momentum=0.9)
+    for key, value, message in [
+        ("step", "x", "step must be an int >= 0"),
+        ("step", -1, "step must be an int >= 0"),
+        ("nesterov", "False", "nesterov must be a bool"),
+    ]:
+        bad = sgd.state_dict()
+        bad["state"][0]["velocity"] = np.full(2, 7.0)
+        bad["param_groups"][0][key] = value
+        with pytest.raises(ValueError, match=message):
+            sgd.load_state_dict(bad)
+        np.testing.assert_array_equal(sgd.velocity[0], [0.0, 0.0])  # refused whole
+    bad = sgd.state_dict()
+    bad["state"][0]["velocity"] = np.array(["a", "b"])
+    with pytest.raises(ValueError, match="must be a float array"):
+        sgd.load_state_dict(bad)
+
+
+def test_optimizer_and_schedule_states_resume_through_savez_and_json(tmp_path):
+    """What state_dict gives survives np.savez (0-d arrays come back) and JSON (str keys),
+    and a schedule's own state_dict restores its learning rates."""
+    import json
+
+    p = fnn.Tensor(np.ones(3), requires_grad=True)
+    opt = fnn.optim.Adam([p], lr=0.1)
+    sched = fnn.optim.StepLR(opt, step_size=2, gamma=0.5)
+    for _ in range(3):
+        p.grad = np.ones(3)
+        opt.step()
+        sched.step()
+    state, sched_state = opt.state_dict(), sched.state_dict()
+    group = state["param_groups"][0]
+    np.savez(tmp_path / "s.npz", lr=group["lr"], step=group["step"], m=state["state"][0]["exp_avg"])
+    z = np.load(tmp_path / "s.npz")
+    via_json = json.loads(
+        json.dumps(
+            {
+                "state": {
+                    i: {k: v.tolist() for k, v in d.items()} for i, d in state["state"].items()
+                },
+                "param_groups": [{**group, "betas": list(group["betas"])}],
+            }
+        )
+    )
+    for loaded in (via_json,):
+        q = fnn.Tensor(np.ones(3), requires_grad=True)
+        again = fnn.optim.Adam([q], lr=0.1)
+        again.load_state_dict(loaded)
+        assert again.step_count == 3 and again.lr == opt.lr == 0.05
+        np.testing.assert_array_equal(again.exp_avg[0], opt.exp_avg[0])
+    numpy_group = {**group, "lr": z["lr"], "step": z["step"]}
+    again.load_state_dict(
+        {"state": {0: {**state["state"][0], "exp_avg": z["m"]}}, "param_groups": [numpy_group]}
+    )
+    assert again.lr == 0.05 and again.step_count == 3
+    resumed = fnn.optim.StepLR(again, step_size=2, gamma=0.5)  # built after the lr was loaded
+    resumed.load_state_dict(sched_state)
+    assert (
+        [resumed.step() for _ in range(3)]
+        == [sched.step() for _ in range(3)]
+        == [0.025, 0.025, 0.0125]
+    )
+    cos = fnn.optim.CosineLR(fnn.optim.SGD([p], lr=1.0), t_max=4)
+    cos.step()
+    cos2 = fnn.optim.CosineLR(fnn.optim.SGD([q], lr=0.3), t_max=4)
+    cos2.load_state_dict(cos.state_dict())
+    assert cos2.step() == cos.step()
+    with pytest.raises(ValueError, match="epoch must be an int"):
+        cos2.load_state_dict({"base_lr": 1.0, "epoch": -2})

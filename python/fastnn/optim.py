@@ -8,6 +8,7 @@ are PyTorch's, so the same hyperparameters give the same trajectories.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 
 import numpy as np
@@ -121,35 +122,53 @@ class Optimizer:
         extra = set(group) - {*self._hyperparameters, "step", "params"}
         if extra:
             raise ValueError(f"load_state_dict: {type(self).__name__} takes no {sorted(extra)}")
+        # Everything is checked before anything changes.
         values = {
             name: self._checked(name, group[name])
             for name in self._hyperparameters
             if name in group
         }
+        step = group.get("step", self.step_count)
+        if isinstance(step, np.ndarray) and step.ndim == 0:
+            step = step.item()
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+            raise ValueError(f"load_state_dict: step must be an int >= 0, got {step!r}")
         copies = []
         for name in self._buffers:
             for i, a in enumerate(getattr(self, name) or ()):
-                b = state.get(i, {}).get(name)
-                if b is None or np.shape(b) != a.shape:
+                # Indices as ints, or as str (the state through JSON)
+                b = state.get(i, state.get(str(i), {})).get(name)
+                b = None if b is None else np.asarray(b)
+                if b is None or b.shape != a.shape or not np.can_cast(b, a.dtype, "same_kind"):
+                    got = None if b is None else f"{b.dtype} {b.shape}"
                     raise ValueError(
-                        f"load_state_dict: parameter {i}'s {name} must be an array of shape "
-                        f"{a.shape}, got {None if b is None else np.shape(b)}"
+                        f"load_state_dict: parameter {i}'s {name} must be a float array of "
+                        f"shape {a.shape}, got {got}"
                     )
                 copies.append((a, b))
         for a, b in copies:
             np.copyto(a, b, casting="same_kind")
         for name, value in values.items():
             setattr(self, name, value)
-        self.step_count = int(group.get("step", self.step_count))
+        self.step_count = int(step)
 
     def _checked(self, name: str, value):
-        """A loaded hyperparameter, checked as the constructor checks it."""
+        """A loaded hyperparameter, checked as the constructor checks it (0-d arrays, as
+        ``np.savez`` gives them back, taken as numbers)."""
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value.item()
         if name == "betas":
+            if not isinstance(value, tuple | list | np.ndarray):
+                raise ValueError(f"load_state_dict: betas must be a pair, got {value!r}")
             betas = tuple(ops._hyper(b, f"betas[{i}]") for i, b in enumerate(value))
             if len(betas) != 2 or not all(b < 1.0 for b in betas):
                 raise ValueError(f"load_state_dict: betas must be a pair in [0, 1), got {value}")
             return betas
         if name == "nesterov":
+            if not isinstance(value, bool | np.bool_):
+                raise ValueError(f"load_state_dict: nesterov must be a bool, got {value!r}")
+            if value and not getattr(self, "momentum", 0):
+                raise ValueError("load_state_dict: nesterov=True needs momentum > 0")
             return bool(value)
         value = ops._hyper(value, name)
         if name == "momentum" and (value != 0) != (getattr(self, "velocity", None) is not None):
@@ -293,10 +312,33 @@ class AdamW(Adam):
     default_weight_decay = 1e-2
 
 
-class StepLR:
+class _Schedule:
+    """What a learning-rate schedule saves: its starting lr and how far it has gone."""
+
+    base_lr: float
+    epoch: int
+
+    def state_dict(self) -> dict:
+        """``{"base_lr": ..., "epoch": ...}``: with the optimizer's state, what resuming
+        needs (as PyTorch's schedulers' state_dict)."""
+        return {"base_lr": self.base_lr, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``'s values (ValueError for missing or bad ones)."""
+        try:
+            base_lr, epoch = state["base_lr"], state["epoch"]
+        except (KeyError, TypeError):
+            raise ValueError("load_state_dict: expected {'base_lr': ..., 'epoch': ...}") from None
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+            raise ValueError(f"load_state_dict: epoch must be an int >= 0, got {epoch!r}")
+        self.base_lr, self.epoch = ops._hyper(base_lr, "base_lr"), int(epoch)
+
+
+class StepLR(_Schedule):
     """Multiply the optimizer's lr by ``gamma`` every ``step_size`` calls of ``step()``.
 
-    Call ``step()`` once per epoch, as PyTorch's StepLR.
+    Call ``step()`` once per epoch, as PyTorch's StepLR. To resume, restore its
+    ``state_dict()`` with the optimizer's.
     """
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
@@ -312,11 +354,12 @@ class StepLR:
         return self.optimizer.lr
 
 
-class CosineLR:
+class CosineLR(_Schedule):
     """Cosine annealing from the initial lr to ``eta_min`` over ``t_max`` steps.
 
     ``lr_t = eta_min + (lr_0 − eta_min) · (1 + cos(π t / t_max)) / 2`` (Loshchilov & Hutter
-    2017, without restarts; PyTorch's CosineAnnealingLR). Call ``step()`` once per epoch.
+    2017, without restarts; PyTorch's CosineAnnealingLR). Call ``step()`` once per epoch;
+    to resume, restore its ``state_dict()`` with the optimizer's.
     """
 
     def __init__(self, optimizer: Optimizer, t_max: int, eta_min: float = 0.0):
