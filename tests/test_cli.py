@@ -212,3 +212,42 @@ def test_predict_refuses_a_model_with_other_than_ten_outputs(tmp_path, capsys, o
     err = capsys.readouterr().err
     assert f"outputs of shape ({outputs},)" in err and "10 classes" in err, err
     assert not (tmp_path / "p.png").exists()
+
+
+def test_sigterm_stops_train_like_ctrl_c(tmp_path):
+    """A `kill` (SIGTERM) mid-run leaves one run's matching files, as Ctrl-C does."""
+    import json
+    import signal
+    import time
+
+    import fastnn as fnn
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastnn",
+            "train",
+            "--hidden",
+            "8",
+            "--epochs",
+            "1000",
+            "--out",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "model.safetensors").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a few more epochs
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "training interrupted during epoch" in err, err
+    held = fnn.io.load_metadata(run / "model.safetensors")["fastnn.epoch"]
+    history = json.loads((run / "history.json").read_text())
+    assert history["epoch"][-1] == int(held) >= 1
+    assert (run / "curves.png").is_file() and (run / "predictions.png").is_file()

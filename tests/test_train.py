@@ -365,3 +365,50 @@ def test_a_batch_size_beyond_the_data_is_one_batch_of_everything(rng):
         h = fnn.fit(model, (x, y), optimizer=opt, epochs=2, batch_size=size, verbose=0)
         runs.append((h["loss"], opt.step_count))
     assert runs[0] == runs[1] and runs[0][1] == 2
+
+
+def test_an_interrupt_right_after_the_checkpoint_or_in_the_epoch_line(rng, tmp_path, monkeypatch):
+    """Ctrl-C after the save has replaced the file but before fit noted it, or while the
+    epoch's line prints: the message and the records name the epoch the file holds."""
+    from fastnn import io as fio
+    from fastnn import train as tr
+
+    x = rng.standard_normal((64, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    ck = tmp_path / "ck.safetensors"
+    real_save, real_line = fio.save, tr._epoch_line
+
+    def save_then_interrupt(model, path, metadata=None, **k):
+        out = real_save(model, path, metadata=metadata, **k)
+        if metadata["fastnn.epoch"] == "2":
+            raise KeyboardInterrupt
+        return out
+
+    def line_interrupts(record, epochs):
+        if record["epoch"] == 3:
+            raise KeyboardInterrupt
+        return real_line(record, epochs)
+
+    for patch, where, held in [
+        ((fio, "save", save_then_interrupt), "during epoch 2", "2"),
+        ((tr, "_epoch_line", line_interrupts), "during epoch 3", "3"),
+    ]:
+        monkeypatch.setattr(*patch)
+        model = fnn.Sequential(fnn.Dense(5, 3, rng=1))
+        opt = fnn.optim.SGD(model.parameters(), lr=0.1)
+        h = tr.History()
+        with pytest.raises(KeyboardInterrupt) as err:
+            fnn.fit(
+                model,
+                (x, y),
+                optimizer=opt,
+                epochs=5,
+                batch_size=16,
+                verbose=1,
+                checkpoint=ck,
+                history=h,
+            )
+        assert f"{where}; {ck} holds the model after epoch {held}" in str(err.value)
+        assert fio.load_metadata(ck)["fastnn.epoch"] == held
+        assert h["epoch"] == list(range(1, int(held) + 1))
+        monkeypatch.undo()

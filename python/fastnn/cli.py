@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -114,6 +115,7 @@ def cmd_train(args) -> int:
     # from then on, stopped or not, the folder holds this run's model, history, curves and
     # predictions of the same epochs.
     history = fnn.train.History()
+    previous = _sigterm_as_interrupt()
     try:
         fnn.fit(
             model,
@@ -133,6 +135,9 @@ def cmd_train(args) -> int:
         if history:  # the checkpoint holds this run's last finished epoch
             _save_run(fnn.io.load(checkpoint), history, test, out)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if args.epochs == 0:  # nothing trained: the model as initialised, and where it starts
         fnn.io.save(model, checkpoint, metadata=metadata)
         start = fnn.train.evaluate(model, test)
@@ -145,6 +150,20 @@ def cmd_train(args) -> int:
     saved = [checkpoint, *_save_run(model, history, test, out)]
     print(f"saved {', '.join(map(str, saved))}")
     return 0
+
+
+def _sigterm_as_interrupt():
+    """While training, SIGTERM (a `kill`, a job scheduler's stop) is handled as Ctrl-C is, so
+    the folder is left consistent; returns the handler to restore (None off the main
+    thread, where signals cannot be handled)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:
+        return None
 
 
 def _save_run(model, history, test, out: Path) -> list[Path]:

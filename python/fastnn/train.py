@@ -11,10 +11,12 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+import os
 import sys
 import time
 import warnings
 from operator import is_
+from pathlib import Path
 
 import numpy as np
 
@@ -525,7 +527,10 @@ def fit(
         def inputs_of(xb):
             return xb
 
+    saved = 0  # the epoch that this run's checkpoint holds (0: none written yet)
+    known = _file_id(checkpoint)  # the checkpoint as this run last left it
     for epoch in range(1, epochs + 1):
+        record = None
         try:
             record = _epoch(
                 step_fn,
@@ -547,17 +552,35 @@ def fit(
             if checkpoint is not None:
                 meta = {**(metadata or {}), "fastnn.epoch": str(epoch)}
                 last_good = io.save(model, checkpoint, metadata=meta)
+                saved, known = epoch, _file_id(checkpoint)
             history.append(record)
+            if verbose >= 1:
+                print(_epoch_line(record, epochs), flush=True)
         except KeyboardInterrupt:
+            # Ctrl-C just after the save replaced the file, before the lines after it ran:
+            # the file is new (a rename gives it another inode), so it holds this epoch.
+            if record is not None and saved < epoch and _file_id(checkpoint) != known:
+                last_good, saved = Path(checkpoint), epoch
+            if record is not None and saved == epoch and history.get("epoch", [0])[-1] != epoch:
+                history.append(record)  # the records hold the epochs the checkpoint holds
             kept = (
-                f"{last_good} holds the model after epoch {epoch - 1}"
+                f"{last_good} holds the model after epoch {saved}"
                 if last_good
                 else "no checkpoint was written"
             )
             raise KeyboardInterrupt(f"training interrupted during epoch {epoch}; {kept}") from None
-        if verbose >= 1:
-            print(_epoch_line(record, epochs), flush=True)
     return history
+
+
+def _file_id(path) -> tuple | None:
+    """(inode, size, mtime) of path, or None where there is no such file (or no path)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _epoch(
