@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="which set the image comes from (test; the article's test(n) reads train)",
     )
     p.add_argument("--data", metavar="DIR", help="folder with the IDX files (default: search)")
-    p.add_argument("--out", default="image.png", help="image file (.png, .jpg, ...)")
+    p.add_argument("--out", default="image.png", help="image file (.png, .jpg, ...; image.png)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
