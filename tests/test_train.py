@@ -397,17 +397,9 @@ def test_an_interrupt_right_after_the_checkpoint_or_in_the_epoch_line(rng, tmp_p
         model = fnn.Sequential(fnn.Dense(5, 3, rng=1))
         opt = fnn.optim.SGD(model.parameters(), lr=0.1)
         h = tr.History()
+        run = {"epochs": 5, "batch_size": 16, "verbose": 1, "checkpoint": ck, "history": h}
         with pytest.raises(KeyboardInterrupt) as err:
-            fnn.fit(
-                model,
-                (x, y),
-                optimizer=opt,
-                epochs=5,
-                batch_size=16,
-                verbose=1,
-                checkpoint=ck,
-                history=h,
-            )
+            fnn.fit(model, (x, y), optimizer=opt, **run)
         assert f"{where}; {ck} holds the model after epoch {held}" in str(err.value)
         assert fio.load_metadata(ck)["fastnn.epoch"] == held
         assert h["epoch"] == list(range(1, int(held) + 1))

@@ -101,10 +101,10 @@ class Optimizer:
         Raises
         ------
         ValueError
-            Another number of parameters, a missing or misshapen buffer (named),
-            hyperparameters this optimizer does not take or that its constructor would refuse
-            (SGD: momentum where it was built without, or none where with); nothing is
-            changed then.
+            Another number of parameters, a missing, misshapen or non-float buffer
+            (named), a step that is not an int >= 0, hyperparameters this optimizer does not
+            take or that its constructor would refuse (SGD: momentum where it was built
+            without, or none where with; nesterov not a bool); nothing is changed then.
         """
         try:
             (group,) = state_dict["param_groups"]
