@@ -47,6 +47,40 @@ def test_unary_op_gradcheck(rng, name):
     assert fnn.gradcheck(lambda x: fnn.sum(f(x) * weights), x)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, -2, -3])
+def test_softmax_over_any_axis(rng, axis, dtype):
+    # PyTorch's softmax(x, dim): every axis, the values against a float64 reference, the
+    # gradient by finite differences (float64); the rows of other axes are strided views.
+    x = rng.standard_normal((3, 4, 5)) * 3
+    y = fnn.softmax(x.astype(dtype), axis=axis)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    assert y.shape == x.shape and y.dtype == dtype
+    np.testing.assert_allclose(y.data, e / e.sum(axis=axis, keepdims=True), rtol=1e-5, atol=1e-7)
+    weights = rng.standard_normal(x.shape)
+    assert fnn.gradcheck(lambda x: fnn.sum(fnn.softmax(x, axis=axis) * weights), x)
+    np.testing.assert_allclose(fnn.Softmax(axis)(x).data, fnn.softmax(x, axis).data)
+
+
+@pytest.mark.parametrize("axis", [3, -4, 1.0, True, None])
+def test_softmax_refuses_a_bad_axis(axis):
+    with pytest.raises(ValueError, match=r"softmax: axis must be an int in \[-3, 3\)"):
+        fnn.softmax(np.zeros((2, 3, 4)), axis=axis)
+    with pytest.raises(ValueError, match="at least one axis"):
+        fnn.softmax(fnn.Tensor(1.0))
+
+
+def test_clone_stays_in_the_graph_and_tolist(rng):
+    x = fnn.Tensor(rng.standard_normal((2, 3)), requires_grad=True)
+    c = x.clone()
+    assert c.data is not x.data and c.tolist() == x.data.tolist()
+    c.data[0, 0] = 99.0  # a copy: x is unchanged
+    assert x.data[0, 0] != 99.0
+    (c * 3.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, np.full((2, 3), 3.0))
+    assert fnn.Tensor(2.5).tolist() == 2.5
+
+
 def test_log_gradcheck(rng):
     x = rng.uniform(0.3, 2.0, size=(4, 3))
     assert fnn.gradcheck(lambda x: fnn.sum(fnn.log(x)), x)

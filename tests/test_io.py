@@ -44,6 +44,20 @@ def test_float64_and_function_layers_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded(x).data, model(x).data)
 
 
+def test_softmax_axis_round_trips(tmp_path):
+    # Softmax(axis=0) must come back with its axis; the default writes the plain description.
+    model = fnn.Sequential(fnn.Dense(3, 4, rng=0), fnn.Softmax(axis=0), fnn.Softmax())
+    assert fnn.io.architecture(model)[1:] == [{"type": "Softmax", "axis": 0}, {"type": "Softmax"}]
+    loaded = fnn.io.load(fnn.io.save(model, tmp_path / "m.safetensors"))
+    assert (loaded[1].axis, loaded[2].axis) == (0, -1)
+    x = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(loaded(x).data, model(x).data)
+    with pytest.raises(ValueError, match="Softmax's axis must be an int"):
+        fnn.io.build([{"type": "Softmax", "axis": "0"}])
+    with pytest.raises(TypeError, match="axis must be an int"):
+        fnn.Softmax(axis=1.5)
+
+
 def test_load_into_wrong_shapes_names_the_parameter(tmp_path):
     path = fnn.io.save(_model(), tmp_path / "m.safetensors")
     other = fnn.Sequential(fnn.Dense(6, 5, fnn.relu), fnn.Dense(5, 3))

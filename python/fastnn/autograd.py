@@ -243,6 +243,15 @@ class Tensor:
         """The same data, cut from the graph (no gradient flows through it)."""
         return Tensor(self.data)
 
+    def clone(self) -> Tensor:
+        """A copy of the data that stays in the graph (the gradient flows back to ``self``),
+        as PyTorch's ``clone``."""
+        return _record(self.data.copy(), (self,), lambda g: (g,), "clone")
+
+    def tolist(self):
+        """The values as (nested lists of) Python numbers, as ``ndarray.tolist``; no gradient."""
+        return self.numpy().tolist()
+
     def argmax(self, axis=None):
         """Indices of the maxima (an array; not differentiable)."""
         return self.data.argmax(axis=axis)
@@ -835,23 +844,35 @@ def dense(x, weight, bias=None, activation=None) -> Tensor:
 
 
 def softmax(x, axis: int = -1) -> Tensor:
-    """Softmax over the last axis (rows of a (B, C) array), through the softmax kernel.
+    """Softmax over ``axis`` (the last by default, as PyTorch's ``dim=-1``): each slice along
+    it is exp(x − max) / Σ exp(x − max), through the softmax kernel (rows of a (B, C) array;
+    another axis is moved last and back, a copy). Shape and dtype of ``x``.
 
     Raises
     ------
     ValueError
-        For an axis other than the last.
+        For a 0-d ``x``, or an ``axis`` that is not an int in [−x.ndim, x.ndim).
     """
     x = _tensor(x)
-    if x.ndim == 0 or axis % x.ndim != x.ndim - 1:
-        raise ValueError(f"softmax runs over the last axis; got axis={axis} for shape {x.shape}")
-    x2 = x.data.reshape(-1, x.shape[-1]) if x.ndim != 2 else x.data
-    out = ops.softmax(x2)
+    if x.ndim == 0:
+        raise ValueError("softmax needs an array with at least one axis; got a 0-d value")
+    if (
+        isinstance(axis, bool)
+        or not isinstance(axis, (int, np.integer))
+        or not (-x.ndim <= axis < x.ndim)
+    ):
+        raise ValueError(
+            f"softmax: axis must be an int in [{-x.ndim}, {x.ndim}) for shape {x.shape}; "
+            f"got {axis!r}"
+        )
+    last = np.moveaxis(x.data, axis, -1)  # a view; the rows are copied only when needed
+    rows = ops.softmax(last.reshape(-1, last.shape[-1]))
 
     def backward(g):
-        return (ops.softmax_backward(g.reshape(out.shape), out).reshape(x.shape),)
+        g_rows = np.moveaxis(g, axis, -1).reshape(rows.shape)
+        return (np.moveaxis(ops.softmax_backward(g_rows, rows).reshape(last.shape), -1, axis),)
 
-    return _record(out.reshape(x.shape), (x,), backward, "softmax")
+    return _record(np.moveaxis(rows.reshape(last.shape), -1, axis), (x,), backward, "softmax")
 
 
 def zero_grads(params, set_to_none: bool = True) -> None:

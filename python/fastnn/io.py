@@ -38,6 +38,8 @@ def _describe(layer) -> dict:
             "activation": act,
             "dtype": str(layer.weight.dtype),
         }
+    if type(layer) is nn.Softmax and layer.axis != -1:
+        return {"type": "Softmax", "axis": int(layer.axis)}
     for name, cls in _LAYERS.items():
         if type(layer) is cls:
             return {"type": name}
@@ -79,8 +81,8 @@ def build(arch: list[dict] | dict, shapes: dict | None = None):
     ------
     ValueError
         For anything but a well-formed description (unknown layer types or activations,
-        sizes that are not non-negative ints, dtypes other than float32 / float64, sizes
-        that disagree with ``shapes``).
+        sizes that are not non-negative ints, a Softmax axis that is not an int, dtypes
+        other than float32 / float64, sizes that disagree with ``shapes``).
     """
     single = isinstance(arch, dict)
     specs = [arch] if single else arch
@@ -108,6 +110,11 @@ def build(arch: list[dict] | dict, shapes: dict | None = None):
             layers.append(nn.Dense(n_in, n_out, act, rng=0, dtype=np.dtype(dtype)))
         elif kind == "function" and spec.get("name") in _FUNCTIONS:
             layers.append(_FUNCTIONS[spec["name"]])
+        elif kind == "Softmax":
+            axis = spec.get("axis", -1)
+            if isinstance(axis, bool) or not isinstance(axis, int):
+                raise ValueError(f"layer {i}: Softmax's axis must be an int, got {axis!r:.40}")
+            layers.append(nn.Softmax(axis))
         elif kind in _LAYERS and kind != "Dense":
             layers.append(_LAYERS[kind]())
         else:

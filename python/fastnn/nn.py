@@ -313,13 +313,23 @@ class ReLU(Module):
 
 
 class Softmax(Module):
-    """Softmax over the last axis as a layer (the article's last layer).
+    """Softmax over ``axis`` (the last by default; PyTorch's ``nn.Softmax(dim=)``) as a layer
+    (the article's last layer). See ``autograd.softmax`` for shapes and errors.
 
     For training prefer logits with ``losses.softmax_cross_entropy``: fused and stable.
     """
 
+    def __init__(self, axis: int = -1):
+        super().__init__()
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"Softmax: axis must be an int, got {axis!r}")
+        self.axis = int(axis)
+
+    def extra_repr(self) -> str:
+        return "" if self.axis == -1 else f"axis={self.axis}"
+
     def forward(self, x) -> Tensor:
-        return autograd.softmax(x)
+        return autograd.softmax(x, axis=self.axis)
 
 
 class Flatten(Module):
