@@ -356,6 +356,10 @@ def test_tensor_protocol():
     assert "requires_grad=True" in repr(t)
     np.testing.assert_array_equal(t > 2, a > 2)
     np.testing.assert_array_equal(t.argmax(axis=1), [2, 2])
+    # numpy.argmax on a Tensor in a graph (accuracy as the article computes it) goes through
+    # Tensor.argmax, not through the refused conversion
+    np.testing.assert_array_equal(np.argmax(t, axis=1), [2, 2])
+    assert np.argmax(t) == 5 and np.argmax(t, axis=0, keepdims=True).shape == (1, 3)
     assert fnn.Tensor(3.0).dtype == np.float64
     assert fnn.Tensor(np.float32(3.0)).dtype == np.float32
 

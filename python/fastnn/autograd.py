@@ -252,9 +252,12 @@ class Tensor:
         """The values as (nested lists of) Python numbers, as ``ndarray.tolist``; no gradient."""
         return self.numpy().tolist()
 
-    def argmax(self, axis=None):
-        """Indices of the maxima (an array; not differentiable)."""
-        return self.data.argmax(axis=axis)
+    def argmax(self, axis=None, out=None, *, keepdims=False):
+        """Indices of the maxima along ``axis`` (all axes flattened by default), as
+        ``ndarray.argmax``: an int64 array, not differentiable; ``out`` exists for
+        ``numpy.argmax(tensor)`` and must be None."""
+        _no_numpy_extras(None, out)
+        return self.data.argmax(axis=axis, keepdims=keepdims)
 
     # ------------------------------------------------------------ backward
     def backward(self, gradient=None) -> None:
