@@ -41,9 +41,17 @@ inline std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cas
 enum class Kind { f32, f64 };
 
 
+// Whether a's dtype is T's: the same object, or an equal one (an array that went through pickle
+// or multiprocessing has a dtype equal to np.float32's but not the same object).
+template <class T>
+inline bool has_dtype(const py::array& a) {
+  const py::dtype want = py::dtype::of<T>();
+  return a.dtype().is(want) || a.dtype().equal(want);
+}
+
 inline Kind float_kind(const py::array& a, const char* name) {
-  if (a.dtype().is(py::dtype::of<float>())) return Kind::f32;
-  if (a.dtype().is(py::dtype::of<double>())) return Kind::f64;
+  if (has_dtype<float>(a)) return Kind::f32;
+  if (has_dtype<double>(a)) return Kind::f64;
   if (a.dtype().kind() == 'f' && (a.dtype().itemsize() == 4 || a.dtype().itemsize() == 8))
     type_error(std::string(name) + " must be float32 or float64 in the machine's byte order, " +
                "got " + dtype_str(a) + " (a.astype(a.dtype.newbyteorder('=')) converts it)");

@@ -51,7 +51,7 @@ const int64_t* row_index(const Dev& dev, const py::object& obj, int64_t rows, in
                          const std::string& name = "rows") {
   if (obj.is_none()) return nullptr;
   py::array idx = dev.array(obj, name.c_str());
-  if (!idx.dtype().is(py::dtype::of<int64_t>()))
+  if (!has_dtype<int64_t>(idx))
     type_error(name + " must be an int64 array of row numbers, got " + dtype_str(idx));
   if (idx.ndim() != 1)
     value_error(name + " must be a contiguous 1-D array, got shape " + shape_str(idx));

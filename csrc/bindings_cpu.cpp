@@ -338,7 +338,7 @@ int64_t dense_steps(const py::object& x_obj, const py::object& labels_obj,
              weight_decay, next_rows_obj,
              [&](const auto* layers, int64_t count, auto X, const int64_t* rows, int64_t total,
                  const int64_t* labels, auto lr, auto wd, cpu::NextStep next) {
-               if (!losses.dtype().is(py::dtype::of<double>()))
+               if (!has_dtype<double>(losses))
                  type_error("losses must be float64, got " + dtype_str(losses));
                const int64_t steps = fastnn::ceil_div(total, batch_size);
                Vector<double> out = out_vector<double>(losses, "losses", steps);
