@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -213,6 +214,23 @@ def test_set_num_threads_round_trips():
         fastnn.set_num_threads(n)
         assert fastnn.get_num_threads() == n
         assert fastnn.show_config(file=io.StringIO())["num_threads"] == n
+
+
+def test_a_huge_omp_num_threads_is_capped_at_1024():
+    # OMP_NUM_THREADS=90000 crashed libgomp at the first team; set_num_threads' own limit
+    # applies to it as well, so get_num_threads() can be handed back to set_num_threads.
+    code = """
+import json, numpy as np, fastnn
+a = np.ones((300, 300), np.float32)
+fastnn.set_num_threads(fastnn.get_num_threads())
+print(json.dumps({"n": fastnn.get_num_threads(), "v": float(fastnn.ops.gemm(a, a)[0, 0])}))
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "90000"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"n": 1024, "v": 300.0}
 
 
 def test_straggler_guard_backs_off_eightfold_from_8_calls():

@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 
 #ifdef FASTNN_OPENMP
@@ -18,7 +19,9 @@ namespace {
 
 int initial_threads() {
 #ifdef FASTNN_OPENMP
-  return std::max(1, omp_get_max_threads());  // OMP_NUM_THREADS, else the core count
+  // OMP_NUM_THREADS, else the core count; at most set_num_threads' 1,024 (a larger
+  // OMP_NUM_THREADS made libgomp fail to create threads, or crash, at the first team).
+  return std::clamp(omp_get_max_threads(), 1, 1024);
 #else
   return 1;
 #endif

@@ -195,8 +195,9 @@ def empty_like(x):
 def get_num_threads() -> int:
     """Number of threads the CPU kernels use.
 
-    Defaults to ``OMP_NUM_THREADS`` when set at import, else the core count. Small problems
-    run on one thread whatever this says (waking threads costs more than it saves there).
+    Defaults to ``OMP_NUM_THREADS`` when set at import (at most 1,024), else the core count.
+    Small problems run on one thread whatever this says (waking threads costs more than it
+    saves there).
     """
     return _cpu.get_num_threads()
 
