@@ -126,7 +126,8 @@ def test_dense_steps_takes_pickled_rows():
         return ops.dense_steps(x, labels, w, b, [False], dw, db, rows=rows, batch_size=2, lr=0.1)
 
     want = run(rows, labels)
-    np.testing.assert_array_equal(run(*(pickle.loads(pickle.dumps(a)) for a in (rows, labels))), want)
+    unpickled = (pickle.loads(pickle.dumps(a)) for a in (rows, labels))
+    np.testing.assert_array_equal(run(*unpickled), want)
 
 
 MIXED_CASES = [(op, name) for op, name in ARG_CASES if len(FLOAT_ARGS[op]) > 1]
