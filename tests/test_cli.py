@@ -127,6 +127,49 @@ def test_bad_numbers_are_usage_errors(tmp_path, args, message):
     assert out.returncode == 2 and message in out.stderr
 
 
+@pytest.mark.parametrize("command", ["train", "bench"])
+def test_threads_above_1024_is_a_usage_error_naming_the_option(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--threads", "5000"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--threads" in err and "1024" in err
+
+
+def test_a_diverging_chain_is_one_line_without_warnings(tmp_path):
+    out = fastnn("chain", "--step-size", "1e308", "--out", "c.gif", cwd=tmp_path)
+    assert out.returncode == 1 and not (tmp_path / "c.gif").exists()
+    assert out.stderr.strip().splitlines() == [
+        "fastnn chain: error: --step-size 1e+308: the descent diverged (the angles are not "
+        "finite after step 1); try a smaller step size"
+    ]
+
+
+def test_a_model_too_big_for_memory_is_refused_before_allocating(tmp_path, monkeypatch):
+    # --hidden 3,000,000 used to be killed by the out-of-memory killer; 100,000,000 gave a
+    # MemoryError traceback
+    out = fastnn("train", "--hidden", "100000000", "--out", "run", cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "--hidden 100000000: the model's 79,500,000,010 weights need about" in out.stderr
+    monkeypatch.setattr(cli.os, "sysconf", lambda name: 4096 if name == "SC_PAGE_SIZE" else 2**18)
+    with pytest.raises(ValueError, match=r"need about 2\.4 GiB .* has 1\.0 GiB"):
+        cli._check_memory(100_000, 784, 10)
+    cli._check_memory(32, 784, 10)  # the article's model fits
+
+
+def test_out_of_memory_is_one_line(monkeypatch, capsys):
+    def no_memory(args):
+        raise MemoryError("Unable to allocate 2.3 TiB for an array with shape (1, 2)")
+
+    monkeypatch.setattr(cli, "cmd_chain", no_memory)
+    assert cli.main(["chain"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "fastnn chain: error: out of memory (Unable to allocate 2.3 TiB for an array "
+        "with shape (1, 2))\n"
+    )
+
+
 def test_output_names_are_checked(tmp_path, trained):
     cwd, _ = trained
     out = fastnn("predict", "run/model.safetensors", "--index", "1", "--out", "x.jpg", cwd=cwd)

@@ -180,3 +180,68 @@ def test_damaged_architecture_metadata_is_a_clear_error(tmp_path, arch):
     with pytest.raises(ValueError, match="bad architecture metadata") as err:
         fnn.io.load(path)
     assert str(path) in str(err.value)
+
+
+def _safetensors_bytes(header: dict, data: bytes) -> bytes:
+    """A safetensors file written by hand (what another library or an editor might leave)."""
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+def test_foreign_and_hand_edited_files_are_clear_errors(tmp_path):
+    path = tmp_path / "m.safetensors"
+    # bfloat16 (PyTorch's): NumPy has no such dtype; it used to be a bare KeyError: 'BF16'
+    path.write_bytes(
+        _safetensors_bytes(
+            {"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4
+        )
+    )
+    with pytest.raises(ValueError, match=r"m.safetensors: holds tensors of dtype BF16"):
+        fnn.io.load(path)
+    # architecture JSON nested 100,000 deep: it used to be a RecursionError naming no file
+    weights = {"0.weight": np.ones((4, 6), np.float32), "0.bias": np.ones(4, np.float32)}
+    deep = "[" * 100_000 + "]" * 100_000
+    from safetensors.numpy import save_file
+
+    save_file(weights, path, metadata={"fastnn.architecture": deep})
+    with pytest.raises(ValueError, match=r"m\.safetensors: bad architecture metadata"):
+        fnn.io.load(path)
+
+
+def test_null_metadata_reads_as_none_stored(tmp_path):
+    # safetensors accepts "__metadata__": null; load_metadata used to return None
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(
+        _safetensors_bytes(
+            {"__metadata__": None, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
+            np.float32(1.0).tobytes(),
+        )
+    )
+    assert fnn.io.load_metadata(path) == {}
+    with pytest.raises(ValueError, match="no architecture stored"):
+        fnn.io.load(path)
+
+
+def test_no_silent_narrowing_on_load(tmp_path):  # HANDOUT C17's kind, for weights
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "m.safetensors"
+    model = fnn.Sequential(fnn.Dense(2, 2, rng=0))  # float32
+    arch = json.dumps(fnn.io.architecture(model))
+    big = {"0.weight": np.full((2, 2), 1e40), "0.bias": np.zeros(2)}  # float64, beyond float32
+    save_file(big, path, metadata={"fastnn.architecture": arch})
+    with pytest.raises(ValueError, match=r"0\.weight is stored as float64 but the architecture"):
+        fnn.io.load(path)
+    before = model[0].weight.data.copy()
+    with pytest.raises(
+        ValueError, match=r"0.weight has a value of magnitude 1e\+40, beyond float32"
+    ):
+        fnn.io.load(path, model=model)
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        model.load_state_dict(big)
+    np.testing.assert_array_equal(model[0].weight.data, before)  # nothing changed
+    # float64 values that fit are cast, as PyTorch's load_state_dict does; inf stays inf
+    model.load_state_dict(
+        {"0.weight": np.array([[0.5, np.inf], [-2.0, 1e30]]), "0.bias": np.zeros(2)}
+    )
+    assert model[0].weight.data[0, 1] == np.inf and model[0].weight.dtype == np.float32

@@ -899,8 +899,8 @@ def _validate(args, parser) -> None:
     for name in ("rounds", "epochs", "steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be >= 1")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        parser.error(f"--threads must be in [1, 1024], got {args.threads}")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     # Output files are checked before anything runs (not after minutes of timing).

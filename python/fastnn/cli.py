@@ -44,17 +44,36 @@ def _batch_size(text: str):
     return value
 
 
-def _int_at_least(low: int):
+def _int_at_least(low: int, high: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        if value is None or value < low or (high is not None and value > high):
+            wanted = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"expected an integer {wanted}, got {text!r}")
         return value
 
     return parse
+
+
+def _check_memory(hidden: int, inputs: int, classes: int) -> None:
+    """Refuses a --hidden whose weights would not fit in this machine's memory while training
+    (≈ 32 bytes a weight: the float64 draw of the initial weights, the weights, their
+    gradients, the fused step's packed and partial copies), instead of being killed by the
+    system's out-of-memory killer after minutes."""
+    weights = (inputs + 1) * hidden + (hidden + 1) * classes
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not known here: let the allocation tell
+        return
+    if 32 * weights > 0.8 * memory:
+        raise ValueError(
+            f"--hidden {hidden}: the model's {weights:,} weights need about "
+            f"{32 * weights / 2**30:.1f} GiB while training; this machine has "
+            f"{memory / 2**30:.1f} GiB"
+        )
 
 
 def _positive_float(text: str) -> float:
@@ -90,6 +109,7 @@ def cmd_train(args) -> int:
     train, test = _load_dataset(args.dataset, args.data)
     if len(train) == 0 or len(test) == 0:
         raise ValueError(f"the {args.dataset} data holds no training or no test images")
+    _check_memory(args.hidden, train.x.shape[1], len(train.classes))
     rng = np.random.default_rng(args.seed)
     model = fnn.Sequential(
         fnn.Dense(train.x.shape[1], args.hidden, fnn.relu, rng=rng),
@@ -227,9 +247,16 @@ def cmd_chain(args) -> int:
     from fastnn.examples import chain
 
     start, target = np.zeros(2), np.array([3.0, 3.0])
-    chains, losses = chain.run(
-        steps=args.steps, step_size=args.step_size, rng=args.seed, start=start, target=target
-    )
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverging descent is named below
+        chains, losses = chain.run(
+            steps=args.steps, step_size=args.step_size, rng=args.seed, start=start, target=target
+        )
+    if not np.isfinite(chains).all():
+        first = int(np.argmin(np.isfinite(chains).all(axis=1)))
+        raise ValueError(
+            f"--step-size {args.step_size:g}: the descent diverged (the angles are not finite "
+            f"after step {first}); try a smaller step size"
+        )
     frames = viz.chain_gif(args.out, chains, start, target)
     print(
         f"loss {losses[0]:.4f} -> {losses[-1]:.4f} after {args.steps} steps; "
@@ -279,7 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=_int_at_least(0), default=0, help="initial weights and batch order (0)"
     )
     p.add_argument(
-        "--threads", type=_int_at_least(1), default=None, help="CPU threads (default: all cores)"
+        "--threads",
+        type=_int_at_least(1, 1024),
+        default=None,
+        help="CPU threads (default: all cores)",
     )
     p.add_argument(
         "--device",
@@ -349,6 +379,9 @@ def main(argv=None) -> int:
     except (ValueError, KeyError, OSError, RuntimeError, FloatingPointError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"fastnn {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except MemoryError as err:  # NumPy's message names the size and shape it could not get
+        print(f"fastnn {args.command}: error: out of memory ({err})", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
         print(f"fastnn {args.command}: {str(err) or 'interrupted'}", file=sys.stderr)

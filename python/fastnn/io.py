@@ -191,9 +191,14 @@ def _read(path) -> tuple[dict, dict]:
         tensors = _st_load(raw)
         header_len = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8 : 8 + header_len])
-    except (SafetensorError, ValueError, UnicodeDecodeError) as err:
+    except KeyError as err:  # a dtype NumPy lacks (BF16, from PyTorch) or one it cannot hold
+        raise ValueError(
+            f"{path}: holds tensors of dtype {err.args[0] if err.args else err}, which fastnn "
+            "cannot read (it stores F32 and F64)"
+        ) from None
+    except (SafetensorError, ValueError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-    return tensors, header.get("__metadata__", {})
+    return tensors, header.get("__metadata__") or {}  # safetensors allows "__metadata__": null
 
 
 def load_metadata(path) -> dict:
@@ -228,10 +233,11 @@ def load(path, model=None):
     FileNotFoundError
         No such file.
     ValueError
-        Each naming the file: not a safetensors file, no architecture stored (and no
-        ``model`` given), damaged architecture metadata, missing / unexpected / non-float
-        weights, or a weight whose shape does not fit (naming the parameter and both
-        shapes).
+        Each naming the file: not a safetensors file, tensors of a dtype NumPy cannot hold
+        (BF16), no architecture stored (and no ``model`` given), damaged architecture
+        metadata (or a stored weight of another dtype than it says), missing / unexpected /
+        non-float weights, a weight whose shape does not fit (naming the parameter and both
+        shapes), or one with values beyond the range of ``model``'s dtype.
     """
     tensors, meta = _read(path)
     if model is None:
@@ -242,10 +248,17 @@ def load(path, model=None):
         try:
             arch = json.loads(meta["fastnn.architecture"])
             model = build(arch, shapes={name: t.shape for name, t in tensors.items()})
-        except ValueError as err:  # json.JSONDecodeError is a ValueError
+        except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
             raise ValueError(f"{path}: bad architecture metadata: {err}") from None
+        other = [  # the architecture's dtype is the file's: no silent cast of a stored weight
+            f"{name} is stored as {tensors[name].dtype} but the architecture says {p.dtype}"
+            for name, p in model.named_parameters()
+            if name in tensors and tensors[name].dtype != p.dtype
+        ]
+        if other:
+            raise ValueError(f"{path}: bad architecture metadata: " + "; ".join(other))
     try:
         model.load_state_dict(tensors)
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: {err.args[0] if err.args else err}") from None
     return model

@@ -142,7 +142,8 @@ class Module:
         KeyError
             With ``strict``, missing or unexpected keys (all of them listed).
         ValueError
-            A shape that does not fit, naming the parameter and both shapes (nothing is
+            A shape that does not fit, naming the parameter and both shapes, or a finite
+            value that would overflow to inf in the parameter's narrower dtype (nothing is
             copied then).
         TypeError
             A weight that is not floating point (an integer array is not silently cast).
@@ -167,6 +168,13 @@ class Module:
             f"{name} has shape {params[name].shape} in the model but {v.shape} in the state dict"
             for name, v in values.items()
             if v.shape != params[name].shape
+        ]
+        wrong += [  # a float64 value cast to float32 must not overflow to inf without a word
+            f"{name} has a value of magnitude {big:.3g}, beyond {params[name].dtype}'s range"
+            for name, v in values.items()
+            if v.dtype.itemsize > params[name].dtype.itemsize
+            and (big := float(np.abs(v[np.isfinite(v)]).max(initial=0.0)))
+            > float(np.finfo(params[name].dtype).max)
         ]
         if wrong:  # checked before anything is copied: a failed load changes nothing
             raise ValueError("load_state_dict: " + "; ".join(wrong))
