@@ -245,6 +245,39 @@ def test_an_interrupted_train_keeps_matching_files(tmp_path, monkeypatch, capsys
     assert not list(run.glob(".*tmp"))
 
 
+@pytest.mark.parametrize("failing", ["prediction_grid", "plot_history"])
+def test_a_late_write_failure_leaves_no_earlier_runs_file(tmp_path, monkeypatch, capsys, failing):
+    """A full disk while the last files are written (after training): the folder holds this
+    run's model, and of the history, predictions and curves only this run's, never an
+    earlier run's beside the new model."""
+    import json
+
+    import fastnn as fnn
+    from fastnn import viz
+
+    run = tmp_path / "run"
+    args = ["train", "--hidden", "8", "--out", str(run)]
+    assert cli.main([*args, "--epochs", "1"]) == 0
+    written = {name: (run / name).stat().st_mtime_ns for name in ("predictions.png", "curves.png")}
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(viz, failing, full_disk)
+    capsys.readouterr()
+    assert cli.main([*args, "--epochs", "2"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert fnn.io.load_metadata(run / "model.safetensors")["fastnn.epoch"] == "2"
+    assert json.loads((run / "history.json").read_text())["epoch"] == [1, 2]
+    assert not (run / "curves.png").exists()  # the earlier run's curves are gone
+    predictions = run / "predictions.png"
+    if failing == "prediction_grid":
+        assert not predictions.exists()
+    else:  # written by this run
+        assert predictions.stat().st_mtime_ns != written["predictions.png"]
+    assert not list(run.glob(".*tmp"))
+
+
 @pytest.mark.parametrize("outputs", [3, 12])
 def test_predict_refuses_a_model_with_other_than_ten_outputs(tmp_path, capsys, outputs):
     import fastnn as fnn

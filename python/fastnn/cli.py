@@ -7,6 +7,7 @@ status 1 (2 for command-line syntax, from argparse), never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -135,39 +136,42 @@ def cmd_train(args) -> int:
     # from then on, stopped or not, the folder holds this run's model, history, curves and
     # predictions of the same epochs.
     history = fnn.train.History()
-    previous = _sigterm_as_interrupt()
+    previous = _sigterm_as_interrupt()  # for the whole run, the last files' writing included
     try:
-        fnn.fit(
-            model,
-            train,
-            fnn.losses.softmax_cross_entropy,
-            opt,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            validation=test,
-            rng=rng,
-            verbose=1,
-            checkpoint=checkpoint,
-            metadata=metadata,
-            history=history,
-        )
-    except BaseException:
-        if history:  # the checkpoint holds this run's last finished epoch
-            _save_run(fnn.io.load(checkpoint), history, test, out)
-        raise
+        try:
+            fnn.fit(
+                model,
+                train,
+                fnn.losses.softmax_cross_entropy,
+                opt,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                validation=test,
+                rng=rng,
+                verbose=1,
+                checkpoint=checkpoint,
+                metadata=metadata,
+                history=history,
+            )
+        except BaseException:
+            if history:  # the checkpoint holds this run's last finished epoch
+                _save_run(fnn.io.load(checkpoint), history, test, out)
+            raise
+        if args.epochs == 0:  # nothing trained: the model as initialised, and where it starts
+            fnn.io.save(model, checkpoint, metadata=metadata)
+            start = fnn.train.evaluate(model, test)
+            print(
+                f"untrained test accuracy {100 * start['accuracy']:.2f}%, loss {start['loss']:.4f}"
+            )
+        else:
+            print(
+                f"final test accuracy {100 * history['val_accuracy'][-1]:.2f}%, "
+                f"mean epoch time {np.mean(history['seconds']):.3f} s"
+            )
+        saved = [checkpoint, *_save_run(model, history, test, out)]
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    if args.epochs == 0:  # nothing trained: the model as initialised, and where it starts
-        fnn.io.save(model, checkpoint, metadata=metadata)
-        start = fnn.train.evaluate(model, test)
-        print(f"untrained test accuracy {100 * start['accuracy']:.2f}%, loss {start['loss']:.4f}")
-    else:
-        print(
-            f"final test accuracy {100 * history['val_accuracy'][-1]:.2f}%, "
-            f"mean epoch time {np.mean(history['seconds']):.3f} s"
-        )
-    saved = [checkpoint, *_save_run(model, history, test, out)]
     print(f"saved {', '.join(map(str, saved))}")
     return 0
 
@@ -187,24 +191,35 @@ def _sigterm_as_interrupt():
 
 
 def _save_run(model, history, test, out: Path) -> list[Path]:
-    """The learning curves (when an epoch finished; a stale curves.png is removed otherwise),
-    the first 32 test images with the model's predictions, and the history as JSON, each
-    written atomically into out; returns the paths written."""
+    """The history as JSON, the first 32 test images with the model's predictions, and the
+    learning curves (when an epoch finished; a stale curves.png is removed otherwise), each
+    written atomically into out; returns the paths written. If one cannot be written (a full
+    disk, an interrupt), those not yet written are removed too: an earlier run's file never
+    stays beside this run's model."""
     import fastnn as fnn
     from fastnn import viz
     from fastnn._files import atomic_write_bytes
 
-    saved = []
-    if history:
-        viz.plot_history(history, out / "curves.png")
-        saved.append(out / "curves.png")
-    else:
-        (out / "curves.png").unlink(missing_ok=True)
-    with fnn.no_grad():
-        predicted = model(test.x[:32]).argmax(axis=1)
-    viz.prediction_grid(out / "predictions.png", test.x[:32], predicted, test.y[:32], test.classes)
-    atomic_write_bytes(out / "history.json", json.dumps(dict(history), indent=1).encode())
-    return [*saved, out / "predictions.png", out / "history.json"]
+    paths = [out / "history.json", out / "predictions.png", out / "curves.png"]
+    done = 0
+    try:
+        atomic_write_bytes(paths[0], json.dumps(dict(history), indent=1).encode())
+        done = 1
+        with fnn.no_grad():
+            predicted = model(test.x[:32]).argmax(axis=1)
+        viz.prediction_grid(paths[1], test.x[:32], predicted, test.y[:32], test.classes)
+        done = 2
+        if history:
+            viz.plot_history(history, paths[2])
+            done = 3
+    except BaseException:
+        for path in paths[done:]:
+            with contextlib.suppress(OSError):  # best effort: the error that stopped us wins
+                path.unlink(missing_ok=True)
+        raise
+    if not history:
+        paths[2].unlink(missing_ok=True)
+    return paths[:done]
 
 
 def cmd_predict(args) -> int:
