@@ -160,6 +160,26 @@ fnn.io.save(big, {str(path)!r})
         proc.wait(timeout=60)
     w = fnn.io.load(path).weight.data  # the old file, whole (or the new one if it won the race)
     assert (w.shape == (2, 3) and np.all(w == 1.0)) or w.shape == (6000, 8000)
+    # the killed writer's temporary file goes with the next save of the same target; a live
+    # process's (this one's pid in a foreign name) and an unrelated file stay
+    live = tmp_path / f".big.safetensors.{os.getppid()}.abc.tmp"
+    other = tmp_path / ".other.safetensors.1.abc.tmp"
+    live.write_bytes(b"x")
+    other.write_bytes(b"x")
+    fnn.io.save(_weights_one(3.0), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, other.name])
+
+
+def test_save_writes_through_a_symlink(tmp_path):
+    # as open() and torch.save do: the link stays a link, its target gets the new file
+    target = tmp_path / "store" / "model.safetensors"
+    fnn.io.save(_weights_one(1.0), target)
+    link = tmp_path / "latest.safetensors"
+    link.symlink_to(target)
+    fnn.io.save(_weights_one(2.0), link)
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    np.testing.assert_array_equal(fnn.io.load(target).weight.data, 2.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.safetensors", "store"]
 
 
 @pytest.mark.parametrize(

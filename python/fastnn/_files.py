@@ -1,7 +1,10 @@
 """Atomic file writes: a temporary file in the target's folder, fsync, then a rename.
 
 A crash or an exception mid-write leaves the previous file untouched and no temporary file
-behind (os.replace is atomic on POSIX and Windows for files on one file system).
+behind (os.replace is atomic on POSIX and Windows for files on one file system). A process
+killed mid-write (SIGKILL, a power cut) cannot remove its temporary file: the temporary's
+name carries the writer's process id, and the next write of the same target removes those
+whose process is gone.
 """
 
 from __future__ import annotations
@@ -54,8 +57,13 @@ def atomic_open(path) -> Iterator[BinaryIO]:
         From the file system; the target is then unchanged.
     """
     path = writable_target(path)
+    if path.is_symlink():  # write through the link, as open() does, not over the link
+        path = writable_target(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_orphans(path)
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -67,6 +75,26 @@ def atomic_open(path) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _remove_orphans(path: Path) -> None:
+    """Removes the temporary files of earlier writes of ``path`` whose writer was killed:
+    ``.<name>.<pid>.<random>.tmp`` where no process ``pid`` runs any more (a live writer's,
+    or one of another user's process, stays)."""
+    prefix = f".{path.name}."
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            rest = entry.name[len(prefix) :] if entry.name.startswith(prefix) else ""
+            pid, _, tail = rest.partition(".")
+            if not (pid.isdigit() and tail.endswith(".tmp")) or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:  # the writer is gone
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            except (PermissionError, OverflowError, OSError):
+                pass  # alive (someone else's), or not a process id
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
