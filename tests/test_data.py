@@ -656,3 +656,19 @@ def test_images_that_are_not_28_by_28_are_refused(tmp_path, rng):
 def test_dataset_labels_must_fit_the_classes():
     with pytest.raises(ValueError, match=r"labels span 0..2 but there are 1 classes"):
         data.Dataset(np.zeros((3, 2), np.float32), np.array([0, 1, 2]), classes=["a"])
+
+
+@pytest.mark.parametrize("kind", ["text", "pickled objects", "a lone .npy"])
+def test_an_npz_that_is_not_plain_arrays_is_named(tmp_path, kind):
+    # NumPy's own message advised allow_pickle=True and named no file
+    path = tmp_path / "d.npz"
+    if kind == "text":
+        path.write_text("hello")
+    elif kind == "pickled objects":
+        empty = np.zeros(1)
+        np.savez(path, x_train=np.array([object()]), y_train=empty, x_test=empty, y_test=empty)
+    else:
+        with open(path, "wb") as f:
+            np.save(f, np.zeros(3))
+    with pytest.raises(ValueError, match=r"d\.npz: not an \.npz archive of plain arrays"):
+        data.fashion_mnist(path)

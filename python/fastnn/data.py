@@ -496,6 +496,11 @@ def _load_npz(path: Path, spec: _Spec, flatten: bool):
         raise ValueError(f"{path}: not a Keras-style dataset archive (no array {exc})") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ValueError(f"{path}: unreadable .npz archive ({exc})") from exc
+    except (ValueError, AttributeError, TypeError):  # NumPy's pickle advice, or a lone .npy
+        raise ValueError(
+            f"{path}: not an .npz archive of plain arrays (another file, or one holding "
+            "pickled Python objects, which fastnn does not load)"
+        ) from None
     return tuple(
         _to_dataset(arrays[f"x_{s}"], arrays[f"y_{s}"], spec, s, flatten, str(path))
         for s in ("train", "test")
