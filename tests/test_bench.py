@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,22 @@ def test_bad_outputs_and_seed_are_refused_before_anything_runs(tmp_path, args, m
     )
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert "machine:" not in out.stdout  # refused before any timing
+
+
+def test_an_unwritable_output_folder_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    # a read-only file system (os.access says so; root passes any mode bits, so it is
+    # simulated here) used to fail only after the whole benchmark had run
+    import os
+
+    from fastnn import bench
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path and real_access(p, mode))
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--markdown", str(tmp_path / "t.md")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        f"--markdown: cannot write {tmp_path / 't.md'}: the folder {tmp_path} is not writable"
+        in err
+    )

@@ -35,6 +35,9 @@ def writable_target(path) -> Path:
         ``path`` is a folder.
     NotADirectoryError
         A file stands where one of its folders would be; the message names it.
+    PermissionError
+        The nearest existing folder cannot be written to (a read-only file system, or
+        another user's folder).
     """
     path = Path(path)
     if path.is_dir():
@@ -43,6 +46,8 @@ def writable_target(path) -> Path:
         if folder.exists():
             if not folder.is_dir():
                 raise NotADirectoryError(f"cannot write {path}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):  # read-only, or another user's
+                raise PermissionError(f"cannot write {path}: the folder {folder} is not writable")
             break
     return path
 
