@@ -86,8 +86,25 @@ inline void check_aligned(const py::array& a, const char* name) {
     value_error(std::string(name) + " is not aligned to its item size");
 }
 
+// A written array must be writeable and give each element its own place: its dimensions
+// longer than 1, sorted by stride, each step past the whole of the ones before (a stride of 0
+// from np.lib.stride_tricks.as_strided would have every result written over the last).
 inline void check_writeable(const py::array& a, const char* name) {
   if (!a.writeable()) value_error(std::string(name) + " is read-only");
+  if (a.size() <= 1) return;
+  std::vector<std::pair<py::ssize_t, py::ssize_t>> dims;  // (|stride| in bytes, extent)
+  for (py::ssize_t d = 0; d < a.ndim(); ++d)
+    if (a.shape(d) > 1) dims.push_back({std::abs(a.strides(d)), a.shape(d)});
+  std::sort(dims.begin(), dims.end());
+  py::ssize_t reach = a.itemsize();  // bytes spanned by the dimensions so far
+  for (const auto& [stride, n] : dims) {
+    if (stride < reach)
+      value_error(std::string(name) + " has elements that share memory (strides " +
+                  py::str(py::tuple(a.attr("strides"))).cast<std::string>() +
+                  " for shape " + shape_str(a) +
+                  "): every result needs its own place; give a fresh array");
+    reach = stride * n;
+  }
 }
 
 template <class T>

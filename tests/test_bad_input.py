@@ -459,6 +459,19 @@ def test_read_only_out(op):
 
 
 @pytest.mark.parametrize("op", list(OUT_OPS))
+def test_out_whose_elements_share_memory(op):
+    # a writeable stride-0 view (as_strided) used to be accepted: every result written over
+    # the last one
+    run, shape, name = OUT_OPS[op]
+    base = np.zeros(shape[-1], F32)
+    strides = (0, 4) if len(shape) == 2 else (0,)  # rows on one row; a vector on one element
+    out = np.lib.stride_tricks.as_strided(base, shape, strides, writeable=True)
+    message = raises(ValueError, lambda: run(out), name)
+    assert "share memory" in message and (base == 0).all()
+    run(np.zeros((shape[0] * 2, *shape[1:]), F32)[::2])  # a plain strided view is fine
+
+
+@pytest.mark.parametrize("op", list(OUT_OPS))
 def test_out_as_a_list(op):
     run, shape, name = OUT_OPS[op]
     raises(TypeError, lambda: run(np.zeros(shape, F32).tolist()), name)
