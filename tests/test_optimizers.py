@@ -337,3 +337,38 @@ def test_optimizer_and_schedule_states_resume_through_savez_and_json(tmp_path):
     assert cos2.step() == cos.step()
     with pytest.raises(ValueError, match="epoch must be an int"):
         cos2.load_state_dict({"base_lr": 1.0, "epoch": -2})
+
+
+def test_param_groups_change_the_learning_rate_as_in_pytorch(rng):
+    # PyTorch's way to adjust the learning rate by hand: the groups are a live view
+    params = _params(rng)
+    opt = fnn.optim.SGD(params, lr=0.1, momentum=0.9)
+    (group,) = opt.param_groups
+    assert group["params"] == params and group["momentum"] == 0.9
+    assert set(group) == {"lr", "momentum", "nesterov", "weight_decay", "params"}
+    for g in opt.param_groups:
+        g["lr"] = 0.01
+    assert opt.lr == 0.01 == opt.state_dict()["param_groups"][0]["lr"]
+    # the step uses it: the same as an optimizer built with lr 0.01
+    other_params = [fnn.Tensor(p.data.copy(), requires_grad=True) for p in params]
+    other = fnn.optim.SGD(other_params, lr=0.01, momentum=0.9)
+    _set_grads(params, rng)
+    for p, q in zip(params, other_params, strict=True):
+        q.grad = p.grad.copy()
+    opt.step()
+    other.step()
+    for p, q in zip(params, other_params, strict=True):
+        np.testing.assert_array_equal(p.data, q.data)
+    # checked as the constructor checks
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+        group["lr"] = float("nan")
+    with pytest.raises(TypeError, match="'params' cannot change"):
+        group["params"] = []
+    with pytest.raises(KeyError, match="SGD takes no 'betas'"):
+        group["betas"] = (0.9, 0.99)
+    with pytest.raises(ValueError, match=r"momentum 0\.0 for an SGD built with momentum 0\.9"):
+        group["momentum"] = 0.0
+    assert opt.lr == 0.01 and opt.momentum == 0.9
+    adam = fnn.optim.Adam(_params(rng))
+    adam.param_groups[0]["betas"] = [0.8, 0.9]
+    assert adam.betas == (0.8, 0.9)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 
 import numpy as np
 
@@ -52,6 +52,15 @@ class Optimizer:
             seen[id(p)] = i
         self.lr = ops._hyper(lr, "lr")
         self.step_count = 0
+
+    @property
+    def param_groups(self) -> list[_ParamGroup]:
+        """PyTorch's ``optimizer.param_groups``: one group (fastnn optimizers have one), a live
+        dict view of the hyperparameters and ``"params"``, so that the usual
+        ``for g in opt.param_groups: g["lr"] = 0.01`` changes the learning rate. A value set
+        is checked as the constructor checks it (ValueError, TypeError); ``"params"`` and the
+        set of keys cannot change (TypeError, KeyError)."""
+        return [_ParamGroup(self)]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Forget the parameters' gradients: ``.grad = None`` (PyTorch's default), or zeros in
@@ -152,31 +161,66 @@ class Optimizer:
             setattr(self, name, value)
         self.step_count = int(step)
 
-    def _checked(self, name: str, value):
+    def _checked(self, name: str, value, where: str = "load_state_dict"):
         """A loaded hyperparameter, checked as the constructor checks it (0-d arrays, as
         ``np.savez`` gives them back, taken as numbers)."""
         if isinstance(value, np.ndarray) and value.ndim == 0:
             value = value.item()
         if name == "betas":
             if not isinstance(value, tuple | list | np.ndarray):
-                raise ValueError(f"load_state_dict: betas must be a pair, got {value!r}")
+                raise ValueError(f"{where}: betas must be a pair, got {value!r}")
             betas = tuple(ops._hyper(b, f"betas[{i}]") for i, b in enumerate(value))
             if len(betas) != 2 or not all(b < 1.0 for b in betas):
-                raise ValueError(f"load_state_dict: betas must be a pair in [0, 1), got {value}")
+                raise ValueError(f"{where}: betas must be a pair in [0, 1), got {value}")
             return betas
         if name == "nesterov":
             if not isinstance(value, bool | np.bool_):
-                raise ValueError(f"load_state_dict: nesterov must be a bool, got {value!r}")
+                raise ValueError(f"{where}: nesterov must be a bool, got {value!r}")
             if value and not getattr(self, "momentum", 0):
-                raise ValueError("load_state_dict: nesterov=True needs momentum > 0")
+                raise ValueError(f"{where}: nesterov=True needs momentum > 0")
             return bool(value)
         value = ops._hyper(value, name)
         if name == "momentum" and (value != 0) != (getattr(self, "velocity", None) is not None):
             raise ValueError(
-                f"load_state_dict: momentum {value} in a state for an SGD built with "
+                f"{where}: momentum {value} for an SGD built with "
                 f"momentum {self.momentum}: build it with the same kind of momentum"
             )
         return value
+
+
+class _ParamGroup(MutableMapping):
+    """The one parameter group of an optimizer, as a dict whose values are the optimizer's
+    own (reading and writing them)."""
+
+    def __init__(self, optimizer: Optimizer):
+        self._opt = optimizer
+
+    def _keys(self) -> tuple[str, ...]:
+        return (*self._opt._hyperparameters, "params")
+
+    def __getitem__(self, key):
+        if key not in self._keys():
+            raise KeyError(key)
+        return self._opt.params if key == "params" else getattr(self._opt, key)
+
+    def __setitem__(self, key, value) -> None:
+        if key == "params":
+            raise TypeError("param_groups: 'params' cannot change; build a new optimizer")
+        if key not in self._keys():
+            raise KeyError(f"param_groups: {type(self._opt).__name__} takes no {key!r}")
+        setattr(self._opt, key, self._opt._checked(key, value, where="param_groups"))
+
+    def __delitem__(self, key) -> None:
+        raise TypeError("param_groups: keys cannot be removed")
+
+    def __iter__(self):
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def __repr__(self) -> str:
+        return repr({k: self[k] for k in self._keys() if k != "params"} | {"params": "..."})
 
 
 class SGD(Optimizer):
