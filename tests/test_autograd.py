@@ -70,6 +70,29 @@ def test_softmax_refuses_a_bad_axis(axis):
         fnn.softmax(fnn.Tensor(1.0))
 
 
+@pytest.mark.parametrize("axis", [None, 0, 1, -1, (0, 1)])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_max_and_min_as_numpy_with_gradients(rng, axis, keepdims):
+    x = rng.standard_normal((4, 3))
+    for method, f, ref in (("max", fnn.amax, np.max), ("min", fnn.amin, np.min)):
+        y = getattr(fnn.Tensor(x), method)(axis=axis, keepdims=keepdims)
+        np.testing.assert_array_equal(y.data, ref(x, axis=axis, keepdims=keepdims))
+        w = rng.standard_normal(y.shape)
+        assert fnn.gradcheck(lambda x, f=f, w=w: fnn.sum(f(x, axis, keepdims) * w), x)
+
+
+def test_max_ties_share_the_gradient_and_numpy_max_works_in_a_graph():
+    x = fnn.Tensor(np.array([[1.0, 5.0, 5.0], [7.0, 2.0, 0.0]]), requires_grad=True)
+    x.max().backward()
+    np.testing.assert_array_equal(x.grad, [[0, 0, 0], [1, 0, 0]])
+    x.grad = None
+    (np.max(x, axis=1) * np.array([1.0, 10.0])).sum().backward()  # torch.amax's convention
+    np.testing.assert_array_equal(x.grad, [[0, 0.5, 0.5], [10, 0, 0]])
+    assert np.min(x).item() == 0.0
+    with pytest.raises(ValueError, match="amax of an empty Tensor"):
+        fnn.amax(np.zeros((0, 3)))
+
+
 def test_clone_stays_in_the_graph_and_tolist(rng):
     x = fnn.Tensor(rng.standard_normal((2, 3)), requires_grad=True)
     c = x.clone()

@@ -24,6 +24,8 @@ from fastnn import ops
 
 __all__ = [
     "Tensor",
+    "amax",
+    "amin",
     "clamp",
     "concatenate",
     "cos",
@@ -383,6 +385,17 @@ class Tensor:
         _no_numpy_extras(dtype, out)
         return mean(self, axis=axis, keepdims=keepdims)
 
+    def max(self, axis=None, out=None, keepdims=False):
+        """As ``fastnn.amax`` (NumPy's ``max``); ``out`` exists for ``numpy.max(tensor)`` and
+        must be None."""
+        _no_numpy_extras(None, out)
+        return amax(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis=None, out=None, keepdims=False):
+        """As ``fastnn.amin``; ``out`` must be None."""
+        _no_numpy_extras(None, out)
+        return amin(self, axis=axis, keepdims=keepdims)
+
     def reshape(self, *shape):
         return reshape(self, shape[0] if len(shape) == 1 else shape)
 
@@ -706,6 +719,43 @@ def mean(x, axis=None, keepdims=False) -> Tensor:
     axes = _normalize_axes(axis, x.ndim)
     count = int(np.prod([x.shape[a] for a in axes])) if axes else 1
     return sum(x, axis=axis, keepdims=keepdims) * (1.0 / count if count else float("nan"))
+
+
+def _extreme(x, axis, keepdims, pick, op: str) -> Tensor:
+    x = _tensor(x)
+    if x.size == 0:
+        raise ValueError(f"{op} of an empty Tensor (shape {x.shape}) has no value")
+    out = pick(x.data, axis=axis, keepdims=True)
+    axes = _normalize_axes(axis, x.ndim)
+
+    def backward(g):
+        if not keepdims:
+            g = g.reshape(out.shape)
+        hits = x.data == out  # ties share the gradient evenly, as torch.amax's
+        with np.errstate(invalid="ignore", divide="ignore"):  # a NaN maximum: no hit
+            share = g / hits.sum(axis=axes, keepdims=True)
+        return (np.where(hits, share, 0).astype(x.dtype),)
+
+    result = out if keepdims else out.reshape([n for i, n in enumerate(x.shape) if i not in axes])
+    return _record(result, (x,), backward, op)
+
+
+def amax(x, axis=None, keepdims=False) -> Tensor:
+    """Maximum over ``axis`` (an int, a tuple, or None for all axes), as ``numpy.amax`` and
+    ``torch.amax``: the gradient goes to the maximal elements, shared evenly among ties.
+    NaN is propagated (a NaN element is the maximum).
+
+    Raises
+    ------
+    ValueError
+        For an empty Tensor (no maximum), as NumPy does.
+    """
+    return _extreme(x, axis, keepdims, np.max, "amax")
+
+
+def amin(x, axis=None, keepdims=False) -> Tensor:
+    """Minimum over ``axis``, as ``numpy.amin`` / ``torch.amin``; see ``amax``."""
+    return _extreme(x, axis, keepdims, np.min, "amin")
 
 
 # ------------------------------------------------------------ shape ops
