@@ -145,6 +145,9 @@ def test_to_dtype_and_device():
         model.to(np.int32)
     with pytest.raises(ValueError, match="unknown device"):
         model.to("tpu")
+    assert model.float() is model and all(p.dtype == np.float32 for p in model.parameters())
+    assert model.double() is model and all(p.dtype == np.float64 for p in model.parameters())
+    assert list(model.parameters()) == params
 
 
 def test_init_functions():

@@ -127,6 +127,14 @@ class Module:
             p.grad = None
         return self
 
+    def double(self) -> Module:
+        """``self.to(np.float64)``, as PyTorch's ``module.double()``."""
+        return self.to(np.float64)
+
+    def float(self) -> Module:
+        """``self.to(np.float32)``, as PyTorch's ``module.float()``."""
+        return self.to(np.float32)
+
     # ------------------------------------------------------------ state dict
     def state_dict(self) -> OrderedDict:
         """Parameter name → array (the arrays themselves, not copies), PyTorch's keys."""
