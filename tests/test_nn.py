@@ -201,3 +201,26 @@ def test_sequential_refuses_what_is_not_a_layer_and_dense_takes_relu_as_a_functi
     np.testing.assert_array_equal(
         by_function.data, fnn.dense(x, layer.weight, layer.bias, activation="relu").data
     )
+
+
+def test_dense_without_bias(rng, tmp_path):
+    # PyTorch's nn.Linear(..., bias=False): no bias parameter, y = x·Wᵀ
+    layer = fnn.Dense(5, 3, fnn.relu, rng=0, dtype=np.float64, bias=False)
+    assert layer.bias is None and [n for n, _ in layer.named_parameters()] == ["weight"]
+    assert "bias=False" in repr(layer) and layer.num_parameters() == 15
+    x = rng.standard_normal((4, 5))
+    np.testing.assert_allclose(layer(x).data, np.maximum(x @ layer.weight.data.T, 0), rtol=1e-12)
+    assert fnn.gradcheck(lambda m, x: fnn.sum(m(x) ** 2), layer, x)
+    model = fnn.Sequential(layer, fnn.Dense(3, 2, rng=1, dtype=np.float64))
+    assert not fnn.train.DenseStep.supports(model, fnn.losses.softmax_cross_entropy)
+    labels = rng.integers(0, 2, 4)
+    fnn.fit(model, (x, labels), optimizer=fnn.optim.SGD(model.parameters(), lr=0.1), verbose=0)
+    path = fnn.io.save(model, tmp_path / "m.safetensors")
+    assert fnn.io.architecture(model)[0]["bias"] is False
+    loaded = fnn.io.load(path)
+    assert loaded[0].bias is None and loaded[1].bias is not None
+    np.testing.assert_array_equal(loaded(x).data, model(x).data)
+    with pytest.raises(TypeError, match="bias must be True or False"):
+        fnn.Dense(2, 2, bias="no")
+    with pytest.raises(ValueError, match="Dense's bias must be true or false"):
+        fnn.io.build([{"type": "Dense", "in_features": 2, "out_features": 2, "bias": 0}])

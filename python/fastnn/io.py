@@ -31,13 +31,14 @@ def _describe(layer) -> dict:
         act = nn._activation_name(layer.activation)
         if act not in (None, "relu"):
             raise ValueError(f"save: {layer!r} has an activation that cannot be stored: {act}")
-        return {
+        spec = {
             "type": "Dense",
             "in_features": layer.in_features,
             "out_features": layer.out_features,
             "activation": act,
             "dtype": str(layer.weight.dtype),
         }
+        return spec if layer.bias is not None else spec | {"bias": False}
     if type(layer) is nn.Softmax and layer.axis != -1:
         return {"type": "Softmax", "axis": int(layer.axis)}
     for name, cls in _LAYERS.items():
@@ -101,13 +102,16 @@ def build(arch: list[dict] | dict, shapes: dict | None = None):
                 raise ValueError(f"layer {i}: bad Dense sizes {n_in!r} => {n_out!r}")
             if act not in (None, "relu") or dtype not in ("float32", "float64"):
                 raise ValueError(f"layer {i}: unsupported activation {act!r} or dtype {dtype!r}")
+            bias = spec.get("bias", True)
+            if not isinstance(bias, bool):
+                raise ValueError(f"layer {i}: Dense's bias must be true or false, got {bias!r}")
             stored = (shapes or {}).get(prefix + "weight")
             if shapes is not None and tuple(stored or ()) != (n_out, n_in):
                 raise ValueError(
                     f"layer {i}: the architecture says Dense({n_in} => {n_out}) but the stored "
                     f"{prefix}weight has shape {stored}"
                 )
-            layers.append(nn.Dense(n_in, n_out, act, rng=0, dtype=np.dtype(dtype)))
+            layers.append(nn.Dense(n_in, n_out, act, rng=0, dtype=np.dtype(dtype), bias=bias))
         elif kind == "function" and spec.get("name") in _FUNCTIONS:
             layers.append(_FUNCTIONS[spec["name"]])
         elif kind == "Softmax":

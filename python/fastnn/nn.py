@@ -221,13 +221,16 @@ class Dense(Module):
     rng : None, int or numpy.random.Generator
         For the weight initialisation.
     dtype : float32 (default) or float64
+    bias : bool
+        Whether the layer has a bias (True); ``bias=False`` as in PyTorch's ``nn.Linear``
+        (such a model trains through the autodiff graph, not ``fit``'s fused steps).
 
     Attributes
     ----------
     weight : Tensor, shape (out_features, in_features)
         glorot_uniform, as in the article (Glorot & Bengio 2010).
-    bias : Tensor, shape (out_features,)
-        zeros.
+    bias : Tensor, shape (out_features,), or None
+        zeros; None with ``bias=False``.
 
     Notes
     -----
@@ -263,7 +266,10 @@ class Dense(Module):
         *,
         rng=None,
         dtype=np.float32,
+        bias: bool = True,
     ):
+        if not isinstance(bias, bool | np.bool_):
+            raise TypeError(f"Dense: bias must be True or False, got {bias!r}")
         for name, n in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(n, bool) or not isinstance(n, numbers.Integral):
                 raise TypeError(f"Dense: {name} must be an int, got {n!r}")
@@ -281,7 +287,9 @@ class Dense(Module):
         self.activation = activation
         w = init.glorot_uniform((self.out_features, self.in_features), rng=rng, dtype=dtype)
         self.weight = Tensor(w, requires_grad=True)
-        self.bias = Tensor(np.zeros(self.out_features, dtype=dtype), requires_grad=True)
+        self.bias = (
+            Tensor(np.zeros(self.out_features, dtype=dtype), requires_grad=True) if bias else None
+        )
 
     def forward(self, x) -> Tensor:
         dtype = self.weight.dtype
@@ -316,6 +324,7 @@ class Dense(Module):
         return (
             f"{self.in_features} => {self.out_features}"
             + (f", {act}" if act else "")
+            + (", bias=False" if self.bias is None else "")
             + (f", params={self.num_parameters()}")
         )
 

@@ -196,14 +196,14 @@ class DenseStep:
 
     @staticmethod
     def supports(model, loss) -> bool:
-        """True for a Sequential of distinct Dense layers (activation None or relu) of one
-        dtype, trained with ``losses.softmax_cross_entropy``."""
+        """True for a Sequential of distinct Dense layers with biases (activation None or
+        relu) of one dtype, trained with ``losses.softmax_cross_entropy``."""
         if loss is not losses.softmax_cross_entropy or not isinstance(model, nn.Sequential):
             return False
         layers = list(model)
         return (
             len(layers) > 0
-            and all(type(layer) is nn.Dense for layer in layers)
+            and all(type(layer) is nn.Dense and layer.bias is not None for layer in layers)
             and all(nn._activation_name(layer.activation) in (None, "relu") for layer in layers)
             and len({id(layer) for layer in layers}) == len(layers)
             and len({layer.weight.dtype for layer in layers}) == 1
