@@ -87,8 +87,9 @@ inline void check_aligned(const py::array& a, const char* name) {
 }
 
 // A written array must be writeable and give each element its own place: its dimensions
-// longer than 1, sorted by stride, each step past the whole of the ones before (a stride of 0
-// from np.lib.stride_tricks.as_strided would have every result written over the last).
+// longer than 1, sorted by stride, each step past the whole span of the ones before (a stride
+// of 0 from np.lib.stride_tricks.as_strided would have every result written over the last).
+// Sufficient, not necessary: interleaved layouts that do not overlap are refused too.
 inline void check_writeable(const py::array& a, const char* name) {
   if (!a.writeable()) value_error(std::string(name) + " is read-only");
   if (a.size() <= 1) return;
@@ -103,7 +104,7 @@ inline void check_writeable(const py::array& a, const char* name) {
                   py::str(py::tuple(a.attr("strides"))).cast<std::string>() +
                   " for shape " + shape_str(a) +
                   "): every result needs its own place; give a fresh array");
-    reach = stride * n;
+    reach += stride * (n - 1);
   }
 }
 

@@ -62,6 +62,15 @@ def test_softmax_over_any_axis(rng, axis, dtype):
     np.testing.assert_allclose(fnn.Softmax(axis)(x).data, fnn.softmax(x, axis).data)
 
 
+@pytest.mark.parametrize(("shape", "axis"), [((3, 0), -1), ((0, 3), 0), ((2, 0, 3), 1), ((0,), 0)])
+def test_softmax_over_an_empty_shape_is_empty(shape, axis):
+    x = fnn.Tensor(np.zeros(shape), requires_grad=True)
+    y = fnn.softmax(x, axis=axis)
+    assert y.shape == shape
+    y.sum().backward()
+    assert x.grad.shape == shape
+
+
 @pytest.mark.parametrize("axis", [3, -4, 1.0, True, None])
 def test_softmax_refuses_a_bad_axis(axis):
     with pytest.raises(ValueError, match=r"softmax: axis must be an int in \[-3, 3\)"):
@@ -89,8 +98,17 @@ def test_max_ties_share_the_gradient_and_numpy_max_works_in_a_graph():
     (np.max(x, axis=1) * np.array([1.0, 10.0])).sum().backward()  # torch.amax's convention
     np.testing.assert_array_equal(x.grad, [[0, 0.5, 0.5], [10, 0, 0]])
     assert np.min(x).item() == 0.0
-    with pytest.raises(ValueError, match="amax of an empty Tensor"):
+    # over an axis of length 0 there is no maximum; over another axis, an empty result
+    with pytest.raises(ValueError, match=r"amax over an axis of length 0 \(shape \(0, 3\)\)"):
         fnn.amax(np.zeros((0, 3)))
+    assert fnn.amax(np.zeros((0, 3)), axis=1).shape == (0,)
+    # a NaN maximum: NaN for the value and for its slice's gradient, as torch.amax
+    x = fnn.Tensor(np.array([[1.0, np.nan, 3.0], [1.0, 2.0, 3.0]]), requires_grad=True)
+    y = fnn.amax(x, axis=1)
+    assert np.isnan(y.data[0]) and y.data[1] == 3.0
+    y.sum().backward()
+    assert np.isnan(x.grad[0]).all()
+    np.testing.assert_array_equal(x.grad[1], [0, 0, 1])
 
 
 def test_clone_stays_in_the_graph_and_tolist(rng):

@@ -469,6 +469,11 @@ def test_out_whose_elements_share_memory(op):
     message = raises(ValueError, lambda: run(out), name)
     assert "share memory" in message and (base == 0).all()
     run(np.zeros((shape[0] * 2, *shape[1:]), F32)[::2])  # a plain strided view is fine
+    if len(shape) == 2:  # rows 2 floats apart, columns just past a column's last float:
+        rows, cols = shape  # float 2·i + (2·rows − 1)·j for row i, column j: none shared
+        buf = np.zeros(2 * rows * cols, F32)
+        strides = (8, 4 * (2 * rows - 1))
+        run(np.lib.stride_tricks.as_strided(buf, shape, strides, writeable=True))
 
 
 @pytest.mark.parametrize("op", list(OUT_OPS))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -155,6 +157,16 @@ def test_a_model_too_big_for_memory_is_refused_before_allocating(tmp_path, monke
     with pytest.raises(ValueError, match=r"need about 2\.4 GiB .* has 1\.0 GiB"):
         cli._check_memory(100_000, 784, 10)
     cli._check_memory(32, 784, 10)  # the article's model fits
+
+
+def test_train_refuses_an_unwritable_out_before_loading_anything(tmp_path, monkeypatch, capsys):
+    # a read-only folder used to fail at the first checkpoint, after an epoch (root passes
+    # any mode bits, so the read-only file system is simulated through os.access)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path and real_access(p, mode))
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--data", "/nonexistent"]) == 1
+    err = capsys.readouterr().err
+    assert f"the folder {tmp_path} is not writable" in err and "Looked in" not in err
 
 
 def test_out_of_memory_is_one_line(monkeypatch, capsys):

@@ -658,17 +658,38 @@ def test_dataset_labels_must_fit_the_classes():
         data.Dataset(np.zeros((3, 2), np.float32), np.array([0, 1, 2]), classes=["a"])
 
 
-@pytest.mark.parametrize("kind", ["text", "pickled objects", "a lone .npy"])
-def test_an_npz_that_is_not_plain_arrays_is_named(tmp_path, kind):
-    # NumPy's own message advised allow_pickle=True and named no file
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [
+        ("text", "another kind of file"),
+        ("pickled objects", "pickled Python objects"),
+        ("a lone .npy", "another kind of file"),
+        ("raw zip members", "x_train is not .npy"),
+        ("a truncated member", "a damaged member"),
+    ],
+)
+def test_an_npz_that_is_not_plain_arrays_is_named(tmp_path, kind, why):
+    # NumPy's own message advised allow_pickle=True and named no file; raw members crashed
+    import zipfile
+
     path = tmp_path / "d.npz"
+    empty = np.zeros(1)
     if kind == "text":
         path.write_text("hello")
     elif kind == "pickled objects":
-        empty = np.zeros(1)
         np.savez(path, x_train=np.array([object()]), y_train=empty, x_test=empty, y_test=empty)
-    else:
+    elif kind == "a lone .npy":
         with open(path, "wb") as f:
             np.save(f, np.zeros(3))
-    with pytest.raises(ValueError, match=r"d\.npz: not an \.npz archive of plain arrays"):
+    else:
+        np.savez(tmp_path / "good.npz", x_train=np.zeros((2, 28, 28), np.uint8), y_train=empty)
+        with zipfile.ZipFile(tmp_path / "good.npz") as good, zipfile.ZipFile(path, "w") as z:
+            for name in ("x_train", "y_train", "x_test", "y_test"):
+                member = good.read("x_train.npy")
+                if kind == "raw zip members":
+                    z.writestr(name, b"raw bytes")
+                else:
+                    z.writestr(name + ".npy", member[:200])  # header, then too few bytes
+    with pytest.raises(ValueError, match=r"d\.npz: not an \.npz archive of plain arrays") as err:
         data.fashion_mnist(path)
+    assert why in str(err.value)

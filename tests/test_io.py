@@ -160,14 +160,23 @@ fnn.io.save(big, {str(path)!r})
         proc.wait(timeout=60)
     w = fnn.io.load(path).weight.data  # the old file, whole (or the new one if it won the race)
     assert (w.shape == (2, 3) and np.all(w == 1.0)) or w.shape == (6000, 8000)
-    # the killed writer's temporary file goes with the next save of the same target; a live
-    # process's (this one's pid in a foreign name) and an unrelated file stay
-    live = tmp_path / f".big.safetensors.{os.getppid()}.abc.tmp"
-    other = tmp_path / ".other.safetensors.1.abc.tmp"
-    live.write_bytes(b"x")
-    other.write_bytes(b"x")
+    # The killed writer's temporary file goes with the next save of the same target, once
+    # it has not been written for 15 minutes. A live process's stays, as do a recent one
+    # (a writer in another container or on another host, whose pid means nothing here), a
+    # temporary file of another target whose name extends this one's, and a user's file.
+    dead = list(tmp_path.glob(".big.safetensors.*.tmp"))
+    live = tmp_path / f".big.safetensors.{os.getppid()}.abcd1234.tmp"
+    recent = tmp_path / f".big.safetensors.{proc.pid}.abcd1234.tmp"
+    others = [tmp_path / f".big.safetensors.{proc.pid}.{proc.pid}.abcd1234.tmp"]
+    others.append(tmp_path / f".big.safetensors.{proc.pid}.bak.tmp")
+    for p in (live, *others):
+        p.write_bytes(b"x")
+    for p in (*dead, live, *others):
+        os.utime(p, (1e9, 1e9))  # 2001
+    recent.write_bytes(b"x")
     fnn.io.save(_weights_one(3.0), path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, other.name])
+    kept = [path, live, recent, *others]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
 
 
 def test_save_writes_through_a_symlink(tmp_path):
@@ -180,6 +189,28 @@ def test_save_writes_through_a_symlink(tmp_path):
     assert link.is_symlink() and link.resolve() == target.resolve()
     np.testing.assert_array_equal(fnn.io.load(target).weight.data, 2.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.safetensors", "store"]
+    # the replaced file keeps its mode (a private 0600 file stays private)
+    os.chmod(target, 0o600)
+    fnn.io.save(_weights_one(4.0), link)
+    assert target.stat().st_mode & 0o777 == 0o600
+    # a loop of links is an error, as open() gives, not a file written over a link
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(OSError, match="a loop of symbolic links"):
+        fnn.io.save(_weights_one(5.0), tmp_path / "a")
+    assert (tmp_path / "a").is_symlink() and (tmp_path / "b").is_symlink()
+
+
+def test_a_failed_write_names_the_file(tmp_path, monkeypatch):
+    # a full disk used to print "[Errno 28] No space left on device" without the file
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    path = tmp_path / "m.safetensors"
+    with pytest.raises(OSError, match=r"No space left on device: '.*m\.safetensors'"):
+        fnn.io.save(_weights_one(1.0), path)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

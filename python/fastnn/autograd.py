@@ -13,6 +13,7 @@ The heavy ops (matmul, dense, bias add, relu, softmax, softmax_cross_entropy) ca
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 import operator
 import threading
@@ -723,18 +724,17 @@ def mean(x, axis=None, keepdims=False) -> Tensor:
 
 def _extreme(x, axis, keepdims, pick, op: str) -> Tensor:
     x = _tensor(x)
-    if x.size == 0:
-        raise ValueError(f"{op} of an empty Tensor (shape {x.shape}) has no value")
-    out = pick(x.data, axis=axis, keepdims=True)
     axes = _normalize_axes(axis, x.ndim)
+    if any(x.shape[a] == 0 for a in axes):
+        raise ValueError(f"{op} over an axis of length 0 (shape {x.shape}) has no value")
+    out = pick(x.data, axis=axis, keepdims=True)
 
     def backward(g):
         if not keepdims:
             g = g.reshape(out.shape)
         hits = x.data == out  # ties share the gradient evenly, as torch.amax's
-        with np.errstate(invalid="ignore", divide="ignore"):  # a NaN maximum: no hit
-            share = g / hits.sum(axis=axes, keepdims=True)
-        return (np.where(hits, share, 0).astype(x.dtype),)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a NaN maximum: NaN, as torch
+            return ((g / hits.sum(axis=axes, keepdims=True) * hits).astype(x.dtype),)
 
     result = out if keepdims else out.reshape([n for i, n in enumerate(x.shape) if i not in axes])
     return _record(result, (x,), backward, op)
@@ -743,12 +743,12 @@ def _extreme(x, axis, keepdims, pick, op: str) -> Tensor:
 def amax(x, axis=None, keepdims=False) -> Tensor:
     """Maximum over ``axis`` (an int, a tuple, or None for all axes), as ``numpy.amax`` and
     ``torch.amax``: the gradient goes to the maximal elements, shared evenly among ties.
-    NaN is propagated (a NaN element is the maximum).
+    NaN is propagated: a NaN element is the maximum, and the gradient of its slice is NaN.
 
     Raises
     ------
     ValueError
-        For an empty Tensor (no maximum), as NumPy does.
+        For a reduction over an axis of length 0 (no maximum), as NumPy does.
     """
     return _extreme(x, axis, keepdims, np.max, "amax")
 
@@ -919,7 +919,7 @@ def softmax(x, axis: int = -1) -> Tensor:
             f"got {axis!r}"
         )
     last = np.moveaxis(x.data, axis, -1)  # a view; the rows are copied only when needed
-    rows = ops.softmax(last.reshape(-1, last.shape[-1]))
+    rows = ops.softmax(last.reshape(math.prod(last.shape[:-1]), last.shape[-1]))
 
     def backward(g):
         g_rows = np.moveaxis(g, axis, -1).reshape(rows.shape)

@@ -96,6 +96,7 @@ def _load_dataset(name: str, data_dir):
 
 def cmd_train(args) -> int:
     import fastnn as fnn
+    from fastnn._files import writable_target
 
     if args.device == "cuda":
         raise RuntimeError(
@@ -107,6 +108,7 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder")
+    writable_target(out / "model.safetensors")  # a read-only folder: now, not after an epoch
     train, test = _load_dataset(args.dataset, args.data)
     if len(train) == 0 or len(test) == 0:
         raise ValueError(f"the {args.dataset} data holds no training or no test images")

@@ -496,11 +496,20 @@ def _load_npz(path: Path, spec: _Spec, flatten: bool):
         raise ValueError(f"{path}: not a Keras-style dataset archive (no array {exc})") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ValueError(f"{path}: unreadable .npz archive ({exc})") from exc
-    except (ValueError, AttributeError, TypeError):  # NumPy's pickle advice, or a lone .npy
-        raise ValueError(
-            f"{path}: not an .npz archive of plain arrays (another file, or one holding "
-            "pickled Python objects, which fastnn does not load)"
-        ) from None
+    except (ValueError, AttributeError, TypeError) as exc:  # a lone .npy, pickles, damage
+        with open(path, "rb") as f:
+            zipped = f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+        why = (
+            "another kind of file: not a zip archive"
+            if not zipped
+            else "it holds pickled Python objects, which fastnn does not load"
+            if "pickle" in str(exc)
+            else f"a damaged member: {exc}"
+        )
+        raise ValueError(f"{path}: not an .npz archive of plain arrays ({why})") from None
+    odd = [k for k, a in arrays.items() if not isinstance(a, np.ndarray)]
+    if odd:  # a zip member that is not an .npy file comes back as bytes
+        raise ValueError(f"{path}: not an .npz archive of plain arrays ({odd[0]} is not .npy)")
     return tuple(
         _to_dataset(arrays[f"x_{s}"], arrays[f"y_{s}"], spec, s, flatten, str(path))
         for s in ("train", "test")

@@ -239,7 +239,7 @@ def load(path, model=None):
     ValueError
         Each naming the file: not a safetensors file, tensors of a dtype NumPy cannot hold
         (BF16), no architecture stored (and no ``model`` given), damaged architecture
-        metadata (or a stored weight of another dtype than it says), missing / unexpected /
+        metadata (or a stored weight of a wider dtype than it says), missing / unexpected /
         non-float weights, a weight whose shape does not fit (naming the parameter and both
         shapes), or one with values beyond the range of ``model``'s dtype.
     """
@@ -254,10 +254,12 @@ def load(path, model=None):
             model = build(arch, shapes={name: t.shape for name, t in tensors.items()})
         except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
             raise ValueError(f"{path}: bad architecture metadata: {err}") from None
-        other = [  # the architecture's dtype is the file's: no silent cast of a stored weight
+        other = [  # no silent narrowing of a stored weight to the architecture's dtype
             f"{name} is stored as {tensors[name].dtype} but the architecture says {p.dtype}"
             for name, p in model.named_parameters()
-            if name in tensors and tensors[name].dtype != p.dtype
+            if name in tensors
+            and tensors[name].dtype.kind == "f"
+            and tensors[name].dtype.itemsize > p.dtype.itemsize
         ]
         if other:
             raise ValueError(f"{path}: bad architecture metadata: " + "; ".join(other))
