@@ -574,3 +574,86 @@ def test_power_edges_at_zero_give_zero_not_nan(recwarn):
     np.testing.assert_array_equal(ga, [0.0, 0.0])
     np.testing.assert_array_equal(gb, [0.0, 0.0])
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+# ------------------------------------------------- found against PyTorch (stop 21)
+@pytest.mark.parametrize("shape", [(3, 3), (2, 3, 4)])
+def test_transpose_with_negative_axes_has_the_right_gradient(rng, shape):
+    # the inverse permutation used to be taken of the negative axes as given: a wrong
+    # gradient for a square shape, one of the wrong shape otherwise
+    x = rng.standard_normal(shape)
+    axes = (-1, 0) if len(shape) == 2 else (-1, 0, 1)
+    w = rng.standard_normal(np.transpose(x, axes).shape)
+    (g,) = fnn.gradient(lambda x: fnn.sum(fnn.transpose(x, axes) * w), x)
+    np.testing.assert_array_equal(g, np.transpose(w, np.argsort([a % x.ndim for a in axes])))
+    t = fnn.Tensor(x, requires_grad=True)
+    fnn.sum(t.transpose(*axes) * w).backward()
+    np.testing.assert_array_equal(t.grad, g)
+    # NumPy's forms: a tuple or a list of axes, or none
+    assert t.transpose(axes).shape == t.transpose(list(axes)).shape == w.shape
+    assert t.transpose().shape == t.T.shape == x.T.shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_keeps_its_digits_for_negative_inputs(dtype):
+    # 0.5·(tanh(x/2) + 1) cancelled: 2e-4 relative error at −10 in float32, 0 from −17 on
+    x = np.linspace(-80, 80, 321)
+    want = 1 / (1 + np.exp(-x))  # float64, exact enough here
+    got = fnn.sigmoid(x.astype(dtype)).data
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, want, rtol=4 * np.finfo(dtype).eps, atol=0)
+    (g,) = fnn.gradient(lambda x: fnn.log(fnn.sigmoid(x)), -40.0)  # d/dx log σ = 1 − σ
+    assert g == 1.0
+
+
+def test_no_grad_as_a_decorator_of_a_recursive_function_restores_grad_mode():
+    @fnn.no_grad()
+    def depth(n):
+        assert not fnn.is_grad_enabled()
+        return 0 if n == 0 else 1 + depth(n - 1)
+
+    assert depth(3) == 3 and fnn.is_grad_enabled()
+    cm = fnn.no_grad()
+    with cm:
+        with fnn.enable_grad():
+            with cm:  # the same object entered again inside
+                assert not fnn.is_grad_enabled()
+            assert fnn.is_grad_enabled()
+        assert not fnn.is_grad_enabled()
+    assert fnn.is_grad_enabled()
+
+
+def test_gradient_refuses_none_and_keeps_containers():
+    from collections import namedtuple
+
+    with pytest.raises(TypeError, match="f returned None"):
+        fnn.gradient(lambda a: None, 2.0)
+    Point = namedtuple("Point", "x y")
+    assert fnn.gradient(lambda p: p.x * p.y, Point(2.0, 3.0)) == (Point(3.0, 2.0),)
+    (g,) = fnn.gradient(lambda a: fnn.sum(a), np.ones((2, 2)))  # sum's gradient: broadcast
+    g *= 2  # a writable array of its own
+    np.testing.assert_array_equal(g, 2.0)
+
+
+def test_relu_takes_any_view_and_a_broadcast_gradient(rng):
+    x = rng.standard_normal((2, 3, 4))
+    t = fnn.Tensor(x, requires_grad=True)
+    y = fnn.relu(t.transpose(1, 0, 2))  # three strided dimensions: copied for the kernel
+    np.testing.assert_array_equal(y.data, np.maximum(x.transpose(1, 0, 2), 0))
+    fnn.sum(y).backward()  # the gradient reaching relu is a broadcast view
+    np.testing.assert_array_equal(t.grad, (x > 0).astype(float))
+
+
+def test_python_and_numpy_scalars_keep_a_float32_tensor_float32():
+    # x − 1.5 went through neg(1.5), a float64 0-d array, and came out float64 (NEP 50)
+    x = fnn.Tensor(np.array([1.0, 2.0], np.float32), requires_grad=True)
+    for y in (x - 1.5, 1.5 - x, x - 2, x - True, x ** np.float64(2), fnn.clamp(x, np.float64(1.5))):
+        assert y.dtype == np.float32
+    np.testing.assert_array_equal((x - True).data, [0.0, 1.0])
+    z = x * 1.0  # not a leaf: -= makes a new Tensor
+    z -= 1.5
+    assert z.dtype == np.float32
+    layer = fnn.Dense(2, 1, rng=0)
+    assert layer(np.ones((3, 2), np.float32) - 0.5).dtype == np.float32
+    (ga,) = fnn.gradient(lambda a: fnn.sum(2.0 - a * 3.0), np.ones(2, np.float32))
+    np.testing.assert_array_equal(ga, [-3.0, -3.0])

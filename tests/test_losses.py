@@ -83,3 +83,12 @@ def test_soft_targets_not_summing_to_one_have_the_exact_gradient(rng):
     p = np.exp(_log_softmax(logits))
     _, d = fnn.ops.softmax_cross_entropy(logits, targets)
     np.testing.assert_allclose(d, (p * mass - targets) / 3, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8, bool])
+def test_crossentropy_takes_one_hot_targets_of_any_dtype(dtype):
+    # (B, C) integer one-hot targets used to be one-hot encoded a second time
+    probs = fnn.softmax(np.random.default_rng(0).standard_normal((3, 4)))
+    want = fnn.losses.crossentropy(probs, np.array([0, 3, 1])).data
+    got = fnn.losses.crossentropy(probs, np.eye(4, dtype=dtype)[[0, 3, 1]]).data
+    assert got == want

@@ -120,8 +120,10 @@ def test_lr_schedules():
     assert [sched.step() for _ in range(4)] == [1.0, 0.5, 0.5, 0.25]
     opt.lr = 1.0
     cos = fnn.optim.CosineLR(opt, t_max=4, eta_min=0.0)
-    lrs = [cos.step() for _ in range(5)]
-    np.testing.assert_allclose(lrs, [0.8535533905932737, 0.5, 0.14644660940672624, 0.0, 0.0])
+    lrs = [cos.step() for _ in range(6)]
+    # past t_max the cosine goes on, rising again, as PyTorch's CosineAnnealingLR does
+    want = [0.8535533905932737, 0.5, 0.14644660940672624, 0.0, 0.14644660940672624, 0.5]
+    np.testing.assert_allclose(lrs, want, atol=1e-15)
 
 
 def test_training_loop_with_the_user_api_learns(rng):
@@ -372,3 +374,46 @@ def test_param_groups_change_the_learning_rate_as_in_pytorch(rng):
     adam = fnn.optim.Adam(_params(rng))
     adam.param_groups[0]["betas"] = [0.8, 0.9]
     assert adam.betas == (0.8, 0.9)
+
+
+@pytest.mark.parametrize("make", [fnn.optim.Adam, fnn.optim.AdamW])
+def test_adam_counts_steps_per_parameter(rng, make):
+    # PyTorch keeps each parameter's step; a parameter without a gradient in some steps used
+    # to get the optimizer's global count in its bias correction (0.06 off torch's weights)
+    a = fnn.Tensor(rng.standard_normal(3), requires_grad=True)
+    b = fnn.Tensor(rng.standard_normal(2), requires_grad=True)
+    b_alone = fnn.Tensor(b.data.copy(), requires_grad=True)
+    opt, alone = make([a, b], lr=0.1), make([b_alone], lr=0.1)
+    for step in range(1, 7):
+        opt.zero_grad()
+        a.grad = rng.standard_normal(3)
+        if step in (2, 4):  # b takes part in the loss on these steps only
+            b.grad = rng.standard_normal(2)
+            b_alone.grad = b.grad.copy()
+            alone.step()
+        opt.step()
+    np.testing.assert_array_equal(b.data, b_alone.data)  # the same updates, bit for bit
+    state = opt.state_dict()
+    assert [int(state["state"][i]["step"]) for i in (0, 1)] == [6, 2]
+    again = make(
+        [
+            fnn.Tensor(a.data.copy(), requires_grad=True),
+            fnn.Tensor(b.data.copy(), requires_grad=True),
+        ],
+        lr=0.1,
+    )
+    again.load_state_dict(state)
+    assert again.param_steps == [6, 2] and again.step_count == 6
+
+
+def test_an_optimizer_built_before_model_double_follows_it(rng):
+    # PyTorch's optimizers follow model.double(); fastnn's refused the float32 state
+    model = fnn.Sequential(fnn.Dense(3, 2, rng=0))
+    for make in (lambda p: fnn.optim.SGD(p, lr=0.1, momentum=0.9), fnn.optim.Adam):
+        opt = make(model.parameters())
+        model.double()
+        for p in model.parameters():
+            p.grad = np.ones(p.shape)
+        opt.step()
+        assert all(p.dtype == np.float64 for p in model.parameters())
+        model.float()

@@ -64,13 +64,17 @@ def is_grad_enabled() -> bool:
 class _GradMode(contextlib.ContextDecorator):
     def __init__(self, enabled: bool):
         self.enabled = enabled
+        self._prev: list[bool] = []  # a stack: the same object may be entered again inside
+
+    def _recreate_cm(self):  # a decorated function gets a fresh one per call (recursion)
+        return _GradMode(self.enabled)
 
     def __enter__(self):
-        self.prev = is_grad_enabled()
+        self._prev.append(is_grad_enabled())
         _state.enabled = self.enabled
 
     def __exit__(self, *exc):
-        _state.enabled = self.prev
+        _state.enabled = self._prev.pop()
         return False
 
 
@@ -297,10 +301,10 @@ class Tensor:
         return add(other, self)
 
     def __sub__(self, other):
-        return add(self, neg(other))
+        return sub(self, other)
 
     def __rsub__(self, other):
-        return add(other, neg(self))
+        return sub(other, self)
 
     def __mul__(self, other):
         return mul(self, other)
@@ -401,7 +405,11 @@ class Tensor:
         return reshape(self, shape[0] if len(shape) == 1 else shape)
 
     def transpose(self, *axes):
-        return transpose(self, axes or None)
+        """As ``numpy.ndarray.transpose``: ``t.transpose(1, 0, 2)``, ``t.transpose((1, 0, 2))``
+        or ``t.transpose()`` (all axes reversed); negative axes count from the end."""
+        if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], tuple | list)):
+            axes = axes[0]
+        return transpose(self, tuple(axes) if axes else None)
 
 
 # --------------------------------------------------------------- the graph
@@ -541,6 +549,16 @@ def add(a, b) -> Tensor:
     return _record(data, (a, b), backward, "add")
 
 
+def sub(a, b) -> Tensor:
+    """a − b, elementwise with broadcasting (a Python number keeps the Tensor's dtype)."""
+    a, b = _pair(a, b)
+
+    def backward(g):
+        return _unbroadcast(g, a.shape), (_unbroadcast(-g, b.shape) if b.requires_grad else None)
+
+    return _record(a.data - b.data, (a, b), backward, "sub")
+
+
 def neg(a) -> Tensor:
     a = _tensor(a)
     return _record(-a.data, (a,), lambda g: (-g,), "neg")
@@ -587,7 +605,7 @@ def power(a, exponent) -> Tensor:
     if not isinstance(exponent, numbers.Real):
         raise TypeError(f"Tensor ** exponent needs a number, Tensor or array, got {exponent!r}")
     a = _tensor(a)
-    p = exponent
+    p = exponent.item() if isinstance(exponent, np.generic) else exponent  # keeps a's dtype
 
     def backward(g):
         if p == 0:
@@ -646,11 +664,16 @@ log = _unary("log", np.log, lambda x, y: 1 / x)
 sin = _unary("sin", np.sin, lambda x, y: np.cos(x))
 cos = _unary("cos", np.cos, lambda x, y: -np.sin(x))
 tanh = _unary("tanh", np.tanh, lambda x, y: 1 - y * y)
-sigmoid = _unary(
-    "sigmoid",
-    lambda x: 0.5 * (np.tanh(0.5 * x) + 1),  # overflow-free logistic function
-    lambda x, y: y * (1 - y),
-)
+
+
+def _logistic(x):
+    """1 / (1 + exp(−x)) without overflow and without cancellation for x < 0 (the tanh form
+    lost all digits below −17 in float32): e = exp(−|x|) ≤ 1, then 1/(1+e) or e/(1+e)."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+sigmoid = _unary("sigmoid", _logistic, lambda x, y: y * (1 - y))
 _UNARY_DOC = """{what}, elementwise.
 
     Parameters
@@ -667,13 +690,15 @@ sin.__doc__ = _UNARY_DOC.format(what="sin(x), x in radians", grad="cos(x)")
 cos.__doc__ = _UNARY_DOC.format(what="cos(x), x in radians", grad="-sin(x)")
 tanh.__doc__ = _UNARY_DOC.format(what="tanh(x)", grad="1 - tanh(x)²")
 sigmoid.__doc__ = _UNARY_DOC.format(
-    what="Logistic sigmoid 1 / (1 + exp(-x)), computed via tanh (no overflow)", grad="σ(1 − σ)"
+    what="Logistic sigmoid 1 / (1 + exp(-x)), without overflow or cancellation",
+    grad="σ(1 − σ)",
 )
 
 
 def clamp(x, min=None, max=None) -> Tensor:
     """Clip values to [min, max]; the gradient is 1 inside the range and 0 where clipped."""
     x = _tensor(x)
+    min, max = (b.item() if isinstance(b, np.generic) else b for b in (min, max))  # x's dtype
     out = np.clip(x.data, min, max)
     return _record(out, (x,), lambda g: (g * (out == x.data),), "clamp")
 
@@ -684,8 +709,14 @@ def relu(x) -> Tensor:
     NaN stays NaN; the gradient at exactly 0 is 0.
     """
     x = _tensor(x)
-    out = ops.relu(x.data)
-    return _record(out, (x,), lambda g: (ops.relu_backward(g, out),), "relu")
+    out = ops.relu(_as_rows(x.data))
+    return _record(out, (x,), lambda g: (ops.relu_backward(_as_rows(g), out),), "relu")
+
+
+def _as_rows(a):
+    """``a`` as the elementwise kernels read it: a view whose dimensions merge to two, else
+    (a transposed 3-D view, a broadcast gradient) a contiguous copy."""
+    return a if a.ndim <= 2 or a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 # --------------------------------------------------------------- reductions
@@ -769,10 +800,13 @@ def reshape(x, shape) -> Tensor:
 
 
 def transpose(x, axes=None) -> Tensor:
-    """Permute axes (reverse them by default), as ``numpy.transpose``."""
+    """Permute axes (reverse them by default), as ``numpy.transpose``: ``axes`` a permutation
+    of the axes, negative ones counted from the end."""
     x = _tensor(x)
-    inverse = None if axes is None else tuple(np.argsort(axes))
-    return _record(x.data.transpose(axes), (x,), lambda g: (g.transpose(inverse),), "transpose")
+    out = x.data.transpose(axes)  # NumPy checks axes (AxisError, a ValueError)
+    # the gradient goes back through the inverse permutation, of the axes made non-negative
+    inverse = None if axes is None else tuple(np.argsort([a % x.ndim for a in axes]))
+    return _record(out, (x,), lambda g: (g.transpose(inverse),), "transpose")
 
 
 def getitem(x, index) -> Tensor:
@@ -959,12 +993,12 @@ def _leaf_like(value):
         return leaf, lambda grads: grads.get(id(leaf), np.zeros_like(leaf.data))
     if isinstance(value, list | tuple):
         parts = [_leaf_like(v) for v in value]
-        wrapped = (
-            type(value)(p[0] for p in parts)
-            if isinstance(value, list)
-            else tuple(p[0] for p in parts)
-        )
-        return wrapped, lambda grads: type(value)(p[1](grads) for p in parts)
+
+        def rebuild(items):  # the same kind of container; a namedtuple takes its fields
+            items = list(items)
+            return type(value)(*items) if hasattr(type(value), "_fields") else type(value)(items)
+
+        return rebuild(p[0] for p in parts), lambda grads: rebuild(p[1](grads) for p in parts)
     if isinstance(value, dict):
         parts = {k: _leaf_like(v) for k, v in value.items()}
         return {k: p[0] for k, p in parts.items()}, lambda grads: {
@@ -1037,6 +1071,11 @@ def gradient(f: Callable, *args) -> tuple:
         with enable_grad():
             wrapped = [_leaf_like(a) for a in args]
             out = f(*(w[0] for w in wrapped))
+            if out is None:
+                raise TypeError(
+                    "gradient: f returned None; it must return a number or a single-element "
+                    "Tensor (a missing return?)"
+                )
             out = _tensor(out)
             if out.data.size != 1:
                 raise RuntimeError(
@@ -1044,7 +1083,10 @@ def gradient(f: Callable, *args) -> tuple:
                 )
             grads = {}
             if out.requires_grad:
-                grads = {id(leaf): g for leaf, g in _backward_pass(out, np.ones_like(out.data))}
+                grads = {  # writable arrays: sum's gradient is a read-only broadcast view
+                    id(leaf): g if getattr(g.flags, "writeable", True) else g.copy()
+                    for leaf, g in _backward_pass(out, np.ones_like(out.data))
+                }
     finally:
         _state.in_gradient = False
     return tuple(w[1](grads) for w in wrapped)

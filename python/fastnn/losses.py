@@ -63,8 +63,8 @@ def crossentropy(probs, targets) -> Tensor:
     Parameters
     ----------
     probs : Tensor, shape (B, C); the output of a Softmax layer
-    targets : ndarray, shape (B, C) one-hot (as the article's ``onehotbatch``) or soft targets,
-        or integer labels of shape (B,)
+    targets : ndarray, shape (B, C) one-hot (as the article's ``onehotbatch``; any dtype) or
+        soft targets, or integer labels of shape (B,)
 
     Returns
     -------
@@ -80,7 +80,7 @@ def crossentropy(probs, targets) -> Tensor:
     targets = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
     if probs.ndim != 2:
         raise ValueError(f"crossentropy: probs must be (B, C), got {probs.shape}")
-    if targets.dtype.kind in "iu":
+    if targets.dtype.kind in "iu" and targets.ndim == 1:  # labels; (B, C) ints are one-hot
         from fastnn.data import one_hot
 
         targets = one_hot(targets, probs.shape[1], dtype=probs.dtype)

@@ -79,6 +79,11 @@ class Optimizer:
         """Apply one update to every parameter that has a ``.grad``."""
         self.step_count += 1
         for idx in self._groups():
+            for name in self._buffers:  # a model converted since (model.double()): its state too
+                buffers = getattr(self, name)
+                for i in idx if buffers is not None else ():
+                    if buffers[i].dtype != self.params[i].dtype:
+                        buffers[i] = buffers[i].astype(self.params[i].dtype)
             self._update(idx)
 
     def _update(self, idx: list[int]) -> None:
@@ -326,23 +331,59 @@ class Adam(Optimizer):
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
         self.exp_avg = [np.zeros_like(p.data) for p in self.params]
         self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]
+        # Updates each parameter has had (PyTorch's per-parameter state["step"]): a parameter
+        # without a gradient in some steps gets its bias correction from its own count.
+        self.param_steps = [0] * len(self.params)
 
     _hyperparameters = ("lr", "betas", "eps", "weight_decay")
     _buffers = ("exp_avg", "exp_avg_sq")
 
     def _update(self, idx):
-        ops.adam_update(
-            [self.params[i].data for i in idx],
-            [self.params[i].grad for i in idx],
-            [self.exp_avg[i] for i in idx],
-            [self.exp_avg_sq[i] for i in idx],
-            lr=self.lr,
-            step=self.step_count,
-            betas=self.betas,
-            eps=self.eps,
-            weight_decay=self.weight_decay,
-            decoupled=self.decoupled,
-        )
+        by_step: dict[int, list[int]] = {}
+        for i in idx:
+            self.param_steps[i] += 1
+            by_step.setdefault(self.param_steps[i], []).append(i)
+        for step, group in by_step.items():  # one native call when all have the same count
+            ops.adam_update(
+                [self.params[i].data for i in group],
+                [self.params[i].grad for i in group],
+                [self.exp_avg[i] for i in group],
+                [self.exp_avg_sq[i] for i in group],
+                lr=self.lr,
+                step=step,
+                betas=self.betas,
+                eps=self.eps,
+                weight_decay=self.weight_decay,
+                decoupled=self.decoupled,
+            )
+
+    def state_dict(self) -> dict:
+        """As ``Optimizer.state_dict``, with each parameter's own update count as
+        ``state[i]["step"]`` (PyTorch's place for it), a 0-d int64 array as the buffers are
+        arrays."""
+        out = super().state_dict()
+        for i, n in enumerate(self.param_steps):
+            out["state"][i]["step"] = np.asarray(n, dtype=np.int64)
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As ``Optimizer.load_state_dict``; each parameter's update count comes from
+        ``state[i]["step"]`` when present, else from the group's step (a state saved before
+        fastnn kept them per parameter)."""
+        steps = []
+        try:
+            state, group_step = state_dict["state"], state_dict["param_groups"][0].get("step")
+        except (KeyError, TypeError, IndexError, AttributeError):
+            state, group_step = None, None  # the base class names what is wrong
+        for i in range(len(self.params)) if isinstance(state, dict) else ():
+            n = state.get(i, state.get(str(i), {})).get("step", group_step)
+            if isinstance(n, np.ndarray) and n.ndim == 0:
+                n = n.item()
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+                raise ValueError(f"load_state_dict: parameter {i}'s step must be an int >= 0")
+            steps.append(int(n))
+        super().load_state_dict(state_dict)
+        self.param_steps = steps
 
 
 class AdamW(Adam):
@@ -402,8 +443,9 @@ class CosineLR(_Schedule):
     """Cosine annealing from the initial lr to ``eta_min`` over ``t_max`` steps.
 
     ``lr_t = eta_min + (lr_0 − eta_min) · (1 + cos(π t / t_max)) / 2`` (Loshchilov & Hutter
-    2017, without restarts; PyTorch's CosineAnnealingLR). Call ``step()`` once per epoch;
-    to resume, restore its ``state_dict()`` with the optimizer's.
+    2017, without restarts; PyTorch's CosineAnnealingLR, which also goes on past ``t_max``:
+    the learning rate then rises again along the same cosine). Call ``step()`` once per
+    epoch; to resume, restore its ``state_dict()`` with the optimizer's.
     """
 
     def __init__(self, optimizer: Optimizer, t_max: int, eta_min: float = 0.0):
@@ -414,7 +456,7 @@ class CosineLR(_Schedule):
 
     def step(self) -> float:
         """Advance one epoch; returns the new learning rate."""
-        self.epoch = min(self.epoch + 1, self.t_max)
+        self.epoch += 1
         cos = (1 + math.cos(math.pi * self.epoch / self.t_max)) / 2
         self.optimizer.lr = self.eta_min + (self.base_lr - self.eta_min) * cos
         return self.optimizer.lr
