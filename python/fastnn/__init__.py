@@ -50,11 +50,12 @@ def show_config(file=None) -> dict:
     """Print what this build of fastnn holds and runs on, and return it as a dict.
 
     Keys: version, python, platform, compiler, gemm_isa (the GEMM micro-kernel in use:
-    ``avx2+fma`` or ``portable``), openmp (built with OpenMP), num_threads,
-    straggler_trips (how often a thread team waited for a parked thread and the kernels
-    fell back to one thread for a while: a busy machine), step_mode_switches (how often the
-    training steps' timing switched a batch of two lanes between lanes and split steps: see
-    ``ops.dense_step``), OMP_NUM_THREADS, cuda_built, cuda_devices (names of the GPUs present).
+    ``avx512f (float), avx2+fma``, ``avx2+fma`` or ``portable``), openmp (built with OpenMP),
+    num_threads, straggler_trips (how often a thread team waited for a parked thread and the
+    kernels fell back to one thread for a while: a busy machine), step_mode_switches (how
+    often the training steps' timing switched a batch of two lanes between lanes and split
+    steps: see ``ops.dense_step``), OMP_NUM_THREADS, cuda_built, cuda_devices (names of the
+    GPUs present).
     """
     native = _cpu.config()
     info = {

@@ -939,6 +939,8 @@ def softmax(x, axis: int = -1) -> Tensor:
     ------
     ValueError
         For a 0-d ``x``, or an ``axis`` that is not an int in [−x.ndim, x.ndim).
+    TypeError
+        For an ``x`` that is not float32 / float64 (the kernel's dtypes).
     """
     x = _tensor(x)
     if x.ndim == 0:
@@ -1044,6 +1046,8 @@ def gradient(f: Callable, *args) -> tuple:
     ------
     RuntimeError
         If ``f`` returns more than one element.
+    TypeError
+        If ``f`` returns None (a forgotten ``return``).
     NotImplementedError
         When called inside an ``f`` that ``gradient`` is differentiating: higher derivatives
         are not recorded (the inner gradient would be a constant, its derivative 0).
@@ -1052,7 +1056,7 @@ def gradient(f: Callable, *args) -> tuple:
     -----
     Only fastnn ops are recorded. Leaving them (``math.sin(x)``, ``float(x)``,
     ``x.item()``, ``np.exp(x.data)``) makes a constant: its gradient is silently zero, as
-    in PyTorch. A 0-d array argument gets a 0-d array (a NumPy scalar) back.
+    in PyTorch. A 0-d array argument gets a 0-d ndarray back.
 
     Examples
     --------

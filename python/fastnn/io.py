@@ -230,7 +230,8 @@ def load(path, model=None):
 
     Returns
     -------
-    Module (``model``, or a new Sequential); its metadata is in ``load_metadata(path)``.
+    Module (``model``, or a new Sequential, or a single layer for a file saved from one);
+    its metadata is in ``load_metadata(path)``.
 
     Raises
     ------

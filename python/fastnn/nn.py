@@ -107,6 +107,8 @@ class Module:
         RuntimeError
             For ``"cuda"``: layers, autodiff and ``fit`` do not run on the GPU yet (the CUDA
             kernels serve ``fastnn.ops`` called with CuPy arrays).
+        ValueError
+            For any other string (a dtype is given as ``np.float64``, not ``"float64"``).
         TypeError
             For a dtype other than float32 / float64.
         """
@@ -241,9 +243,10 @@ class Dense(Module):
     Raises
     ------
     ValueError
-        When ``x.shape[-1] != in_features`` (for example ``Dense(784 => 128) expected
-        x.shape[-1] == 784, got (32, 785)``; images of shape (N, 1, 28, 28) need a
-        ``Flatten`` first), negative sizes or an unknown activation.
+        When ``x.shape[-1] != in_features`` (for example ``Dense(784 => 128,
+        params=100480) expected x of shape (784,) or (batch, 784), got (32, 785)``; images
+        of shape (N, 1, 28, 28) need a ``Flatten`` first), negative sizes or an unknown
+        activation.
     TypeError
         Sizes that are not ints, a dtype other than float32 / float64, or a Tensor input of
         another float dtype than the layer's.
