@@ -878,3 +878,13 @@ class _FakeDeviceArray:
 def test_a_malformed_cuda_array_interface_is_a_type_error_naming_the_argument(iface):
     with pytest.raises(TypeError, match="x has a malformed __cuda_array_interface__"):
         ops.relu(_FakeDeviceArray(iface))
+
+
+def test_a_number_beyond_float_and_betas_not_a_pair_are_named():
+    # a bare OverflowError, and "too many values to unpack", before
+    a = np.ones((2, 2), F32)
+    with pytest.raises(ValueError, match="alpha must be a finite number, got an int of 401 digits"):
+        ops.gemm(a, a, alpha=10**400)
+    bufs = [[np.ones(2)] for _ in range(4)]
+    with pytest.raises(TypeError, match=r"betas must be a pair \(beta1, beta2\)"):
+        ops.adam_update(*bufs, lr=0.1, step=1, betas=(0.9, 0.99, 0.9))

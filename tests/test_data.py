@@ -693,3 +693,32 @@ def test_an_npz_that_is_not_plain_arrays_is_named(tmp_path, kind, why):
     with pytest.raises(ValueError, match=r"d\.npz: not an \.npz archive of plain arrays") as err:
         data.fashion_mnist(path)
     assert why in str(err.value)
+
+
+def test_mnist_files_are_not_taken_for_fashion_mnist(
+    tmp_path, rng, isolated, monkeypatch, no_debian
+):
+    # Both datasets' files have the same names. MNIST's straight in $FASTNN_DATA (where the
+    # mnist docstring puts them) used to win over $FASTNN_DATA/fashion-mnist: digits with
+    # clothing names. The first training labels of the published files tell them apart.
+    env = tmp_path / "env"
+    digits = write_dataset(env, rng, n_train=12)
+    digits["train_labels"][:10] = data._MNIST.first_labels
+    data.save_idx(env / "train-labels-idx1-ubyte.gz", digits["train_labels"])
+    clothes = write_dataset(env / "fashion-mnist", rng, n_train=12)
+    monkeypatch.setenv("FASTNN_DATA", str(env))
+    assert_loaded(data.fashion_mnist(), clothes)
+    assert_loaded(data.mnist(), digits)
+    only = tmp_path / "only"  # a folder given that holds MNIST alone: refused, and named
+    only.mkdir()
+    for name in data._FILES.values():
+        (only / (name + ".gz")).write_bytes((env / (name + ".gz")).read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"only \(path given\): holds MNIST, not Fashion"):
+        data.fashion_mnist(only)
+
+
+@pytest.mark.parametrize("classes", [3.0, [0, 1, 2], True, "3"])
+def test_one_hot_names_a_bad_number_of_classes(classes):
+    with pytest.raises(TypeError, match="one_hot: classes must be an int or a range"):
+        data.one_hot(np.arange(3), classes)
+    assert data.one_hot(np.arange(3), np.int64(3)).shape == (3, 3)

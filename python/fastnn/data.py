@@ -25,6 +25,7 @@ import gzip
 import hashlib
 import http.client
 import logging
+import numbers
 import operator
 import os
 import struct
@@ -215,7 +216,7 @@ def save_idx(path, array, *, compress: bool | None = None) -> None:
     Parameters
     ----------
     path : str or os.PathLike
-        Target file. Its folder must exist. An existing file is replaced only once the new one
+        Target file; missing folders are created. An existing file is replaced only once the new one
         is complete, so a crash never leaves a half-written file under this name.
     array : array_like
         At least 1-D, every dimension below 2**32; dtype uint8, int8, int16, int32, float32
@@ -431,6 +432,9 @@ class _Spec:
     debian: Path | None
     mirrors: tuple[str, ...]
     sha256: Mapping[str, str]
+    # The first ten training labels of the published files: the two datasets' files have the
+    # same names, so a folder of one found while looking for the other is told by these.
+    first_labels: tuple[int, ...]
 
 
 _FASHION = _Spec(
@@ -446,6 +450,7 @@ _FASHION = _Spec(
         "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
     ),
     sha256=_FASHION_SHA256,
+    first_labels=(9, 0, 0, 3, 0, 2, 7, 2, 5, 5),
 )
 _MNIST = _Spec(
     name="mnist",
@@ -461,6 +466,7 @@ _MNIST = _Spec(
         "http://yann.lecun.com/exdb/mnist/",
     ),
     sha256=_MNIST_SHA256,
+    first_labels=(5, 0, 4, 1, 9, 2, 1, 3, 1, 4),
 )
 
 
@@ -550,15 +556,22 @@ def _download_dir(spec: _Spec, path) -> Path:
 
 def _load(spec: _Spec, path, flatten, download, url, sha256, timeout):
     looked = [] if path is not None or os.environ.get("FASTNN_DATA") else ["$FASTNN_DATA: not set"]
+    other = _MNIST if spec is _FASHION else _FASHION
     for place, label in _search_list(spec, path):
-        if place.suffix == ".npz":
-            if place.is_file():
-                return _load_npz(place, spec, flatten)
+        if place.suffix == ".npz" and not place.is_file():
             looked.append(f"{place} ({label}): no such file")
             continue
-        files, missing = _idx_files(place)
+        files, missing = ({}, []) if place.suffix == ".npz" else _idx_files(place)
         if not missing:
-            return _load_idx_folder(files, spec, flatten, place)
+            train, test = (
+                _load_npz(place, spec, flatten)
+                if place.suffix == ".npz"
+                else _load_idx_folder(files, spec, flatten, place)
+            )
+            if tuple(train.y[:10].tolist()) == other.first_labels:  # the same file names
+                looked.append(f"{place} ({label}): holds {other.title}, not {spec.title}")
+                continue
+            return train, test
         if not place.is_dir():
             looked.append(f"{place} ({label}): no such folder")
         elif files:
@@ -834,6 +847,8 @@ def one_hot(labels, classes: int | range, dtype=np.float32):
         if classes.step != 1:
             raise ValueError(f"one_hot: a range of classes needs step 1, got {classes}")
         first, classes = classes.start, len(classes)
+    if isinstance(classes, bool) or not isinstance(classes, numbers.Integral | np.integer):
+        raise TypeError(f"one_hot: classes must be an int or a range, got {classes!r}")
     classes = operator.index(classes)
     if classes < 1:
         raise ValueError(f"one_hot: classes must be >= 1, got {classes}")

@@ -66,7 +66,12 @@ def _scalar(value, name: str) -> float:
         return value
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range (10**400)
+        raise ValueError(
+            f"{name} must be a finite number, got an int of {len(str(value))} digits"
+        ) from None
 
 
 def _check_layer_lists(weights, biases, relu, dweights, dbiases) -> tuple:
@@ -848,6 +853,8 @@ def adam_update(
         raise ValueError(f"adam_update: step must be in [1, 2**63), got {step}")
     params, grads = _buffers(params, "params"), _buffers(grads, "grads")
     exp_avg, exp_avg_sq = _buffers(exp_avg, "exp_avg"), _buffers(exp_avg_sq, "exp_avg_sq")
+    if not isinstance(betas, tuple | list) or len(betas) != 2:
+        raise TypeError(f"adam_update: betas must be a pair (beta1, beta2), got {betas!r}")
     beta1, beta2 = betas
     for beta, name in ((beta1, "betas[0]"), (beta2, "betas[1]")):
         if not 0.0 <= _hyper(beta, name) < 1.0:
