@@ -93,12 +93,16 @@ inline void check_aligned(const py::array& a, const char* name) {
 inline void check_writeable(const py::array& a, const char* name) {
   if (!a.writeable()) value_error(std::string(name) + " is read-only");
   if (a.size() <= 1) return;
-  std::vector<std::pair<py::ssize_t, py::ssize_t>> dims;  // (|stride| in bytes, extent)
-  for (py::ssize_t d = 0; d < a.ndim(); ++d)
-    if (a.shape(d) > 1) dims.push_back({std::abs(a.strides(d)), a.shape(d)});
-  std::sort(dims.begin(), dims.end());
+  // (|stride| in bytes, extent) of each dimension longer than 1; no allocation per call (it
+  // runs on every kernel call that writes): NumPy arrays have at most 64 dimensions.
+  std::array<std::pair<py::ssize_t, py::ssize_t>, 64> dims;
+  size_t count = 0;
+  for (py::ssize_t d = 0; d < a.ndim() && count < dims.size(); ++d)
+    if (a.shape(d) > 1) dims[count++] = {std::abs(a.strides(d)), a.shape(d)};
+  std::sort(dims.begin(), dims.begin() + count);
   py::ssize_t reach = a.itemsize();  // bytes spanned by the dimensions so far
-  for (const auto& [stride, n] : dims) {
+  for (size_t i = 0; i < count; ++i) {
+    const auto [stride, n] = dims[i];
     if (stride < reach)
       value_error(std::string(name) + " has elements that share memory (strides " +
                   py::str(py::tuple(a.attr("strides"))).cast<std::string>() +

@@ -104,7 +104,7 @@ def test_a_foreign_byte_order_is_named_as_such(dtype):
 
 
 @pytest.mark.parametrize("op", ARRAY_OPS)
-def test_arrays_from_pickle_are_accepted(op):
+def test_arrays_from_pickle_are_accepted(op):  # HANDOUT C17's kind: dtype handling
     # An array that went through pickle (multiprocessing, a pickled model) has a dtype equal
     # to np.float32's but not the same object: it used to be refused ("must be float32 ...,
     # got float32").
@@ -459,7 +459,7 @@ def test_read_only_out(op):
 
 
 @pytest.mark.parametrize("op", list(OUT_OPS))
-def test_out_whose_elements_share_memory(op):
+def test_out_whose_elements_share_memory(op):  # HANDOUT C12 / C15's kind: views as outputs
     # a writeable stride-0 view (as_strided) used to be accepted: every result written over
     # the last one
     run, shape, name = OUT_OPS[op]

@@ -668,7 +668,7 @@ def test_dataset_labels_must_fit_the_classes():
         ("a truncated member", "a damaged member"),
     ],
 )
-def test_an_npz_that_is_not_plain_arrays_is_named(tmp_path, kind, why):
+def test_an_npz_that_is_not_plain_arrays_is_named(tmp_path, kind, why):  # HANDOUT C31's kind
     # NumPy's own message advised allow_pickle=True and named no file; raw members crashed
     import zipfile
 

@@ -216,7 +216,7 @@ def test_set_num_threads_round_trips():
         assert fastnn.show_config(file=io.StringIO())["num_threads"] == n
 
 
-def test_a_huge_omp_num_threads_is_capped_at_1024():
+def test_a_huge_omp_num_threads_is_capped_at_1024():  # HANDOUT C26's kind: thread count
     # OMP_NUM_THREADS=90000 crashed libgomp at the first team; set_num_threads' own limit
     # applies to it as well, so get_num_threads() can be handed back to set_num_threads.
     code = """

@@ -776,6 +776,9 @@ def amax(x, axis=None, keepdims=False) -> Tensor:
     ``torch.amax``: the gradient goes to the maximal elements, shared evenly among ties.
     NaN is propagated: a NaN element is the maximum, and the gradient of its slice is NaN.
 
+    Returns a Tensor of ``x``'s dtype whose shape is ``x``'s without the reduced axes (kept
+    as length 1 with ``keepdims=True``).
+
     Raises
     ------
     ValueError
