@@ -242,6 +242,29 @@ def test_dense_step_is_used_only_where_it_applies():
     assert not supports(fnn.Dense(3, 4), sce)
 
 
+@pytest.mark.parametrize("tie", ["weight", "bias"])
+def test_a_parameter_tied_between_layers_gets_the_sum_of_their_gradients(rng, tie):
+    """A weight (or bias) shared by two Dense layers: fit's default path must train it as the
+    autodiff graph does (PyTorch's tied weights: the two layers' gradients summed), not with
+    the fused step's one gradient per layer."""
+    x = rng.standard_normal((40, 6))
+    y = rng.integers(0, 6, 40)
+    models = []
+    for _ in range(2):
+        first = fnn.Dense(6, 6, fnn.relu, rng=0, dtype=np.float64)
+        second = fnn.Dense(6, 6, rng=1, dtype=np.float64)
+        setattr(second, tie, getattr(first, tie))
+        models.append(fnn.Sequential(first, second))
+    assert not fnn.train.DenseStep.supports(models[0], fnn.losses.softmax_cross_entropy)
+    for model, fused in zip(models, (True, False), strict=True):
+        opt = fnn.optim.SGD(model.parameters(), lr=0.1)
+        fnn.fit(model, (x, y), optimizer=opt, epochs=2, batch_size=8, rng=3, verbose=0, fused=fused)
+    for (name, a), (_, b) in zip(
+        models[0].named_parameters(), models[1].named_parameters(), strict=True
+    ):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+
+
 def test_fit_refuses_inputs_and_labels_of_different_lengths(rng):
     model = fnn.Sequential(fnn.Dense(3, 2))
     opt = fnn.optim.SGD(model.parameters(), lr=0.1)

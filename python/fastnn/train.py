@@ -196,16 +196,20 @@ class DenseStep:
 
     @staticmethod
     def supports(model, loss) -> bool:
-        """True for a Sequential of distinct Dense layers with biases (activation None or
-        relu) of one dtype, trained with ``losses.softmax_cross_entropy``."""
+        """True for a Sequential of Dense layers with biases (activation None or relu) of one
+        dtype that share no parameter, trained with ``losses.softmax_cross_entropy``. (The
+        fused step keeps one gradient per layer: a weight tied between two layers would get
+        only the last layer's, where autodiff sums both.)"""
         if loss is not losses.softmax_cross_entropy or not isinstance(model, nn.Sequential):
             return False
         layers = list(model)
+        if not all(type(layer) is nn.Dense and layer.bias is not None for layer in layers):
+            return False
+        params = [p for layer in layers for p in (layer.weight, layer.bias)]
         return (
             len(layers) > 0
-            and all(type(layer) is nn.Dense and layer.bias is not None for layer in layers)
             and all(nn._activation_name(layer.activation) in (None, "relu") for layer in layers)
-            and len({id(layer) for layer in layers}) == len(layers)
+            and len({id(p) for p in params}) == len(params)
             and len({layer.weight.dtype for layer in layers}) == 1
             and all(a.out_features == b.in_features for a, b in itertools.pairwise(layers))
         )
