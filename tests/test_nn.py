@@ -42,6 +42,22 @@ def test_dense_with_other_activation_and_vector_input(rng):
     assert fnn.gradcheck(lambda m, x: fnn.sum(m(x) * np.array([1.0, -2.0])), layer, x)
 
 
+def test_dense_applies_a_users_own_function_named_relu(rng):
+    """Only fastnn's relu (or "relu") is fused: a user's function that happens to be named
+    relu (here a leaky relu) is applied as given, in the layer and in fit's training."""
+
+    def relu(t):
+        return fnn.relu(t) - 0.1 * fnn.relu(-t)
+
+    layer = fnn.Dense(3, 4, relu, rng=0, dtype=np.float64)
+    x = rng.standard_normal((5, 3))
+    z = x @ layer.weight.data.T
+    np.testing.assert_allclose(layer(x).data, np.where(z > 0, z, 0.1 * z), rtol=1e-12)
+    assert ", relu," not in repr(layer)  # named with its module
+    model = fnn.Sequential(layer, fnn.Dense(4, 2, dtype=np.float64))
+    assert not fnn.train.DenseStep.supports(model, fnn.losses.softmax_cross_entropy)
+
+
 def test_dense_layer_gradcheck(rng):
     model = fnn.Sequential(
         fnn.Dense(4, 6, fnn.relu, rng=1, dtype=np.float64), fnn.Dense(6, 3, rng=2, dtype=np.float64)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from fastnn import autograd, init
+from fastnn import autograd, init, ops
 from fastnn.autograd import Tensor
 
 __all__ = ["Dense", "Flatten", "Module", "ReLU", "Sequential", "Softmax", "forward"]
@@ -205,9 +205,12 @@ class Module:
 def _activation_name(activation) -> str | None:
     if activation is None:
         return None
-    if activation is autograd.relu or activation == "relu":
+    if activation is autograd.relu or activation is ops.relu or activation == "relu":
         return "relu"
-    return getattr(activation, "__name__", repr(activation))
+    name = getattr(activation, "__name__", repr(activation))
+    # Another callable named relu (a leaky relu, relu6) is not fastnn's: its module tells it
+    # apart, so that the layer applies it rather than the fused relu.
+    return f"{getattr(activation, '__module__', None)}.relu" if name == "relu" else name
 
 
 class Dense(Module):
