@@ -265,6 +265,31 @@ def test_a_parameter_tied_between_layers_gets_the_sum_of_their_gradients(rng, ti
         np.testing.assert_array_equal(a.data, b.data, err_msg=name)
 
 
+def test_a_sequential_subclass_with_its_own_forward_is_trained_through_it(rng):
+    """fit's fused step computes a plain stack of Dense layers: a Sequential subclass that
+    changes forward (here scaling its input) must be trained through that forward."""
+
+    class Scaled(fnn.Sequential):
+        def forward(self, x):
+            return super().forward(x * 0.01)
+
+    x = rng.standard_normal((40, 6))
+    y = rng.integers(0, 3, 40)
+    f64 = np.float64
+    models = [
+        Scaled(fnn.Dense(6, 5, fnn.relu, rng=0, dtype=f64), fnn.Dense(5, 3, rng=1, dtype=f64))
+        for _ in range(2)
+    ]
+    assert not fnn.train.DenseStep.supports(models[0], fnn.losses.softmax_cross_entropy)
+    for model, fused in zip(models, (True, False), strict=True):
+        opt = fnn.optim.SGD(model.parameters(), lr=0.5)
+        fnn.fit(model, (x, y), optimizer=opt, epochs=2, batch_size=8, rng=1, verbose=0, fused=fused)
+    for (name, a), (_, b) in zip(
+        models[0].named_parameters(), models[1].named_parameters(), strict=True
+    ):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+
+
 def test_fit_refuses_inputs_and_labels_of_different_lengths(rng):
     model = fnn.Sequential(fnn.Dense(3, 2))
     opt = fnn.optim.SGD(model.parameters(), lr=0.1)

@@ -199,8 +199,9 @@ class DenseStep:
         """True for a Sequential of Dense layers with biases (activation None or relu) of one
         dtype that share no parameter, trained with ``losses.softmax_cross_entropy``. (The
         fused step keeps one gradient per layer: a weight tied between two layers would get
-        only the last layer's, where autodiff sums both.)"""
-        if loss is not losses.softmax_cross_entropy or not isinstance(model, nn.Sequential):
+        only the last layer's, where autodiff sums both.) A subclass of Sequential is not
+        taken: its own forward would be skipped."""
+        if loss is not losses.softmax_cross_entropy or type(model) is not nn.Sequential:
             return False
         layers = list(model)
         if not all(type(layer) is nn.Dense and layer.bias is not None for layer in layers):
