@@ -290,6 +290,30 @@ def test_a_sequential_subclass_with_its_own_forward_is_trained_through_it(rng):
         np.testing.assert_array_equal(a.data, b.data, err_msg=name)
 
 
+def test_a_step_wrapped_on_the_optimizer_is_called_by_fit(rng):
+    """An SGD whose step was wrapped on the instance (here: gradient clipping) runs that step
+    in fit, as in train_step, rather than the fused update that would skip it."""
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    y = rng.integers(0, 4, 40)
+    models, calls = [_model(), _model()], []
+    for model, fused in zip(models, (True, False), strict=True):
+        opt = fnn.optim.SGD(model.parameters(), lr=0.5)
+
+        def clipped_step(opt=opt, step=opt.step):
+            calls.append(1)
+            for p in opt.params:
+                np.clip(p.grad, -0.01, 0.01, out=p.grad)
+            step()
+
+        opt.step = clipped_step
+        fnn.fit(model, (x, y), optimizer=opt, epochs=2, batch_size=8, rng=1, verbose=0, fused=fused)
+    assert len(calls) == 2 * 2 * 5
+    for (name, a), (_, b) in zip(
+        models[0].named_parameters(), models[1].named_parameters(), strict=True
+    ):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+
+
 def test_fit_refuses_inputs_and_labels_of_different_lengths(rng):
     model = fnn.Sequential(fnn.Dense(3, 2))
     opt = fnn.optim.SGD(model.parameters(), lr=0.1)

@@ -174,8 +174,11 @@ class DenseStep:
     def _plain_sgd(self, optimizer, arrays) -> bool:
         """True when ``optimizer.step()`` would be plain SGD (no momentum) on exactly this
         model's parameters, in order, all writeable and C-contiguous: ``ops.dense_step`` then
-        applies it itself, with the same arithmetic as ``ops.sgd_update``."""
+        applies it itself, with the same arithmetic as ``ops.sgd_update``. A ``step`` set on
+        the instance (a wrapper that clips or logs) is called instead."""
         if type(optimizer) is not optim.SGD or optimizer.velocity is not None:
+            return False
+        if "step" in vars(optimizer):
             return False
         if self._sgd_checked is not optimizer:
             params = [p for layer in self.layers for p in (layer.weight, layer.bias)]
