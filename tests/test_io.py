@@ -98,6 +98,26 @@ def test_unsavable_and_unreadable(tmp_path):
         fnn.io.save(_model(), tmp_path / "afile" / "sub" / "m.safetensors")
 
 
+def test_a_model_with_tied_weights_is_saved_only_without_architecture(tmp_path):
+    """The architecture cannot say that two layers share a weight (load would build them
+    apart, then miss the second name): save refuses it by name, and a file saved without
+    it loads into the model rebuilt in code, ties kept."""
+
+    def tied(seed):
+        first, second = fnn.Dense(4, 4, fnn.relu, rng=seed), fnn.Dense(4, 4, rng=seed + 1)
+        second.weight = first.weight
+        return fnn.Sequential(first, second)
+
+    model = tied(0)
+    with pytest.raises(ValueError, match=r"shares parameters.*store_architecture=False"):
+        fnn.io.save(model, tmp_path / "m.safetensors")
+    path = fnn.io.save(model, tmp_path / "w.safetensors", store_architecture=False)
+    loaded = fnn.io.load(path, model=tied(5))
+    assert loaded[1].weight is loaded[0].weight
+    for (name, a), (_, b) in zip(model.named_parameters(), loaded.named_parameters(), strict=True):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+
+
 def _weights_one(value):
     layer = fnn.Dense(3, 2, rng=0)
     layer.weight.data[...] = value

@@ -60,8 +60,17 @@ def architecture(model) -> list[dict] | dict:
     Raises
     ------
     ValueError
-        For a layer this module cannot rebuild (custom Modules, arbitrary activations).
+        For a layer this module cannot rebuild (custom Modules, arbitrary activations), or
+        parameters shared between layers (tied weights, a layer used twice), which ``build``
+        would make separate.
     """
+    if len(list(model.named_parameters())) != len(list(model._all_parameters(""))):
+        raise ValueError(
+            "save: the model shares parameters between layers (tied weights or a layer used "
+            "twice), which the stored architecture cannot express; save it with "
+            "store_architecture=False and load it into the model rebuilt in code "
+            "(load(path, model))"
+        )
     if isinstance(model, nn.Sequential):
         return [_describe(layer) for layer in model]
     return _describe(model)
