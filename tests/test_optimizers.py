@@ -126,6 +126,30 @@ def test_lr_schedules():
     np.testing.assert_allclose(lrs, want, atol=1e-15)
 
 
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda o: fnn.optim.StepLR(o, step_size="2"), TypeError, "step_size must be an int"),
+        (lambda o: fnn.optim.StepLR(o, step_size=1.5), TypeError, "step_size must be an int"),
+        (lambda o: fnn.optim.StepLR(o, step_size=0), ValueError, "step_size must be an int >= 1"),
+        (lambda o: fnn.optim.StepLR(o, 1, gamma=-0.5), ValueError, "gamma must be a finite"),
+        (lambda o: fnn.optim.StepLR(o, 1, gamma=float("nan")), ValueError, "gamma must be"),
+        (lambda o: fnn.optim.StepLR(o, 1, gamma="0.5"), TypeError, "gamma must be a real"),
+        (lambda o: fnn.optim.CosineLR(o, t_max=None), TypeError, "t_max must be an int"),
+        (lambda o: fnn.optim.CosineLR(o, t_max=0), ValueError, "t_max must be an int >= 1"),
+        (lambda o: fnn.optim.CosineLR(o, 4, eta_min=-1.0), ValueError, "eta_min must be a fin"),
+    ],
+)
+def test_lr_schedules_name_a_bad_argument_when_built(make, error, match):
+    """Not a TypeError from a comparison inside, nor a negative lr that the optimizer's next
+    step refuses as "lr must be >= 0" (naming what the user did not write)."""
+    p = fnn.Tensor(np.ones(2), requires_grad=True)
+    opt = fnn.optim.SGD([p], lr=0.1)
+    with pytest.raises(error, match=match):
+        make(opt)
+    assert opt.lr == 0.1
+
+
 def test_training_loop_with_the_user_api_learns(rng):
     """The article's loop: gradient of the loss, then an update; loss must fall."""
     x = rng.standard_normal((64, 5)).astype(np.float32)

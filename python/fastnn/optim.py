@@ -403,6 +403,16 @@ class _Schedule:
     base_lr: float
     epoch: int
 
+    @staticmethod
+    def _period(value, name: str) -> int:
+        """step_size / t_max: an int >= 1, named when it is not (at the constructor, not as a
+        bad lr at some later optimizer step)."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value}")
+        return int(value)
+
     def state_dict(self) -> dict:
         """``{"base_lr": ..., "epoch": ...}``: with the optimizer's state, what resuming
         needs (as PyTorch's schedulers' state_dict)."""
@@ -424,12 +434,20 @@ class StepLR(_Schedule):
 
     Call ``step()`` once per epoch, as PyTorch's StepLR. To resume, restore its
     ``state_dict()`` with the optimizer's.
+
+    Raises
+    ------
+    TypeError
+        A ``step_size`` that is not an int, or a ``gamma`` that is not a real number.
+    ValueError
+        ``step_size`` < 1, or a ``gamma`` that is negative or not finite (it would make
+        the learning rate one that the optimizer's next step refuses).
     """
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
-        if step_size < 1:
-            raise ValueError(f"step_size must be >= 1, got {step_size}")
-        self.optimizer, self.step_size, self.gamma = optimizer, step_size, gamma
+        self.optimizer = optimizer
+        self.step_size = self._period(step_size, "step_size")
+        self.gamma = ops._hyper(gamma, "gamma")
         self.base_lr, self.epoch = optimizer.lr, 0
 
     def step(self) -> float:
@@ -446,12 +464,18 @@ class CosineLR(_Schedule):
     2017, without restarts; PyTorch's CosineAnnealingLR, which also goes on past ``t_max``:
     the learning rate then rises again along the same cosine). Call ``step()`` once per
     epoch; to resume, restore its ``state_dict()`` with the optimizer's.
+
+    Raises
+    ------
+    TypeError
+        A ``t_max`` that is not an int, or an ``eta_min`` that is not a real number.
+    ValueError
+        ``t_max`` < 1, or an ``eta_min`` that is negative or not finite.
     """
 
     def __init__(self, optimizer: Optimizer, t_max: int, eta_min: float = 0.0):
-        if t_max < 1:
-            raise ValueError(f"t_max must be >= 1, got {t_max}")
-        self.optimizer, self.t_max, self.eta_min = optimizer, t_max, eta_min
+        self.optimizer, self.t_max = optimizer, self._period(t_max, "t_max")
+        self.eta_min = ops._hyper(eta_min, "eta_min")
         self.base_lr, self.epoch = optimizer.lr, 0
 
     def step(self) -> float:
