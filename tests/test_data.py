@@ -582,6 +582,12 @@ def test_batches_partial_full_and_drop_last():
         data.batches(x, y, "half")
     with pytest.raises(TypeError):
         data.batches(x, y, 2.5)
+    with pytest.raises(TypeError, match="batch_size must be an int"):
+        data.batches(x, y, True)  # not one row per batch
+    with pytest.raises(TypeError, match="y must be an array of samples"):
+        data.batches(x, None, 4)  # not "len() of unsized object"
+    with pytest.raises(TypeError, match="x must be an array of samples"):
+        data.batches(3.0, y, 4)
 
 
 def test_batches_with_one_hot_targets_and_images(rng):

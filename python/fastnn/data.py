@@ -898,7 +898,8 @@ def batches(x, y, batch_size, shuffle=True, rng=None, drop_last=False) -> Iterat
     ValueError
         If ``x`` and ``y`` differ in length (the message names both), or ``batch_size`` < 1.
     TypeError
-        If ``batch_size`` is neither an integer, ``"full"`` nor None.
+        If ``batch_size`` is neither an integer, ``"full"`` nor None (a bool is not an
+        integer here), or ``x`` or ``y`` is not an array of samples (None, a number).
 
     Examples
     --------
@@ -914,6 +915,11 @@ def batches(x, y, batch_size, shuffle=True, rng=None, drop_last=False) -> Iterat
         x = np.asarray(x)
     if not hasattr(y, "shape"):
         y = np.asarray(y)
+    for a, name in ((x, "x"), (y, "y")):
+        if a.ndim == 0:  # None, a number: len() would fail with "len() of unsized object"
+            raise TypeError(
+                f"batches: {name} must be an array of samples, shape (N, ...); got {a!r:.40}"
+            )
     n, ny = len(x), len(y)
     if n != ny:
         raise ValueError(f"batches: x has {n} samples but y has {ny}; they must be equal")
@@ -921,6 +927,8 @@ def batches(x, y, batch_size, shuffle=True, rng=None, drop_last=False) -> Iterat
         size = max(n, 1)
     else:
         try:
+            if isinstance(batch_size, bool | np.bool_):  # True is not a batch size of 1
+                raise TypeError
             size = operator.index(batch_size)
         except TypeError:
             raise TypeError(
