@@ -118,6 +118,19 @@ def test_a_model_with_tied_weights_is_saved_only_without_architecture(tmp_path):
         np.testing.assert_array_equal(a.data, b.data, err_msg=name)
 
 
+def test_a_tuple_of_layers_is_named(tmp_path):
+    """The article's network is a tuple of layers; save and load say to wrap it, as fit does
+    (save's advice was store_architecture=False, which then failed with AttributeError)."""
+    network = (fnn.Dense(4, 3, fnn.relu, rng=0), fnn.Dense(3, 2, rng=1), fnn.softmax)
+    for store in (True, False):
+        with pytest.raises(TypeError, match=r"got tuple; .* Sequential\(\*layers\)"):
+            fnn.io.save(network, tmp_path / "n.safetensors", store_architecture=store)
+    path = fnn.io.save(fnn.Sequential(*network), tmp_path / "n.safetensors")
+    with pytest.raises(TypeError, match=r"load: model must be a fastnn Module"):
+        fnn.io.load(path, network)
+    fnn.io.load(path, fnn.Sequential(*network))
+
+
 def _weights_one(value):
     layer = fnn.Dense(3, 2, rng=0)
     layer.weight.data[...] = value

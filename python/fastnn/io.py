@@ -135,6 +135,17 @@ def build(arch: list[dict] | dict, shapes: dict | None = None):
     return layers[0] if single else nn.Sequential(*layers)
 
 
+def _module(model, where: str):
+    """``model`` if it is a Module; the article's tuple of layers is named, as ``fit`` names it
+    (not "cannot describe layer", whose advice then ends in an AttributeError)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"{where}: model must be a fastnn Module such as fastnn.Sequential(...), got "
+            f"{type(model).__name__}; a tuple of layers becomes one with Sequential(*layers)"
+        )
+    return model
+
+
 def save(model, path, *, metadata: dict | None = None, store_architecture: bool = True) -> Path:
     """Write the model's weights (and architecture) to a safetensors file, atomically.
 
@@ -160,11 +171,15 @@ def save(model, path, *, metadata: dict | None = None, store_architecture: bool 
         A layer that cannot be described (with ``store_architecture``) or non-string
         metadata. (Keys that fastnn writes itself, ``format``, ``fastnn.version``,
         ``fastnn.architecture``, take the model's own values whatever ``metadata`` says.)
+    TypeError
+        A model that is not a Module (the article's tuple of layers: wrap it in
+        ``Sequential``).
     OSError
         From the file system; the old file is then unchanged.
     """
     from fastnn import __version__
 
+    model = _module(model, "save")
     meta = check_metadata(metadata)
     meta.update({"format": "pt", "fastnn.version": __version__})
     if store_architecture:
@@ -252,7 +267,11 @@ def load(path, model=None):
         metadata (or a stored weight of a wider dtype than it says), missing / unexpected /
         non-float weights, a weight whose shape does not fit (naming the parameter and both
         shapes), or one with values beyond the range of ``model``'s dtype.
+    TypeError
+        A ``model`` that is not a Module (a tuple of layers: wrap it in ``Sequential``).
     """
+    if model is not None:
+        _module(model, "load")
     tensors, meta = _read(path)
     if model is None:
         if "fastnn.architecture" not in meta:

@@ -468,11 +468,7 @@ def fit(
         )
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"fit: model must be a fastnn Module such as fastnn.Sequential(...), got "
-            f"{type(model).__name__}; a tuple of layers becomes one with Sequential(*layers)"
-        )
+    io._module(model, "fit")
     x, y = _xy(train, "train")
     n = len(y)
     if n == 0:
