@@ -657,3 +657,12 @@ def test_python_and_numpy_scalars_keep_a_float32_tensor_float32():
     assert layer(np.ones((3, 2), np.float32) - 0.5).dtype == np.float32
     (ga,) = fnn.gradient(lambda a: fnn.sum(2.0 - a * 3.0), np.ones(2, np.float32))
     np.testing.assert_array_equal(ga, [-3.0, -3.0])
+
+
+def test_a_0d_tensor_formats_its_value():
+    """PyTorch's f"loss {loss:.4f}" in a training loop (it was a TypeError)."""
+    loss = fnn.sum(fnn.Tensor(np.array([1.25, 2.0], np.float32), requires_grad=True))
+    assert f"{loss:.3f}" == "3.250" and f"{loss:>6.1f}" == "   3.2"
+    assert f"{loss}" == str(loss)
+    with pytest.raises(TypeError):
+        f"{fnn.Tensor(np.ones(2)):.3f}"  # as torch and NumPy for more than 0-d

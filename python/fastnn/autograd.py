@@ -246,6 +246,13 @@ class Tensor:
     def __float__(self) -> float:
         return float(self.item())
 
+    def __format__(self, spec: str) -> str:
+        # f"{loss:.4f}" on a 0-d Tensor formats its value, as PyTorch and NumPy do; other
+        # shapes take only the empty spec (str), as they do there.
+        if spec and self.ndim == 0:
+            return format(self.item(), spec)
+        return super().__format__(spec)
+
     def detach(self) -> Tensor:
         """The same data, cut from the graph (no gradient flows through it)."""
         return Tensor(self.data)
