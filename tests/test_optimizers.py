@@ -88,8 +88,10 @@ def test_optimizer_argument_errors():
         fnn.optim.SGD([], lr=0.1)
     with pytest.raises(ValueError, match="lr"):
         fnn.optim.SGD([p], lr=-1)
-    with pytest.raises(ValueError, match="requires_grad"):
-        fnn.optim.SGD([fnn.Tensor(np.ones(2))], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[0\] is not a leaf Tensor"):
+        fnn.optim.SGD([np.ones(2)], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[1\] is not a leaf Tensor"):
+        fnn.optim.SGD([p, p * 2.0], lr=0.1)  # a result, not a parameter (PyTorch refuses it)
     with pytest.raises(ValueError, match=r"params\[2\] is params\[0\] again"):
         fnn.optim.Adam([p, fnn.Tensor(np.ones(1), requires_grad=True), p])
     with pytest.raises(ValueError, match="nesterov"):

@@ -1,6 +1,7 @@
 """Layers: the ``Module`` protocol, ``Dense``, ``ReLU``, ``Softmax``, ``Flatten``, ``Sequential``.
 
-Parameters are ``Tensor`` attributes with ``requires_grad=True``; a Module finds them (and its
+Parameters are ``Tensor`` attributes set with ``requires_grad=True`` (one frozen later with
+``requires_grad = False`` stays a parameter, as in PyTorch); a Module finds them (and its
 sub-modules) in attribute order, and names them as PyTorch does (``"0.weight"`` in a
 Sequential), so ``state_dict()`` moves between fastnn and PyTorch unchanged.
 """
@@ -23,7 +24,9 @@ class Module:
     """Base class of layers and models.
 
     Subclasses set parameters (Tensors with ``requires_grad=True``) and sub-modules as
-    attributes and define ``forward``; calling the module runs ``forward``.
+    attributes and define ``forward``; calling the module runs ``forward``. A parameter
+    frozen later (``p.requires_grad = False``, PyTorch's way) stays in ``parameters()``,
+    ``state_dict()`` and ``io.save``; it gets no gradient, so optimizers leave it alone.
 
     Attributes
     ----------
@@ -35,6 +38,12 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+    def __setattr__(self, name, value):
+        # A Tensor set with requires_grad is a parameter from then on, also once frozen.
+        if isinstance(value, Tensor) and value.requires_grad:
+            self.__dict__.setdefault("_parameter_names", set()).add(name)
+        object.__setattr__(self, name, value)
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} defines no forward()")
@@ -59,8 +68,9 @@ class Module:
                 yield name, p
 
     def _all_parameters(self, prefix: str) -> Iterator[tuple[str, Tensor]]:
+        registered = vars(self).get("_parameter_names", ())
         for name, value in vars(self).items():
-            if isinstance(value, Tensor) and value.requires_grad:
+            if isinstance(value, Tensor) and (value.requires_grad or name in registered):
                 yield prefix + name, value
         for name, child in self.named_children():
             yield from child._all_parameters(prefix + name + ".")

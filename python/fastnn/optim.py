@@ -25,15 +25,16 @@ class Optimizer:
     Parameters
     ----------
     params : iterable of Tensor
-        Parameters to update (``model.parameters()``); each needs ``requires_grad=True``.
+        Parameters to update (``model.parameters()``): Tensors; one without a ``.grad`` (a
+        frozen one, ``requires_grad=False``) is left alone by ``step()``, as in PyTorch.
     lr : float
         Learning rate (> 0 not enforced; 0 freezes).
 
     Raises
     ------
     ValueError
-        An empty parameter list, an lr that is negative or not finite, a parameter without
-        requires_grad, or one given twice (PyTorch warns; here it would be stepped twice)
+        An empty parameter list, an lr that is negative or not finite, a parameter that is
+        not a Tensor, or one given twice (PyTorch warns; here it would be stepped twice)
         (each rule also checks its own hyperparameters when built).
     TypeError
         A hyperparameter that is not a real number.
@@ -45,8 +46,8 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__} got an empty parameter list")
         seen: dict[int, int] = {}
         for i, p in enumerate(self.params):
-            if not isinstance(p, Tensor) or not p.requires_grad:
-                raise ValueError(f"params[{i}] is not a Tensor with requires_grad=True")
+            if not isinstance(p, Tensor) or p._parents:
+                raise ValueError(f"params[{i}] is not a leaf Tensor (a model's parameter)")
             if id(p) in seen:  # it would be updated twice per step
                 raise ValueError(f"params[{i}] is params[{seen[id(p)]}] again; pass it once")
             seen[id(p)] = i

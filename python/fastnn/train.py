@@ -200,7 +200,7 @@ class DenseStep:
     @staticmethod
     def supports(model, loss) -> bool:
         """True for a Sequential of Dense layers with biases (activation None or relu) of one
-        dtype that share no parameter, trained with ``losses.softmax_cross_entropy``. (The
+        dtype that share no parameter and freeze none, trained with ``losses.softmax_cross_entropy``. (The
         fused step keeps one gradient per layer: a weight tied between two layers would get
         only the last layer's, where autodiff sums both.) A subclass of Sequential is not
         taken: its own forward would be skipped."""
@@ -214,6 +214,7 @@ class DenseStep:
             len(layers) > 0
             and all(nn._activation_name(layer.activation) in (None, "relu") for layer in layers)
             and len({id(p) for p in params}) == len(params)
+            and all(p.requires_grad for p in params)  # a frozen one: autodiff leaves it alone
             and len({layer.weight.dtype for layer in layers}) == 1
             and all(a.out_features == b.in_features for a, b in itertools.pairwise(layers))
         )
