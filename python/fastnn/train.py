@@ -200,10 +200,11 @@ class DenseStep:
     @staticmethod
     def supports(model, loss) -> bool:
         """True for a Sequential of Dense layers with biases (activation None or relu) of one
-        dtype that share no parameter and freeze none, trained with ``losses.softmax_cross_entropy``. (The
-        fused step keeps one gradient per layer: a weight tied between two layers would get
-        only the last layer's, where autodiff sums both.) A subclass of Sequential is not
-        taken: its own forward would be skipped."""
+        dtype that share no parameter and freeze none, trained with
+        ``losses.softmax_cross_entropy``. (The fused step keeps one gradient per layer: a
+        weight tied between two layers would get only the last layer's, where autodiff sums
+        both; and it would update a frozen one.) A subclass of Sequential is not taken: its
+        own forward would be skipped."""
         if loss is not losses.softmax_cross_entropy or type(model) is not nn.Sequential:
             return False
         layers = list(model)
