@@ -283,6 +283,11 @@ void softmax_cross_entropy(const Dev& dev, const py::object& logits_obj,
       if (!target.dtype().attr("isnative").cast<bool>())  // e.g. '>u2' from a big-endian file
         type_error("labels must be in the machine's byte order, got dtype " + dtype_str(target) +
                    " (use labels.astype(labels.dtype.newbyteorder('=')))");
+      if (target.ndim() == 2 && target.shape(0) == X.rows && target.shape(1) == X.cols)
+        type_error("labels of the logits' shape " + shape_str(target) + " have an integer "
+                   "dtype (" + dtype_str(target) + "); one-hot or soft targets must have the "
+                   "logits' dtype (labels.astype(np." + dtype_str(logits) + ")), class "
+                   "indices shape (" + std::to_string(X.rows) + ",)");
       if (target.ndim() != 1 || target.shape(0) != X.rows)
         value_error("labels must have shape (" + std::to_string(X.rows) +
                     ",) to match logits " + shape_str(logits) + ", got " + shape_str(target));

@@ -212,6 +212,16 @@ def test_cross_entropy_one_hot_equals_labels(rng, dtype):
     assert_close(d, d_l, dtype, "dlogits")
 
 
+def test_cross_entropy_integer_one_hot_is_named():
+    """Integer one-hot targets (the logits' shape) are told apart from class indices of the
+    wrong shape: the message says to cast them (it said the labels must have shape (B,))."""
+    labels = np.eye(4, dtype=np.int64)[[0, 3, 1]]
+    with pytest.raises(TypeError, match=r"integer dtype \(int64\).*labels\.astype\(np\.float32\)"):
+        ops.softmax_cross_entropy(np.zeros((3, 4), np.float32), labels)
+    loss, _ = ops.softmax_cross_entropy(np.zeros((3, 4), np.float32), labels.astype(np.float32))
+    assert abs(float(loss) - np.log(4)) < 1e-6
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["labels", "soft"])
 def test_cross_entropy_empty_batch(dtype, kind):
