@@ -15,7 +15,8 @@ import re
 import numpy as np
 import pytest
 
-from fastnn import ops
+from fastnn import Tensor, ops
+from fastnn.optim import SGD
 
 F32 = np.float32
 DTYPES = [np.float32, np.float64]
@@ -861,6 +862,43 @@ def test_gemm_flags_and_scalars_are_typed():
         ops.gemm(a, a, alpha="2")
     with pytest.raises(ValueError, match="activation"):
         ops.dense_forward(a, a, activation=np.tanh)
+
+
+def _flag_calls(flag):
+    """A call of each op per bool flag it takes, with that flag set to ``flag``."""
+    x, w = np.ones((3, 4), F32), np.ones((5, 4), F32)
+    dy, labels = np.ones((3, 5), F32), np.zeros(3, np.int64)
+    dw, db = np.zeros((5, 4), F32), np.zeros(5, F32)
+    p, g, s1, s2 = ([np.ones(2, F32)] for _ in range(4))
+    return {
+        "need_dx": lambda: ops.dense_backward(dy, x, w, need_dx=flag),
+        "need_dbias": lambda: ops.dense_backward(dy, x, w, need_dbias=flag),
+        "accumulate": lambda: ops.dense_backward(dy, x, w, dweight=dw, dbias=db, accumulate=flag),
+        "accumulate ": lambda: ops.bias_grad(dy, out=db, accumulate=flag),
+        "compute_grad": lambda: ops.softmax_cross_entropy(dy, labels, compute_grad=flag),
+        "check_labels": lambda: ops.softmax_cross_entropy(dy, labels, check_labels=flag),
+        "nesterov": lambda: ops.momentum_update(p, g, s1, lr=0.1, momentum=0.9, nesterov=flag),
+        "decoupled": lambda: ops.adam_update(p, g, s1, s2, lr=0.1, step=1, decoupled=flag),
+    }
+
+
+@pytest.mark.parametrize("flag", ["False", 0, None, np.array([True, False])], ids=repr)
+@pytest.mark.parametrize("name", list(_flag_calls(True)))
+def test_a_flag_that_is_not_a_bool_is_a_type_error(name, flag):
+    # bool("False") is True: read by truthiness, momentum_update(nesterov="False") ran
+    # Nesterov and adam_update(decoupled="no") ran AdamW, silently.
+    raises(TypeError, _flag_calls(flag)[name], name.strip())
+
+
+@pytest.mark.parametrize("flag", [False, True, np.False_, np.True_], ids=repr)
+@pytest.mark.parametrize("name", list(_flag_calls(True)))
+def test_a_flag_may_be_a_numpy_bool(name, flag):
+    _flag_calls(flag)[name]()
+
+
+def test_sgd_refuses_a_nesterov_that_is_not_a_bool():
+    w = Tensor(np.ones(2, F32), requires_grad=True)
+    raises(TypeError, lambda: SGD([w], lr=0.1, momentum=0.9, nesterov="False"), "nesterov")
 
 
 def test_masked_arrays_are_refused():

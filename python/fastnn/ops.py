@@ -18,6 +18,9 @@ Conventions shared by every op:
   dtype and be writeable. Elementwise ops may write in place (``out=x``).
 * Gradients: ``dx`` is ∂L/∂x for a scalar loss L; ``dy`` is the gradient arriving at the op's
   output.
+* Flags (``trans_a``, ``accumulate``, ``compute_grad``, ``nesterov``, ...) are ``bool`` or
+  ``numpy.bool_``; anything else (the string ``"False"``, 0, None) is a ``TypeError`` naming
+  the flag, never read by its truthiness.
 * Threads: OpenMP, ``fastnn.set_num_threads``; results are bitwise identical for any count.
 * GPU: the same contracts on CUDA arrays (outputs are CuPy arrays); repeated runs are bitwise
   identical. Without a GPU, or without CuPy, a CUDA call raises ``RuntimeError``.
@@ -287,6 +290,8 @@ def dense_backward(
     ``dbias`` sums in float64 over fixed chunks of rows combined in order.
     """
     native = native_for(dy=dy, x=x, weight=weight, dx=dx, dweight=dweight, dbias=dbias, rows=rows)
+    need_dx, need_dbias = _flag(need_dx, "need_dx"), _flag(need_dbias, "need_dbias")
+    accumulate = _flag(accumulate, "accumulate")
     if accumulate and (dweight is None or (need_dbias and dbias is None)):
         raise ValueError("dense_backward: accumulate=True needs dweight= (and dbias=) to add into")
     out_features, in_features = _shape2(weight, "weight")
@@ -303,7 +308,7 @@ def dense_backward(
         dx if need_dx else None,
         dweight,
         dbias if need_dbias else None,
-        bool(accumulate),
+        accumulate,
         rows,
     )
     return (dx if need_dx else None), dweight, (dbias if need_dbias else None)
@@ -436,11 +441,12 @@ def bias_grad(dy, *, out=None, accumulate=False):
     array([12., 15., 18., 21.], dtype=float32)
     """
     native = native_for(dy=dy, out=out)
+    accumulate = _flag(accumulate, "accumulate")
     if out is None:
         if accumulate:
             raise ValueError("bias_grad: accumulate=True needs out= to add into")
         out = empty((_shape2(dy, "dy")[1],), like=dy)
-    native.bias_grad(dy, out, bool(accumulate))
+    native.bias_grad(dy, out, accumulate)
     return out
 
 
@@ -554,12 +560,14 @@ def softmax_cross_entropy(logits, labels, *, compute_grad=True, dlogits=None, ch
     (0.693147, [[0.5, -0.5]])
     """
     native = native_for(logits=logits, labels=labels, dlogits=dlogits)
+    compute_grad = _flag(compute_grad, "compute_grad")
+    check_labels = _flag(check_labels, "check_labels")
     shape = _shape2(logits, "logits")
     loss = empty((), like=logits)
     if compute_grad and dlogits is None:
         dlogits = empty(shape, like=logits)
     native.softmax_cross_entropy(
-        logits, labels, loss, dlogits if compute_grad else None, bool(check_labels)
+        logits, labels, loss, dlogits if compute_grad else None, check_labels
     )
     return loss, (dlogits if compute_grad else None)
 
@@ -801,7 +809,7 @@ def momentum_update(
     lr, momentum = _hyper(lr, "lr"), _hyper(momentum, "momentum")
     weight_decay = _hyper(weight_decay, "weight_decay")
     _native(params).momentum_update(
-        params, grads, velocity, lr, momentum, weight_decay, bool(nesterov)
+        params, grads, velocity, lr, momentum, weight_decay, _flag(nesterov, "nesterov")
     )
 
 
@@ -869,7 +877,7 @@ def adam_update(
         float(beta2),
         _hyper(eps, "eps"),
         _hyper(weight_decay, "weight_decay"),
-        bool(decoupled),
+        _flag(decoupled, "decoupled"),
         int(step),
     )
 

@@ -268,6 +268,7 @@ class SGD(Optimizer):
             ops._hyper(momentum, "momentum"),
             ops._hyper(weight_decay, "weight_decay"),
         )
+        nesterov = ops._flag(nesterov, "nesterov")
         if nesterov and momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
