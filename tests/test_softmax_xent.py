@@ -9,6 +9,8 @@ a relative error of C·2⁻⁵³ ≲ 4e-13.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -314,3 +316,37 @@ def test_cross_entropy_rows_do_not_depend_on_their_neighbours(rng, dtype, classe
     )
     np.testing.assert_array_equal(d_first[:16], d_last[7:])
     assert np.isnan(d_first[3]).all() and np.isfinite(np.delete(d_first, 3, axis=0)).all()
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096  # resident pages (Linux; 4 KiB pages)
+
+
+def _strided_out(shape):
+    """A written-through (resident) float32 array of ``shape`` with a column stride of 2."""
+    return np.full((shape[0], 2 * shape[1]), 1.0, np.float32)[:, ::2]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/statm")
+@pytest.mark.parametrize("op", ["softmax_cross_entropy", "softmax"])
+def test_a_huge_row_leaves_no_row_sized_scratch_behind(op):
+    # A row whose output is absent (cross-entropy without dlogits) or strided goes through
+    # scratch memory, which was kept per thread for the process's life at the size of the
+    # longest row seen: one loss on a (1, 2**24) view left 64 MiB held.
+    n = 1 << 24
+    x = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=(1, n), strides=(0, 0))
+    out = _strided_out((1, n))
+
+    def call(cols):
+        if op == "softmax":
+            ops.softmax(x[:, :cols], out=out[:, :cols])
+        else:
+            ops.softmax_cross_entropy(x[:, :cols], np.array([cols - 1]), compute_grad=False)
+
+    call(1 << 12)  # a short row's buffer may stay with its thread
+    before = _resident_bytes()
+    call(n)
+    assert _resident_bytes() - before < n  # 4 bytes per element were held; a quarter is noise
+    if op == "softmax":
+        np.testing.assert_allclose(out, 1.0 / n, rtol=1e-5)

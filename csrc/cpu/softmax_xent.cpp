@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -94,13 +95,29 @@ T row_max(const Matrix<const T>& x, int64_t i) {
   return m;
 }
 
-// A row's worth of scratch owned by the calling thread (for a strided output row).
+// A row's worth of scratch (for a row whose output is strided or absent): rows up to kGrain
+// elements reuse a buffer kept by the calling thread; longer ones, whose exp costs far more
+// than an allocation, get their own for the call, so that one huge row does not leave its
+// size held by every thread for the life of the process. n == 0 allocates nothing.
 template <class T>
-T* row_scratch(int64_t n) {
-  thread_local std::vector<T> buffer;
-  if (buffer.size() < size_t(n)) buffer.resize(size_t(n));
-  return buffer.data();
-}
+class RowScratch {
+ public:
+  explicit RowScratch(int64_t n) {
+    if (n > kGrain) {
+      own_ = std::make_unique<ScratchBuffer<T>>(n);
+      data_ = own_->get();
+    } else if (n > 0) {
+      thread_local std::vector<T> kept;
+      if (kept.size() < size_t(n)) kept.resize(size_t(n));
+      data_ = kept.data();
+    }
+  }
+  T* get() const { return data_; }
+
+ private:
+  std::unique_ptr<ScratchBuffer<T>> own_;
+  T* data_ = nullptr;
+};
 
 template <class F>
 void for_rows(int64_t rows, int64_t cols, F&& body) {
@@ -118,7 +135,9 @@ double xent_row(const Matrix<const T>& x, const Matrix<T>& dlogits, int64_t i, d
   const T m = row_max(x, i);
   // exp(x − max) once per element, in T (float exp for float logits: ≤ 2 ulp), summed in
   // double; kept in dlogits' row until the sum is known.
-  T* e = dlogits.data && dlogits.cs == 1 ? &dlogits(i, 0) : row_scratch<T>(x.cols);
+  const bool in_place = dlogits.data && dlogits.cs == 1;
+  const RowScratch<T> scratch(in_place ? 0 : x.cols);
+  T* e = in_place ? &dlogits(i, 0) : scratch.get();
   exp_shifted(x, i, m, e);
   double s = 0.0;
   for (int64_t j = 0; j < x.cols; ++j) s += e[j];
@@ -145,7 +164,9 @@ template <class T>
 double xent_row_label(const Matrix<const T>& x, const Matrix<T>& dlogits, int64_t i,
                       double scale, int64_t label) {
   const T m = row_max(x, i);
-  T* e = dlogits.data && dlogits.cs == 1 ? &dlogits(i, 0) : row_scratch<T>(x.cols);
+  const bool in_place = dlogits.data && dlogits.cs == 1;
+  const RowScratch<T> scratch(in_place ? 0 : x.cols);
+  T* e = in_place ? &dlogits(i, 0) : scratch.get();
   exp_shifted(x, i, m, e);
   double s = 0.0;
   for (int64_t j = 0; j < x.cols; ++j) s += e[j];
@@ -260,7 +281,8 @@ void softmax(Matrix<T> y, Matrix<const T> x) {
     const T m = row_max(x, i);
     // One exp per element in T, kept in y's row (which may be x's own: each element is read
     // before it is written), summed in double, then scaled.
-    T* e = y.cs == 1 ? &y(i, 0) : row_scratch<T>(x.cols);
+    const RowScratch<T> scratch(y.cs == 1 ? 0 : x.cols);
+    T* e = y.cs == 1 ? &y(i, 0) : scratch.get();
     exp_shifted(x, i, m, e);
     double s = 0.0;
     for (int64_t j = 0; j < x.cols; ++j) s += e[j];
