@@ -901,6 +901,20 @@ def test_sgd_refuses_a_nesterov_that_is_not_a_bool():
     raises(TypeError, lambda: SGD([w], lr=0.1, momentum=0.9, nesterov="False"), "nesterov")
 
 
+def test_rows_of_the_wrong_rank_and_a_missing_x_are_named():
+    # Sizing the output read len(rows) and x.ndim first: "len() of unsized object" for 0-d
+    # rows, an AttributeError on NoneType for dense_steps(None, ...).
+    x, w, labels = np.ones((3, 4), F32), np.ones((5, 4), F32), np.zeros(3, np.int64)
+    raises(ValueError, lambda: ops.dense_forward(x, w, rows=np.array(1)), "rows", "()")
+    lists = [w], [None], [False], [np.empty_like(w)], [None]
+    raises(TypeError, lambda: ops.dense_steps(None, labels, *lists, batch_size=2, lr=0.1), "x")
+    raises(
+        ValueError,
+        lambda: ops.dense_steps(x, labels, *lists, rows=np.array(1), batch_size=2, lr=0.1),
+        "rows",
+    )
+
+
 def test_masked_arrays_are_refused():
     a = np.ma.masked_array(np.ones((2, 2), np.float32), mask=[[1, 0], [0, 0]])
     with pytest.raises(TypeError, match="masked array"):

@@ -90,13 +90,13 @@ def _check_layer_lists(weights, biases, relu, dweights, dbiases) -> tuple:
     return tuple(lists.values())
 
 
-def _shape2(x, name: str) -> tuple[int, int]:
+def _shape(x, name: str, ndim: int = 2) -> tuple[int, ...]:
     # Only what allocation needs; the binding checks everything else.
     if x is None:  # native_for skips None (optional arguments); this one is required
         raise TypeError(f"{name} must be a numpy.ndarray, got None")
     shape = x.shape if hasattr(x, "shape") else tuple(x.__cuda_array_interface__["shape"])
-    if len(shape) != 2:
-        raise ValueError(f"{name} must be a 2-D array, got shape {shape}")
+    if len(shape) != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array, got shape {shape}")
     return shape
 
 
@@ -176,7 +176,7 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
     if out is None:
         if beta != 0:
             raise ValueError("gemm: beta != 0 needs out= (the matrix that beta scales)")
-        (a0, a1), (b0, b1) = _shape2(a, "a"), _shape2(b, "b")
+        (a0, a1), (b0, b1) = _shape(a, "a"), _shape(b, "b")
         out = empty((a1 if trans_a else a0, b0 if trans_b else b1), like=a)
     native.gemm(
         a,
@@ -234,8 +234,8 @@ def dense_forward(x, weight, bias=None, *, activation=None, out=None, rows=None)
     if activation not in (None, "relu"):
         raise ValueError(f"dense_forward: activation must be None or 'relu', got {activation!r}")
     if out is None:
-        batch = _shape2(x, "x")[0] if rows is None else len(rows)
-        out = empty((batch, _shape2(weight, "weight")[0]), like=x)
+        batch = _shape(x, "x")[0] if rows is None else _shape(rows, "rows", 1)[0]
+        out = empty((batch, _shape(weight, "weight")[0]), like=x)
     native.dense_forward(x, weight, bias, out, "none" if activation is None else activation, rows)
     return out
 
@@ -294,11 +294,11 @@ def dense_backward(
     accumulate = _flag(accumulate, "accumulate")
     if accumulate and (dweight is None or (need_dbias and dbias is None)):
         raise ValueError("dense_backward: accumulate=True needs dweight= (and dbias=) to add into")
-    out_features, in_features = _shape2(weight, "weight")
+    out_features, in_features = _shape(weight, "weight")
     if dweight is None:
         dweight = empty((out_features, in_features), like=weight)
     if need_dx and dx is None:
-        dx = empty((_shape2(dy, "dy")[0], in_features), like=weight)
+        dx = empty((_shape(dy, "dy")[0], in_features), like=weight)
     if need_dbias and dbias is None:
         dbias = empty((out_features,), like=weight)
     native.dense_backward(
@@ -410,7 +410,7 @@ def bias_add(x, bias, *, out=None):
     """
     native = native_for(x=x, bias=bias, out=out)
     if out is None:
-        out = empty(_shape2(x, "x"), like=x)
+        out = empty(_shape(x, "x"), like=x)
     native.bias_add(x, bias, out)
     return out
 
@@ -445,7 +445,7 @@ def bias_grad(dy, *, out=None, accumulate=False):
     if out is None:
         if accumulate:
             raise ValueError("bias_grad: accumulate=True needs out= to add into")
-        out = empty((_shape2(dy, "dy")[1],), like=dy)
+        out = empty((_shape(dy, "dy")[1],), like=dy)
     native.bias_grad(dy, out, accumulate)
     return out
 
@@ -471,7 +471,7 @@ def softmax(x, *, out=None):
     """
     native = native_for(x=x, out=out)
     if out is None:
-        out = empty(_shape2(x, "x"), like=x)
+        out = empty(_shape(x, "x"), like=x)
     native.softmax(x, out)
     return out
 
@@ -500,7 +500,7 @@ def softmax_backward(dy, y, *, out=None):
     """
     native = native_for(dy=dy, y=y, out=out)
     if out is None:
-        out = empty(_shape2(y, "y"), like=y)
+        out = empty(_shape(y, "y"), like=y)
     native.softmax_backward(dy, y, out)
     return out
 
@@ -562,7 +562,7 @@ def softmax_cross_entropy(logits, labels, *, compute_grad=True, dlogits=None, ch
     native = native_for(logits=logits, labels=labels, dlogits=dlogits)
     compute_grad = _flag(compute_grad, "compute_grad")
     check_labels = _flag(check_labels, "check_labels")
-    shape = _shape2(logits, "logits")
+    shape = _shape(logits, "logits")
     loss = empty((), like=logits)
     if compute_grad and dlogits is None:
         dlogits = empty(shape, like=logits)
@@ -734,8 +734,7 @@ def dense_steps(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     native = native_for(x=x, labels=labels, rows=rows, next_rows=next_rows)
-    index = x if rows is None else rows  # a wrong shape is the binding's to report
-    total = index.shape[0] if index.ndim else 0
+    total = _shape(x, "x")[0] if rows is None else _shape(rows, "rows", 1)[0]
     batch_size = min(int(batch_size), max(total, 1))  # larger: one step of everything
     losses = np.empty(-(-total // batch_size), np.float64)
     lists = _check_layer_lists(weights, biases, relu, dweights, dbiases)
