@@ -382,7 +382,9 @@ PYBIND11_MODULE(_cpu, m) {
   m.def(
       "set_num_threads",
       [](int n) {
-        if (n < 1) value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
+        if (n < 1 || n > cpu::kMaxThreads)
+          value_error("set_num_threads: n must be in [1, " + std::to_string(cpu::kMaxThreads) +
+                      "], got " + std::to_string(n));
         cpu::set_num_threads(n);
       },
       py::arg("n"));

@@ -209,6 +209,16 @@ def test_set_num_threads_needs_an_int_up_to_1024(n, error):
     assert fastnn.get_num_threads() == before
 
 
+@pytest.mark.parametrize("n", [1025, 100_000])
+def test_the_binding_refuses_more_threads_than_1024(n):
+    # fastnn._cpu.set_num_threads(100000) was taken, and the next large gemm segfaulted in
+    # libgomp; the binding now checks the bound that fastnn.set_num_threads documents.
+    before = fastnn.get_num_threads()
+    with pytest.raises(ValueError, match=rf"n must be in \[1, 1024\], got {n}"):
+        fastnn._cpu.set_num_threads(n)
+    assert fastnn.get_num_threads() == before
+
+
 def test_set_num_threads_round_trips():
     for n in (1, 3, 2):
         fastnn.set_num_threads(n)

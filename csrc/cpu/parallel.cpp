@@ -21,7 +21,7 @@ int initial_threads() {
 #ifdef FASTNN_OPENMP
   // OMP_NUM_THREADS, else the core count; at most set_num_threads' 1,024 (a larger
   // OMP_NUM_THREADS made libgomp fail to create threads, or crash, at the first team).
-  return std::clamp(omp_get_max_threads(), 1, 1024);
+  return std::clamp(omp_get_max_threads(), 1, kMaxThreads);
 #else
   return 1;
 #endif

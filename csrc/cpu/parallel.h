@@ -38,7 +38,10 @@ class SerialScope {
   SerialScope& operator=(const SerialScope&) = delete;
 };
 bool serial_requested();
-void set_num_threads(int n);       // n >= 1 (the bindings check it); 1 in a forked child
+// The most threads a kernel team may have: libgomp fails to create a team of many thousands, or
+// crashes (a gemm after set_num_threads(100000) segfaulted).
+constexpr int kMaxThreads = 1024;
+void set_num_threads(int n);  // n in [1, kMaxThreads] (the bindings check it); 1 in a forked child
 bool openmp_enabled();             // built with OpenMP?
 
 // Straggler guard. On a busy machine the OS parks one of a team's threads for a scheduler
