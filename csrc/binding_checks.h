@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
@@ -195,9 +196,19 @@ inline std::array<Matrix<T>, N> as_matrices(const std::array<py::array*, N>& arr
                   shape_str(ref) + ", got " + shape_str(a));
   }
   for (size_t k = 0; k < N; ++k) check_aligned(*arrays[k], names[k]);
+  // The work is elementwise, so any visiting order will do: dimensions are taken by decreasing
+  // |stride| of the first array (a stable sort; C order stays as it is), so that a contiguous
+  // array in another dimension order (Fortran order, a transpose) merges into one flat row.
+  std::array<py::ssize_t, 64> order;  // NumPy arrays have at most 64 dimensions
+  const size_t ndim = std::min<size_t>(size_t(ref.ndim()), order.size());
+  std::iota(order.begin(), order.begin() + ndim, py::ssize_t(0));
+  std::stable_sort(order.begin(), order.begin() + ndim, [&](py::ssize_t p, py::ssize_t q) {
+    return std::abs(ref.strides(p)) > std::abs(ref.strides(q));
+  });
   // dims[i] = {extent, stride of array 0, stride of array 1, ...}, size-1 dims dropped.
   std::vector<std::pair<int64_t, std::array<int64_t, N>>> dims;
-  for (py::ssize_t d = 0; d < ref.ndim(); ++d) {
+  for (size_t n = 0; n < ndim; ++n) {
+    const py::ssize_t d = order[n];
     if (ref.shape(d) == 1) continue;
     std::array<int64_t, N> st{};
     for (size_t k = 0; k < N; ++k) st[k] = elem_stride(*arrays[k], d, names[k]);

@@ -103,6 +103,25 @@ def test_relu_broadcast_and_3d_views(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "layout",
+    [lambda x: np.asfortranarray(x), lambda x: x.T, lambda x: x.transpose(1, 0, 2, 3)],
+    ids=["fortran", "transposed", "axes_swapped"],
+)
+def test_elementwise_contiguous_in_any_dimension_order(rng, dtype, layout):
+    # "Contiguous arrays of any rank": a Fortran-ordered or transposed 4-D array (and the
+    # output that ops allocates like it) was refused as "a view with more than two
+    # non-contiguous dimensions".
+    x = layout(with_special_values(rng, (3, 4, 5, 6), dtype))
+    dy = layout(with_special_values(rng, (3, 4, 5, 6), dtype))
+    assert_identical(ops.relu(x), ref.relu(x))
+    assert_identical(ops.relu_backward(dy, x), ref.relu_backward(dy, x))
+    expected = ref.relu(x)
+    assert ops.relu(x, out=x) is x
+    assert_identical(x, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("x_view", ["c", "negative_steps", "transposed"])
 def test_relu_in_place(rng, dtype, x_view):
     x = with_special_values(rng, (33, 257), dtype)
