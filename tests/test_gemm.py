@@ -49,6 +49,8 @@ SHAPES = [  # (M, N, K)
     (8, 19, 40),  # M = MR + 2: two 4-row tiles
     (32, 50, 300),  # dW's 32 rows: 6+6+6+6+4+4, over two K blocks
     (146, 33, 40),  # two M blocks, the second ending in MR + 2 rows
+    (16, 33296, 16),  # short, wide, B over 2 MiB read in place: columns prefetched ahead
+    (13, 3088, 300),  # the same in the last of two K blocks
 ]
 
 
