@@ -11,7 +11,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <numeric>
 #include <string>
 #include <utility>
@@ -37,6 +39,20 @@ inline std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cas
 
 [[noreturn]] inline void value_error(const std::string& msg) { throw py::value_error(msg); }
 [[noreturn]] inline void type_error(const std::string& msg) { throw py::type_error(msg); }
+
+// A finite hyperparameter (lr, momentum, ...) rounded to the parameters' type T: a
+// ValueError naming it when it is beyond T's range (1e39 as a float is inf, and the update
+// would turn every parameter into ±inf or NaN).
+template <class T>
+inline T hyper_as(double value, const char* name) {
+  if (std::isfinite(value) && !std::isfinite(static_cast<T>(value))) {
+    char shown[32];
+    std::snprintf(shown, sizeof shown, "%.6g", value);
+    value_error(std::string(name) + " = " + shown + " is beyond the range of " +
+                (sizeof(T) == 4 ? "float32" : "float64") + ", the parameters' dtype");
+  }
+  return static_cast<T>(value);
+}
 
 // ------------------------------------------------------------ array access
 enum class Kind { f32, f64 };

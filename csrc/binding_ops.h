@@ -321,7 +321,8 @@ void sgd_update(const Dev& dev, const py::list& params, const py::list& grads, d
   const StepArrays arrays = check_buffers(params, grads, {}, dev.converter());
   dispatch(arrays.kind, [&](auto zero) {
     using T = decltype(zero);
-    dev.template sgd_update<T>(buffers<T>(arrays), T(lr), T(weight_decay));
+    dev.template sgd_update<T>(buffers<T>(arrays), hyper_as<T>(lr, "lr"),
+                               hyper_as<T>(weight_decay, "weight_decay"));
   });
 }
 
@@ -333,8 +334,9 @@ void momentum_update(const Dev& dev, const py::list& params, const py::list& gra
       check_buffers(params, grads, {{velocity, "velocity"}}, dev.converter());
   dispatch(arrays.kind, [&](auto zero) {
     using T = decltype(zero);
-    dev.template momentum_update<T>(buffers<T>(arrays), T(lr), T(momentum), T(weight_decay),
-                                    nesterov);
+    dev.template momentum_update<T>(buffers<T>(arrays), hyper_as<T>(lr, "lr"),
+                                    hyper_as<T>(momentum, "momentum"),
+                                    hyper_as<T>(weight_decay, "weight_decay"), nesterov);
   });
 }
 
@@ -355,6 +357,9 @@ void adam_update(const Dev& dev, const py::list& params, const py::list& grads,
       params, grads, {{exp_avg, "exp_avg"}, {exp_avg_sq, "exp_avg_sq"}}, dev.converter());
   dispatch(arrays.kind, [&](auto zero) {
     using T = decltype(zero);
+    for (const auto& [value, name] : {std::pair{h.lr, "lr"}, std::pair{h.eps, "eps"},
+                                      std::pair{h.weight_decay, "weight_decay"}})
+      hyper_as<T>(value, name);  // the checks only: Adam rounds its scalars to T itself
     dev.template adam_update<T>(buffers<T>(arrays), h);
   });
 }

@@ -306,8 +306,8 @@ void dense_call(const py::object& x_obj, const py::object& labels_obj, const py:
     const std::vector<int64_t> labels = class_labels(
         target, batch, fan_in,
         "to match the minibatch of " + std::to_string(batch) + (rows ? " row numbers in rows" : " rows of x"));
-    run(layers.data(), int64_t(count), X, rows, batch, labels.data(), T(lr), T(weight_decay),
-        next);
+    run(layers.data(), int64_t(count), X, rows, batch, labels.data(), hyper_as<T>(lr, "lr"),
+        hyper_as<T>(weight_decay, "weight_decay"), next);
   });
 }
 

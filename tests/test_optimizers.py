@@ -443,3 +443,34 @@ def test_an_optimizer_built_before_model_double_follows_it(rng):
         opt.step()
         assert all(p.dtype == np.float64 for p in model.parameters())
         model.float()
+
+
+def test_a_hyperparameter_beyond_float32s_range_is_named():
+    """lr = 1e39 is finite as a Python float but inf as a float32: the float32 updates refuse
+    it by name and leave the parameters as they were (they were all set to -inf); float64
+    parameters take it."""
+    ops = fnn.ops
+
+    def arrays(dtype, n=3):
+        return [np.ones(n, dtype)], [np.ones(n, dtype)], [np.zeros(n, dtype)], [np.zeros(n, dtype)]
+
+    p, g, m1, m2 = arrays(np.float32)
+    x, labels = np.ones((4, 3), np.float32), np.zeros(4, np.int64)
+    w, b = [np.ones((2, 3), np.float32)], [np.zeros(2, np.float32)]
+    dw, db = [np.empty_like(w[0])], [np.empty_like(b[0])]
+    calls = [
+        ("lr", lambda: ops.sgd_update(p, g, lr=1e39)),
+        ("weight_decay", lambda: ops.sgd_update(p, g, lr=0.1, weight_decay=1e39)),
+        ("momentum", lambda: ops.momentum_update(p, g, m1, lr=0.1, momentum=1e39)),
+        ("eps", lambda: ops.adam_update(p, g, m1, m2, lr=0.1, eps=1e39, step=1)),
+        ("lr", lambda: ops.dense_step(x, labels, w, b, [False], dw, db, lr=1e39)),
+        ("lr", lambda: ops.dense_steps(x, labels, w, b, [False], dw, db, batch_size=2, lr=1e39)),
+    ]
+    for name, call in calls:
+        with pytest.raises(ValueError, match=rf"{name} = 1e\+39 is beyond the range of float32"):
+            call()
+    np.testing.assert_array_equal(p[0], 1.0)
+    np.testing.assert_array_equal(w[0], 1.0)
+    p64, g64, _, _ = arrays(np.float64)
+    ops.sgd_update(p64, g64, lr=1e39)
+    np.testing.assert_array_equal(p64[0], 1.0 - 1e39)

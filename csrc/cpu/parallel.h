@@ -66,7 +66,9 @@ void force_straggle_every(int64_t reports);
 inline int threads_for(double work) {
   constexpr double kMinWorkPerThread = 65536.0;
   if (in_parallel() || serial_requested()) return 1;
-  int by_work = static_cast<int>(work / kMinWorkPerThread);
+  // Clamped in double: past ≈ 1.4e14 flops the cast would overflow (undefined; INT_MIN on
+  // x86, which ran the largest products on one thread).
+  const int by_work = static_cast<int>(std::min(work / kMinWorkPerThread, 1e9));
   const int nt = std::max(1, std::min(num_threads(), by_work));
   return nt > 1 && !team_allowed() ? 1 : nt;
 }
