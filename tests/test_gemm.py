@@ -51,6 +51,10 @@ SHAPES = [  # (M, N, K)
     (146, 33, 40),  # two M blocks, the second ending in MR + 2 rows
     (16, 33296, 16),  # short, wide, B over 2 MiB read in place: columns prefetched ahead
     (13, 3088, 300),  # the same in the last of two K blocks
+    (1, 1000, 300),  # one row (matvec) over two K blocks
+    (1, 37, 70),
+    (300, 1, 513),  # one column (matvec)
+    (1, 1, 5000),  # a dot product
 ]
 
 
@@ -468,3 +472,35 @@ def test_wide_avx512_tiles_give_the_avx2_bits(rng, m, n, k, trans_a, trans_b):
             fastnn._cpu.set_isa("auto")
     for got, want in zip(results[1], results[0], strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("trans_a", "trans_b"), TRANS, ids=TRANS_IDS)
+@pytest.mark.parametrize(("n", "k"), [(1, 64), (7, 67), (33, 257), (1030, 300), (9, 1001)])
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 0.0), (0.7, 0.3), (-1.5, 1.0)])
+def test_one_row_or_column_gives_the_tiles_bits(rng, dtype, trans_a, trans_b, n, k, alpha, beta):
+    """A product with one row (a batch of one) or one column (a layer of one unit) takes the
+    matrix-vector path; it gives, bit for bit, a row or column of the same product over two
+    (which the tiles compute), also through dense_forward's bias and relu."""
+    a, b = operands(rng, 1, n, k, trans_a, trans_b, dtype)
+    c0 = rng.standard_normal((1, n)).astype(dtype)
+    one = check(a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, out=c0.copy())
+    a2 = np.concatenate([a, a], axis=1 if trans_a else 0)
+    two = ops.gemm(a2, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, out=c0[[0, 0]])
+    np.testing.assert_array_equal(one, two[:1])
+    # one column: op(A) (n, k) times op(B) (k, 1)
+    a, b = operands(rng, n, 1, k, trans_a, trans_b, dtype)
+    c0 = rng.standard_normal((n, 1)).astype(dtype)
+    one = check(a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, out=c0.copy())
+    b2 = np.concatenate([b, b], axis=0 if trans_b else 1)
+    two = ops.gemm(
+        a, b2, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, out=c0[:, [0, 0]]
+    )
+    np.testing.assert_array_equal(one, two[:, :1])
+    if not trans_a and not trans_b:
+        w, bias = rng.standard_normal((n, k)).astype(dtype), rng.standard_normal(n).astype(dtype)
+        x = rng.standard_normal((1, k)).astype(dtype)
+        y = ops.dense_forward(x, w, bias, activation="relu")
+        np.testing.assert_array_equal(
+            y, ops.dense_forward(x[[0, 0]], w, bias, activation="relu")[:1]
+        )

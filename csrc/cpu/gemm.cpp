@@ -9,6 +9,7 @@
 // block, blocks in order) whatever the thread count or the M/N partition, so results are
 // bitwise reproducible.
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdlib>
 #include <type_traits>
@@ -77,6 +78,9 @@ struct Tile {
   int64_t pf_line0, pf_line1;
 };
 
+// Products with one row or column over at least this many k take matvec (fewer: the small
+// products' path or tiles, whose set-up is then no burden).
+constexpr int64_t kMatVecMinK = 64;
 constexpr int kPrefetchEvery = 4;  // k steps of the micro-kernel per prefetched line (a power of 2)
 
 // Walks the 64-byte lines [line0, line1) of a PrefetchRows, one per issue(), which a tile
@@ -928,6 +932,139 @@ void gemm_long_k_transposed(T alpha, const T* a, int64_t acs, const T* b, int64_
   });
 }
 
+// Products with one row or one column (M = 1: a batch of one through a dense layer; N = 1:
+// a layer of one unit, a dot product): the tiles would compute 4 rows or 16 columns to use
+// one, and read the long operand 16 columns or 6 rows at a time. As y = Mat·v, with y the row
+// (M = 1: Mat = op(B)ᵀ, v = op(A)'s row) or the column (N = 1: Mat = op(A), v = op(B)'s
+// column) of C, each output gets the tiles' arithmetic: an FMA per k, k ascending within the
+// general path's K blocks (kc_block), and after each block the tiles' update of C (alpha·acc,
+// + beta·C on the first block, + C after, then the epilogue after the last), so the bits are
+// the general path's (a test compares them). Mat(i, k) = m[i*mis + k*mks].
+template <class T>
+struct MatVec {
+  const T* m;
+  int64_t mis, mks;
+  const T* v;  // v(k) = v[k*vs]
+  int64_t vs;
+  T* y;  // y(i) = y[i*ys]
+  int64_t ys;
+  int64_t K, kc_block;
+  T alpha, beta;
+  const Epilogue<T>* ep;
+  int64_t bias_step;  // bias of output i: ep->bias[i*bias_step] (N = 1: 0, one column)
+};
+
+// Output i's update after a K block [pc, pc + kc) whose sums are acc.
+template <class T>
+inline T matvec_update(const MatVec<T>& p, int64_t i, int64_t pc, int64_t kc, T acc) {
+  T v = p.alpha * acc;
+  const T beta = pc == 0 ? p.beta : T(1);
+  if (beta != T(0)) v += beta * p.y[i * p.ys];
+  if (p.ep && pc + kc == p.K) {
+    if (p.ep->bias) v += p.ep->bias[i * p.bias_step];
+    if (p.ep->relu) v = relu_keep_nan(v);
+  }
+  return v;
+}
+
+#ifdef FASTNN_X86
+// Outputs [i0, i1) with Mat's columns contiguous (mis = 1): each k adds v(k)·Mat(·, k) into a
+// block of kChunk accumulators, streaming Mat's column k (op(B)'s row k for M = 1).
+template <class T>
+FASTNN_TARGET void matvec_columns(const MatVec<T>& p, int64_t i0, int64_t i1) {
+  constexpr int64_t W = 32 / sizeof(T), kChunk = 512 * W;  // 16 KB of sums, in L1
+  alignas(32) T acc[kChunk];
+  for (int64_t c0 = i0; c0 < i1; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, i1 - c0), nv = n / W * W;
+    for (int64_t pc = 0; pc < p.K; pc += p.kc_block) {
+      const int64_t kc = std::min(p.kc_block, p.K - pc);
+      std::fill(acc, acc + n, T(0));
+      int64_t k = pc;
+      for (; k + 4 <= pc + kc; k += 4) {  // four k per pass over the sums, in k order
+        const T* c = p.m + c0 + k * p.mks;
+        const T *c1 = c + p.mks, *c2 = c1 + p.mks, *c3 = c2 + p.mks;
+        const T* v = p.v + k * p.vs;
+        const auto v0 = vset1(v[0]), v1 = vset1(v[p.vs]), v2 = vset1(v[2 * p.vs]),
+                   v3 = vset1(v[3 * p.vs]);
+        for (int64_t j = 0; j < nv; j += W) {
+          auto a = vfma(v0, vload(c + j), vload(acc + j));
+          a = vfma(v1, vload(c1 + j), a);
+          a = vfma(v2, vload(c2 + j), a);
+          vstore(acc + j, vfma(v3, vload(c3 + j), a));
+        }
+        for (int64_t j = nv; j < n; ++j) {
+          T a = std::fma(v[0], c[j], acc[j]);
+          a = std::fma(v[p.vs], c1[j], a);
+          a = std::fma(v[2 * p.vs], c2[j], a);
+          acc[j] = std::fma(v[3 * p.vs], c3[j], a);
+        }
+      }
+      for (; k < pc + kc; ++k) {
+        const T* col = p.m + c0 + k * p.mks;
+        const auto vk = vset1(p.v[k * p.vs]);
+        for (int64_t j = 0; j < nv; j += W) vstore(acc + j, vfma(vk, vload(col + j), vload(acc + j)));
+        for (int64_t j = nv; j < n; ++j) acc[j] = std::fma(p.v[k * p.vs], col[j], acc[j]);
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        const T v = matvec_update(p, c0 + j, pc, kc, acc[j]);
+        p.y[(c0 + j) * p.ys] = v;
+      }
+    }
+  }
+}
+
+// Outputs [i0, i1) with Mat's rows contiguous (mks = 1): kRows dot products at a time, each
+// its own chain of FMAs over k (independent chains, so the FMA latency overlaps).
+template <class T>
+FASTNN_TARGET void matvec_rows(const MatVec<T>& p, int64_t i0, int64_t i1) {
+  constexpr int64_t kRows = 8;
+  for (int64_t r0 = i0; r0 < i1; r0 += kRows) {
+    const int64_t nr = std::min(kRows, i1 - r0);
+    for (int64_t pc = 0; pc < p.K; pc += p.kc_block) {
+      const int64_t kc = std::min(p.kc_block, p.K - pc);
+      T acc[kRows] = {};
+      if (nr == kRows) {
+        const T* m[kRows];
+        for (int64_t r = 0; r < kRows; ++r) m[r] = p.m + (r0 + r) * p.mis + pc;
+        const T* v = p.v + pc * p.vs;
+        T a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+        for (int64_t k = 0; k < kc; ++k) {
+          const T vk = v[k * p.vs];
+          a0 = std::fma(vk, m[0][k], a0), a1 = std::fma(vk, m[1][k], a1);
+          a2 = std::fma(vk, m[2][k], a2), a3 = std::fma(vk, m[3][k], a3);
+          a4 = std::fma(vk, m[4][k], a4), a5 = std::fma(vk, m[5][k], a5);
+          a6 = std::fma(vk, m[6][k], a6), a7 = std::fma(vk, m[7][k], a7);
+        }
+        acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+        acc[4] = a4, acc[5] = a5, acc[6] = a6, acc[7] = a7;
+      } else {
+        for (int64_t r = 0; r < nr; ++r)
+          for (int64_t k = pc; k < pc + kc; ++k)
+            acc[r] = std::fma(p.v[k * p.vs], p.m[(r0 + r) * p.mis + k], acc[r]);
+      }
+      for (int64_t r = 0; r < nr; ++r) p.y[(r0 + r) * p.ys] = matvec_update(p, r0 + r, pc, kc, acc[r]);
+    }
+  }
+}
+
+// y = Mat·v over n outputs, on up to nt threads (contiguous ranges of whole chunks).
+template <class T>
+void matvec(const MatVec<T>& p, int64_t n, int nt) {
+  constexpr int64_t kUnit = 256;  // outputs per share: whole vectors, a few cache lines of y
+  const int64_t units = ceil_div(n, kUnit);
+  run_team(static_cast<int>(std::min<int64_t>(nt, units)), 2.0 * n * p.K / 20e9, [&] {
+    int64_t u0, u1;
+    team_range(units, &u0, &u1);
+    const int64_t i0 = u0 * kUnit, i1 = std::min(n, u1 * kUnit);
+    if (i0 >= i1) return;
+    if (p.mis == 1 && !(p.mks == 1 && n < kUnit))  // both unit (one row and column): a dot
+      matvec_columns(p, i0, i1);
+    else
+      matvec_rows(p, i0, i1);
+  });
+}
+#endif
+
 template <class T>
 void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T> B, T beta,
           Matrix<T> C, const Epilogue<T>* ep, const int64_t* a_rows = nullptr,
@@ -988,6 +1125,21 @@ void gemm(bool trans_a, bool trans_b, T alpha, Matrix<const T> A, Matrix<const T
   // read through its row table gives the same bits as the same rows gathered first.
   const bool whole_k = !packed_a && fits_whole_k<T>(K, N);
   const int64_t kc_block = whole_k ? K : KC;
+#ifdef FASTNN_X86
+  // One row or one column, the long operand contiguous along rows or columns: matvec, with
+  // these K blocks (its bits are this path's).
+  if (avx2 && (M == 1 || N == 1) && !b_rows && !prepacked_b && !prefetch &&
+      (M == 1 || !a_rows) && K >= kMatVecMinK) {
+    MatVec<T> p;
+    if (M == 1) {  // y = C's row: Mat = op(B)ᵀ, v = op(A)'s row
+      p = {B.data, bcs, brs, A.data + (a_rows ? a_rows[0] : 0) * ars, acs, C.data, C.cs,
+           K, kc_block, alpha, beta, ep, ep ? ep->bias_inc : 0};
+    } else {  // y = C's column: Mat = op(A), v = op(B)'s column
+      p = {A.data, ars, acs, B.data, brs, C.data, C.rs, K, kc_block, alpha, beta, ep, 0};
+    }
+    if (p.mis == 1 || p.mks == 1) return matvec(p, M == 1 ? N : M, nt);
+  }
+#endif
   const int64_t kc_max = std::min(kc_block, K);
   const int64_t nc_max = std::min(NC, ceil_div(N, NR) * NR);
   // A short, wide product (one M block: dW = dYᵀ·X) reads B's rows in place when they are
