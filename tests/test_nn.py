@@ -278,3 +278,25 @@ def test_a_frozen_parameter_stays_a_parameter(tmp_path):
     m.double()
     assert {p.dtype for p in m.parameters()} == {np.dtype(np.float64)}
     assert m(x.astype(np.float64)).shape == (20, 3)
+
+
+def test_gradient_and_gradcheck_of_a_model_with_a_frozen_parameter():
+    """fnn.gradient(f, model) gives ∂f/∂p for a frozen parameter too (it gave zeros, so
+    gradcheck over such a model failed), and leaves it frozen."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4))
+    m = fnn.Sequential(
+        fnn.Dense(4, 5, fnn.tanh, rng=0, dtype=np.float64), fnn.Dense(5, 2, rng=1, dtype=np.float64)
+    )
+
+    def f(model, x):
+        return fnn.sum(model(x) * model(x))
+
+    expected = fnn.gradient(f, m, x)[0]
+    m[0].weight.requires_grad = False
+    got = fnn.gradient(f, m, x)[0]
+    assert not m[0].weight.requires_grad
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert fnn.gradcheck(f, m, x)
+    assert not m[0].weight.requires_grad

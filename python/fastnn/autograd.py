@@ -991,12 +991,18 @@ def detach(x) -> Tensor:
 
 
 # ----------------------------------------------------------------- gradient
-def _leaf_like(value):
-    """(what f receives, how to read its gradient back) for one argument of ``gradient``."""
+def _leaf_like(value, thawed: list):
+    """(what f receives, how to read its gradient back) for one argument of ``gradient``;
+    a Module's frozen parameters are made differentiable for the call and added to
+    ``thawed`` (frozen again afterwards)."""
     from fastnn.nn import Module  # layers sit above autograd; imported late on purpose
 
     if isinstance(value, Module):
         named = list(value.named_parameters())
+        for _, p in named:  # ∂f/∂p of a frozen one too, not zeros: it is one of the arguments
+            if not p.requires_grad:
+                p.requires_grad = True
+                thawed.append(p)
         return value, lambda grads: {n: grads.get(id(p), np.zeros_like(p.data)) for n, p in named}
     if isinstance(value, Tensor):
         if not _is_float(value.data):
@@ -1004,7 +1010,7 @@ def _leaf_like(value):
         leaf = Tensor(value.data, requires_grad=True)
         return leaf, lambda grads: grads.get(id(leaf), np.zeros_like(leaf.data))
     if isinstance(value, list | tuple):
-        parts = [_leaf_like(v) for v in value]
+        parts = [_leaf_like(v, thawed) for v in value]
 
         def rebuild(items):  # the same kind of container; a namedtuple takes its fields
             items = list(items)
@@ -1012,7 +1018,7 @@ def _leaf_like(value):
 
         return rebuild(p[0] for p in parts), lambda grads: rebuild(p[1](grads) for p in parts)
     if isinstance(value, dict):
-        parts = {k: _leaf_like(v) for k, v in value.items()}
+        parts = {k: _leaf_like(v, thawed) for k, v in value.items()}
         return {k: p[0] for k, p in parts.items()}, lambda grads: {
             k: p[1](grads) for k, p in parts.items()
         }
@@ -1049,8 +1055,8 @@ def gradient(f: Callable, *args) -> tuple:
     tuple
         One entry per argument, in that argument's structure: float array or Tensor → array
         of its shape and dtype; Python float → float; Module → dict of parameter name →
-        array; list / tuple / dict → the same container; integers, strings, None → None.
-        An argument that does not influence f gets zeros.
+        array (a frozen parameter's too); list / tuple / dict → the same container;
+        integers, strings, None → None. An argument that does not influence f gets zeros.
 
     Raises
     ------
@@ -1081,9 +1087,10 @@ def gradient(f: Callable, *args) -> tuple:
             "outer gradient, whose answer would silently be 0"
         )
     _state.in_gradient = True
+    thawed: list[Tensor] = []
     try:
         with enable_grad():
-            wrapped = [_leaf_like(a) for a in args]
+            wrapped = [_leaf_like(a, thawed) for a in args]
             out = f(*(w[0] for w in wrapped))
             if out is None:
                 raise TypeError(
@@ -1103,6 +1110,8 @@ def gradient(f: Callable, *args) -> tuple:
                 }
     finally:
         _state.in_gradient = False
+        for p in thawed:
+            p.requires_grad = False
     return tuple(w[1](grads) for w in wrapped)
 
 
