@@ -280,6 +280,19 @@ def test_a_frozen_parameter_stays_a_parameter(tmp_path):
     assert m(x.astype(np.float64)).shape == (20, 3)
 
 
+def test_a_deleted_parameter_is_forgotten():
+    """``del layer.bias`` forgets the parameter, as PyTorch's del does: a constant Tensor set
+    under that name later is not a (frozen) parameter; one that requires grad is."""
+    layer = fnn.Dense(3, 2, rng=0)
+    del layer.bias
+    layer.bias = fnn.Tensor(np.ones(2, np.float32))
+    assert list(layer.state_dict()) == ["weight"]
+    layer.bias = fnn.Tensor(np.ones(2, np.float32), requires_grad=True)
+    assert list(layer.state_dict()) == ["weight", "bias"]
+    layer.bias.requires_grad = False
+    assert list(layer.state_dict()) == ["weight", "bias"]
+
+
 def test_gradient_and_gradcheck_of_a_model_with_a_frozen_parameter():
     """fnn.gradient(f, model) gives ∂f/∂p for a frozen parameter too (it gave zeros, so
     gradcheck over such a model failed), and leaves it frozen."""

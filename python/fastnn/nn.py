@@ -45,6 +45,12 @@ class Module:
             self.__dict__.setdefault("_parameter_names", set()).add(name)
         object.__setattr__(self, name, value)
 
+    def __delattr__(self, name):
+        # A deleted parameter is forgotten: a Tensor set under its name later is a parameter
+        # only if it requires grad (PyTorch's del removes it from _parameters).
+        object.__delattr__(self, name)
+        self.__dict__.get("_parameter_names", set()).discard(name)
+
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} defines no forward()")
 
