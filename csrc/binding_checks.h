@@ -199,6 +199,22 @@ inline void check_no_partial_alias(const py::array& out, const py::array& in, co
 // Same-shape arrays of any rank as one Matrix each: dimensions are merged wherever every
 // array allows it, so C-contiguous arrays become one flat row and views of up to two
 // non-mergeable dimensions keep their strides. More than two is rejected.
+// Whether the array's elements fill one dense block in some order of its dimensions (C or
+// Fortran order, a transpose, reversed dimensions): sorted by |stride|, each stride is the
+// next one times its extent, and the smallest is one element.
+inline bool dense_in_some_order(const py::array& a) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (|stride| in bytes, extent)
+  for (py::ssize_t d = 0; d < a.ndim(); ++d)
+    if (a.shape(d) > 1) dims.push_back({std::abs(int64_t(a.strides(d))), int64_t(a.shape(d))});
+  std::sort(dims.begin(), dims.end());
+  int64_t expected = a.itemsize();
+  for (const auto& [stride, extent] : dims) {
+    if (stride != expected) return false;
+    expected *= extent;
+  }
+  return true;
+}
+
 template <class T, size_t N>
 inline std::array<Matrix<T>, N> as_matrices(const std::array<py::array*, N>& arrays,
                                      const std::array<const char*, N>& names) {
@@ -242,9 +258,20 @@ inline std::array<Matrix<T>, N> as_matrices(const std::array<py::array*, N>& arr
   }
   if (dims.size() > 2) {
     std::string strided;  // the arrays that are not C-contiguous (at least one is)
-    for (size_t k = 0; k < N; ++k)
+    bool all_dense = true;
+    for (size_t k = 0; k < N; ++k) {
       if (!(arrays[k]->flags() & py::array::c_style))
         strided += (strided.empty() ? "" : " and ") + std::string(names[k]);
+      all_dense = all_dense && dense_in_some_order(*arrays[k]);
+    }
+    if (all_dense) {  // each contiguous (C, Fortran, a transpose), but not in one order
+      std::string listed;
+      for (size_t k = 0; k < N; ++k)
+        listed += (k ? (k + 1 == N ? " and " : ", ") : "") + std::string(names[k]);
+      value_error(listed + " of shape " + shape_str(ref) +
+                  " are contiguous in different dimension orders (C order, Fortran order, "
+                  "a transpose); pass them in one order (numpy.ascontiguousarray on each)");
+    }
     value_error(strided + " of shape " + shape_str(ref) +
                 ": a view with more than two non-contiguous dimensions; pass a contiguous "
                 "array (numpy.ascontiguousarray)");

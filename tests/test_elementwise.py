@@ -121,6 +121,20 @@ def test_elementwise_contiguous_in_any_dimension_order(rng, dtype, layout):
     assert_identical(x, expected)
 
 
+def test_elementwise_arrays_contiguous_in_different_orders_are_named(rng):
+    # Each array contiguous, but one C-ordered and one Fortran-ordered: no common visiting
+    # order, and the message said "a view with more than two non-contiguous dimensions;
+    # pass a contiguous array", which they were.
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    x_f = np.asfortranarray(x)
+    with pytest.raises(ValueError, match="contiguous in different dimension orders"):
+        ops.relu(x_f, out=np.empty_like(x))
+    with pytest.raises(ValueError, match=r"dy, x and out .* different dimension orders"):
+        ops.relu_backward(x_f, x)
+    with pytest.raises(ValueError, match="more than two non-contiguous dimensions"):
+        ops.relu(x[::2, ::2, ::2])  # a strided view keeps its message
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("x_view", ["c", "negative_steps", "transposed"])
 def test_relu_in_place(rng, dtype, x_view):

@@ -320,8 +320,9 @@ def relu(x, *, out=None):
     Parameters
     ----------
     x : ndarray, any shape; float32 or float64
-        Contiguous arrays of any rank; strided views whose dimensions reduce to two
-        (any 1-D or 2-D view) are read in place; other views raise ``ValueError``.
+        Contiguous arrays of any rank, in any dimension order shared with ``out``; strided
+        views whose dimensions reduce to two (any 1-D or 2-D view) are read in place; other
+        views raise ``ValueError``.
     out : ndarray, shape of ``x``, optional
         May be ``x`` itself (in place).
 
