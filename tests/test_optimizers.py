@@ -474,3 +474,26 @@ def test_a_hyperparameter_beyond_float32s_range_is_named():
     p64, g64, _, _ = arrays(np.float64)
     ops.sgd_update(p64, g64, lr=1e39)
     np.testing.assert_array_equal(p64[0], 1.0 - 1e39)
+
+
+@pytest.mark.parametrize("make", [fnn.optim.SGD, fnn.optim.Adam], ids=["sgd", "adam"])
+def test_a_refused_step_counts_no_update(make):
+    """An optimizer step refused for lr beyond float32's range left its counts advanced
+    (Adam's per-parameter step, hence its bias correction, was one ahead once lr was
+    fixed): the step after it matches a fresh optimizer's first step."""
+
+    def param():
+        w = fnn.Tensor(np.array([1.0, -2.0, 3.0], np.float32), requires_grad=True)
+        w.grad = np.array([0.5, 0.25, -1.0], np.float32)
+        return w
+
+    w, ref = param(), param()
+    opt, ref_opt = make([w], lr=1e39), make([ref], lr=0.1)
+    with pytest.raises(ValueError, match="lr = 1e"):
+        opt.step()
+    state = opt.state_dict()
+    assert state["param_groups"][0]["step"] == 0 and state["state"][0].get("step", 0) == 0
+    opt.lr = 0.1
+    opt.step()
+    ref_opt.step()
+    np.testing.assert_array_equal(w.data, ref.data)

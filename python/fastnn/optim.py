@@ -77,8 +77,8 @@ class Optimizer:
         return groups.values()
 
     def step(self) -> None:
-        """Apply one update to every parameter that has a ``.grad``."""
-        self.step_count += 1
+        """Apply one update to every parameter that has a ``.grad``. A step refused (a
+        hyperparameter beyond the parameters' dtype's range: ValueError) counts no update."""
         for idx in self._groups():
             for name in self._buffers:  # a model converted since (model.double()): its state too
                 buffers = getattr(self, name)
@@ -86,6 +86,7 @@ class Optimizer:
                     if buffers[i].dtype != self.params[i].dtype:
                         buffers[i] = buffers[i].astype(self.params[i].dtype)
             self._update(idx)
+        self.step_count += 1
 
     def _update(self, idx: list[int]) -> None:
         raise NotImplementedError
@@ -343,8 +344,7 @@ class Adam(Optimizer):
     def _update(self, idx):
         by_step: dict[int, list[int]] = {}
         for i in idx:
-            self.param_steps[i] += 1
-            by_step.setdefault(self.param_steps[i], []).append(i)
+            by_step.setdefault(self.param_steps[i] + 1, []).append(i)
         for step, group in by_step.items():  # one native call when all have the same count
             ops.adam_update(
                 [self.params[i].data for i in group],
@@ -358,6 +358,8 @@ class Adam(Optimizer):
                 weight_decay=self.weight_decay,
                 decoupled=self.decoupled,
             )
+            for i in group:  # counted once done: a refused update leaves the counts as they were
+                self.param_steps[i] = step
 
     def state_dict(self) -> dict:
         """As ``Optimizer.state_dict``, with each parameter's own update count as
