@@ -313,3 +313,25 @@ def test_gradient_and_gradcheck_of_a_model_with_a_frozen_parameter():
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
     assert fnn.gradcheck(f, m, x)
     assert not m[0].weight.requires_grad
+
+
+def test_a_result_kept_by_forward_is_not_a_parameter():
+    """A module that keeps an intermediate (self.h = self.layer(x)) lists only its leaf
+    Tensors as parameters: the kept result (a graph node, requires_grad) was listed too, and
+    an optimizer built after a forward refused it as 'not a leaf Tensor'."""
+
+    class Keeps(fnn.Module):
+        def __init__(self):
+            self.layer = fnn.Dense(3, 2, rng=0)
+
+        def forward(self, x):
+            self.h = self.layer(x)
+            return self.h
+
+    model = Keeps()
+    before = list(model.state_dict())
+    model(np.ones((4, 3), np.float32))
+    assert model.h.requires_grad and not model.h.is_leaf
+    assert list(model.state_dict()) == before == ["layer.weight", "layer.bias"]
+    fnn.optim.SGD(model.parameters(), lr=0.1)
+    assert fnn.Tensor([1.0], requires_grad=True).is_leaf

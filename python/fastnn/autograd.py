@@ -253,6 +253,12 @@ class Tensor:
             return format(self.item(), spec)
         return super().__format__(spec)
 
+    @property
+    def is_leaf(self) -> bool:
+        """True for a Tensor made from data (a parameter, an input), False for a result
+        recorded by the graph (PyTorch's ``is_leaf``)."""
+        return not self._parents
+
     def detach(self) -> Tensor:
         """The same data, cut from the graph (no gradient flows through it)."""
         return Tensor(self.data)

@@ -1,7 +1,8 @@
 """Layers: the ``Module`` protocol, ``Dense``, ``ReLU``, ``Softmax``, ``Flatten``, ``Sequential``.
 
-Parameters are ``Tensor`` attributes set with ``requires_grad=True`` (one frozen later with
-``requires_grad = False`` stays a parameter, as in PyTorch); a Module finds them (and its
+Parameters are leaf ``Tensor`` attributes set with ``requires_grad=True`` (one frozen later
+with ``requires_grad = False`` stays a parameter, as in PyTorch; a result that ``forward``
+keeps, ``self.h = self.layer(x)``, is not one); a Module finds them (and its
 sub-modules) in attribute order, and names them as PyTorch does (``"0.weight"`` in a
 Sequential), so ``state_dict()`` moves between fastnn and PyTorch unchanged.
 """
@@ -40,8 +41,9 @@ class Module:
         return self.forward(*args, **kwargs)
 
     def __setattr__(self, name, value):
-        # A Tensor set with requires_grad is a parameter from then on, also once frozen.
-        if isinstance(value, Tensor) and value.requires_grad:
+        # A leaf Tensor set with requires_grad is a parameter from then on, also once frozen
+        # (a result kept by forward, self.h = self.layer(x), is not one).
+        if isinstance(value, Tensor) and value.requires_grad and value.is_leaf:
             self.__dict__.setdefault("_parameter_names", set()).add(name)
         object.__setattr__(self, name, value)
 
@@ -76,7 +78,11 @@ class Module:
     def _all_parameters(self, prefix: str) -> Iterator[tuple[str, Tensor]]:
         registered = vars(self).get("_parameter_names", ())
         for name, value in vars(self).items():
-            if isinstance(value, Tensor) and (value.requires_grad or name in registered):
+            if (
+                isinstance(value, Tensor)
+                and value.is_leaf
+                and (value.requires_grad or name in registered)
+            ):
                 yield prefix + name, value
         for name, child in self.named_children():
             yield from child._all_parameters(prefix + name + ".")
