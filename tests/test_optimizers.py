@@ -497,3 +497,16 @@ def test_a_refused_step_counts_no_update(make):
     opt.step()
     ref_opt.step()
     np.testing.assert_array_equal(w.data, ref.data)
+
+
+@pytest.mark.parametrize("make", [fnn.optim.SGD, fnn.optim.Adam], ids=["sgd", "adam"])
+def test_a_refused_step_updates_no_parameter_of_another_dtype(make):
+    """Over float64 and float32 parameters (the float64 one listed first), lr = 1e39 is
+    refused by the float32 update before the float64 one runs: nothing changes."""
+    p64 = fnn.Tensor(np.ones(2), requires_grad=True)
+    p32 = fnn.Tensor(np.ones(3, np.float32), requires_grad=True)
+    p64.grad, p32.grad = np.ones(2), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="beyond the range of float32"):
+        make([p64, p32], lr=1e39).step()
+    np.testing.assert_array_equal(p64.data, 1.0)
+    np.testing.assert_array_equal(p32.data, 1.0)

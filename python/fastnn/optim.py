@@ -69,12 +69,14 @@ class Optimizer:
         autograd.zero_grads(self.params, set_to_none)
 
     def _groups(self):
-        """Parameters that have a gradient, grouped by dtype (one native call per dtype)."""
+        """Parameters that have a gradient, grouped by dtype (one native call per dtype), the
+        narrowest dtype first: a hyperparameter beyond its range is refused before any
+        parameter of a wider dtype is updated."""
         groups: dict[np.dtype, list[int]] = {}
         for i, p in enumerate(self.params):
             if p.grad is not None:
                 groups.setdefault(p.dtype, []).append(i)
-        return groups.values()
+        return [groups[d] for d in sorted(groups, key=lambda d: d.itemsize)]
 
     def step(self) -> None:
         """Apply one update to every parameter that has a ``.grad``. A step refused (a
