@@ -335,3 +335,15 @@ def test_a_result_kept_by_forward_is_not_a_parameter():
     assert list(model.state_dict()) == before == ["layer.weight", "layer.bias"]
     fnn.optim.SGD(model.parameters(), lr=0.1)
     assert fnn.Tensor([1.0], requires_grad=True).is_leaf
+
+
+def test_an_array_assigned_to_a_parameter_is_refused():
+    """layer.weight = ndarray would have dropped the weight from parameters() without a word
+    (it was no longer trained); as in PyTorch, a parameter takes a Tensor or None."""
+    layer = fnn.Dense(3, 2, rng=0)
+    with pytest.raises(TypeError, match=r"cannot assign ndarray as parameter 'weight'"):
+        layer.weight = np.zeros((2, 3), np.float32)
+    assert list(layer.state_dict()) == ["weight", "bias"]
+    layer.weight = fnn.Tensor(np.zeros((2, 3), np.float32), requires_grad=True)
+    layer.bias = None
+    assert list(layer.state_dict()) == ["weight"]

@@ -45,6 +45,13 @@ class Module:
         # (a result kept by forward, self.h = self.layer(x), is not one).
         if isinstance(value, Tensor) and value.requires_grad and value.is_leaf:
             self.__dict__.setdefault("_parameter_names", set()).add(name)
+        elif not (value is None or isinstance(value, Tensor)) and name in vars(self).get(
+            "_parameter_names", ()
+        ):  # an array would silently stop being trained; PyTorch refuses it too
+            raise TypeError(
+                f"cannot assign {type(value).__name__} as parameter {name!r}: expected a "
+                "fastnn Tensor (Tensor(array, requires_grad=True)) or None"
+            )
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
