@@ -92,3 +92,16 @@ def test_crossentropy_takes_one_hot_targets_of_any_dtype(dtype):
     want = fnn.losses.crossentropy(probs, np.array([0, 3, 1])).data
     got = fnn.losses.crossentropy(probs, np.eye(4, dtype=dtype)[[0, 3, 1]]).data
     assert got == want
+
+
+def test_soft_targets_that_require_grad_get_their_gradient(rng):
+    # A teacher's softmax as the targets (distillation): the targets were read as constants,
+    # their gradient silently 0; ∂/∂targets of −(1/B) Σ t · log p is −log p / B.
+    logits, teacher = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    fused = lambda z, t: softmax_cross_entropy(z, fnn.softmax(t))  # noqa: E731
+    two_step = lambda z, t: crossentropy(fnn.softmax(z), fnn.softmax(t))  # noqa: E731
+    for loss in (fused, two_step):
+        assert fnn.gradcheck(loss, logits, teacher)
+    targets = np.exp(_log_softmax(teacher))
+    g = fnn.gradient(lambda t: softmax_cross_entropy(logits, t), targets)[0]
+    np.testing.assert_allclose(g, -_log_softmax(logits) / 3, rtol=1e-12)

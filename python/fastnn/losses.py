@@ -26,7 +26,8 @@ def softmax_cross_entropy(logits, labels) -> Tensor:
     ----------
     logits : Tensor or ndarray, shape (B, C); float32 or float64
     labels : ndarray (or Tensor), shape (B,) of any integer dtype (uint8 from IDX files), each
-        in [0, C); or one-hot / soft targets of shape (B, C) with the logits' dtype.
+        in [0, C); or one-hot / soft targets of shape (B, C) with the logits' dtype (a Tensor
+        of targets that requires grad gets its gradient, −log softmax(logits) / B).
 
     Returns
     -------
@@ -51,10 +52,22 @@ def softmax_cross_entropy(logits, labels) -> Tensor:
     200.0
     """
     logits = _tensor(logits)
+    targets = labels if isinstance(labels, Tensor) and labels.requires_grad else None
     labels = labels.data if isinstance(labels, Tensor) else labels
     need_grad = autograd.is_grad_enabled() and logits.requires_grad
     loss, dlogits = ops.softmax_cross_entropy(logits.data, labels, compute_grad=need_grad)
-    return _record(loss, (logits,), lambda g: (dlogits * g,), "softmax_cross_entropy")
+
+    def backward(g):
+        dl = None if dlogits is None else dlogits * g
+        if targets is None:
+            return (dl,)
+        # Soft targets that require grad (a teacher's softmax): ∂loss/∂targets = −log p / B.
+        z = logits.data - logits.data.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return dl, log_p * (-g / logits.shape[0])
+
+    parents = (logits,) if targets is None else (logits, targets)
+    return _record(loss, parents, backward, "softmax_cross_entropy")
 
 
 def crossentropy(probs, targets) -> Tensor:
@@ -64,7 +77,8 @@ def crossentropy(probs, targets) -> Tensor:
     ----------
     probs : Tensor, shape (B, C); the output of a Softmax layer
     targets : ndarray, shape (B, C) one-hot (as the article's ``onehotbatch``; any dtype) or
-        soft targets, or integer labels of shape (B,)
+        soft targets (a Tensor of them that requires grad gets its gradient), or integer
+        labels of shape (B,)
 
     Returns
     -------
@@ -77,7 +91,8 @@ def crossentropy(probs, targets) -> Tensor:
     does nothing in float32 near 1). Prefer ``softmax_cross_entropy`` on logits.
     """
     probs = _tensor(probs)
-    targets = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+    if not (isinstance(targets, Tensor) and targets.requires_grad):  # those keep a gradient
+        targets = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
     if probs.ndim != 2:
         raise ValueError(f"crossentropy: probs must be (B, C), got {probs.shape}")
     if targets.dtype.kind in "iu" and targets.ndim == 1:  # labels; (B, C) ints are one-hot
@@ -88,7 +103,9 @@ def crossentropy(probs, targets) -> Tensor:
         raise ValueError(f"crossentropy: targets {targets.shape} must match probs {probs.shape}")
     tiny = np.finfo(probs.dtype).tiny
     logp = autograd.log(autograd.clamp(probs, min=tiny))
-    return -autograd.sum(logp * targets.astype(probs.dtype, copy=False)) * (1.0 / probs.shape[0])
+    if not isinstance(targets, Tensor):
+        targets = targets.astype(probs.dtype, copy=False)
+    return -autograd.sum(logp * targets) * (1.0 / probs.shape[0])
 
 
 def mse(pred, target) -> Tensor:
