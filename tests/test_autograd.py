@@ -249,6 +249,17 @@ def test_gradcheck_catches_a_wrong_gradient(rng):
         fnn.gradcheck(lambda x: fnn.sum(bad_square(x)), rng.standard_normal(3) + 2)
 
 
+@pytest.mark.parametrize("view", ["transposed", "stepped", "fortran"])
+def test_gradcheck_perturbs_a_strided_argument_itself(rng, view):
+    # The finite differences perturbed x.reshape(-1), a copy for a non-contiguous x: every
+    # difference was 0 and a right gradient was reported wrong.
+    x = rng.standard_normal((4, 6))
+    x = {"transposed": x.T, "stepped": x[::-1, ::2], "fortran": np.asfortranarray(x)}[view]
+    before = x.copy()
+    assert fnn.gradcheck(lambda a: fnn.sum(a * a * a), x)
+    np.testing.assert_array_equal(x, before)  # put back exactly
+
+
 def test_gradcheck_needs_float64():
     with pytest.raises(TypeError, match="float64"):
         fnn.gradcheck(lambda x: fnn.sum(x), np.ones(3, np.float32))

@@ -1170,16 +1170,15 @@ def gradcheck(f: Callable, *args, eps: float = 1e-6, rtol: float = 1e-5, atol: f
 
     for name, x, g in targets:
         numeric = np.zeros_like(x)
-        flat, num_flat = x.reshape(-1), numeric.reshape(-1)  # views: x is perturbed in place
-        for k in range(flat.size):
-            orig = flat[k]
+        for k in np.ndindex(x.shape):  # x itself is perturbed, in place (any strides)
+            orig = x[k]
             h = eps * max(1.0, abs(orig))
-            flat[k] = orig + h
+            x[k] = orig + h
             up = value()
-            flat[k] = orig - h
+            x[k] = orig - h
             down = value()
-            flat[k] = orig
-            num_flat[k] = (up - down) / (2 * h)
+            x[k] = orig
+            numeric[k] = (up - down) / (2 * h)
         err = np.abs(np.asarray(g) - numeric) - (atol + rtol * np.abs(numeric))
         if err.size and err.max() > 0:
             k = np.unravel_index(int(err.argmax()), err.shape)
