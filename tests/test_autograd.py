@@ -395,6 +395,12 @@ def test_tensor_protocol():
     assert t.numpy() is a
     with pytest.raises(RuntimeError, match="cut it from the gradient"):
         np.asarray(t)  # implicit, in a graph: refused, as PyTorch
+    # ndarray + (t1, t2): NumPy converts the tuple itself, so the message must not promise
+    # the stacking that a Tensor operand gets
+    with pytest.raises(RuntimeError, match="beside a NumPy array, NumPy converts it"):
+        np.zeros(2) + (t[0, 0], t[0, 1])  # noqa: RUF005 (an array, not a tuple)
+    stacked = fnn.Tensor(np.zeros(2)) + (t[0, 0], t[0, 1])  # noqa: RUF005 (a Tensor)
+    np.testing.assert_array_equal(stacked.data, [0, 1])
     with fnn.no_grad():
         assert np.asarray(t) is a
     assert np.asarray(t.detach()) is a

@@ -216,7 +216,8 @@ class Tensor:
             raise RuntimeError(
                 "a Tensor that requires grad was turned into a NumPy array, which would cut it "
                 "from the gradient: build Tensors from Tensors with fastnn.stack([...]) (a "
-                "tuple or list of Tensors as an operand of +, -, *, / is stacked for you), "
+                "tuple or list of Tensors beside a Tensor in +, -, *, / is stacked for you; "
+                "beside a NumPy array, NumPy converts it: make that array a fastnn.Tensor), "
                 "or take the values with t.numpy() / t.detach()"
             )
         a = self.numpy()
