@@ -90,6 +90,11 @@ def test_optimizer_argument_errors():
         fnn.optim.SGD([p], lr=-1)
     with pytest.raises(ValueError, match=r"params\[0\] is not a leaf Tensor"):
         fnn.optim.SGD([np.ones(2)], lr=0.1)
+    # a model, a layer or a single Tensor instead of its parameters (PyTorch: TypeError)
+    model = fnn.Sequential(fnn.Dense(3, 2))
+    for params in (model, model[0], p):
+        with pytest.raises(TypeError, match=r"params must be an iterable of Tensors"):
+            fnn.optim.SGD(params, lr=0.1)
     with pytest.raises(ValueError, match=r"params\[1\] is not a leaf Tensor"):
         fnn.optim.SGD([p, p * 2.0], lr=0.1)  # a result, not a parameter (PyTorch refuses it)
     with pytest.raises(ValueError, match=r"params\[2\] is params\[0\] again"):

@@ -37,10 +37,18 @@ class Optimizer:
         not a Tensor, or one given twice (PyTorch warns; here it would be stepped twice)
         (each rule also checks its own hyperparameters when built).
     TypeError
-        A hyperparameter that is not a real number.
+        A hyperparameter that is not a real number, or a model, layer or single Tensor given
+        as ``params`` (pass ``model.parameters()`` or ``[t]``).
     """
 
     def __init__(self, params: Iterable[Tensor], lr: float):
+        if isinstance(params, Tensor) or hasattr(params, "parameters"):
+            # A Tensor iterates over its rows and a Sequential over its layers: each would be
+            # refused below as "params[0] is not a leaf Tensor", naming the wrong thing.
+            raise TypeError(
+                f"{type(self).__name__}: params must be an iterable of Tensors, such as "
+                f"model.parameters() or [t], got {type(params).__name__}"
+            )
         self.params = list(params)
         if not self.params:
             raise ValueError(f"{type(self).__name__} got an empty parameter list")
