@@ -683,3 +683,22 @@ def test_a_0d_tensor_formats_its_value():
     assert f"{loss}" == str(loss)
     with pytest.raises(TypeError):
         f"{fnn.Tensor(np.ones(2)):.3f}"  # as torch and NumPy for more than 0-d
+
+
+def test_requires_grad_changes_only_on_a_leaf():
+    """y.requires_grad = False on a result cut its gradient path without a word (the
+    gradient of sum(y * t) came out [2, 2, 2] instead of [4, 4, 4]); as in PyTorch it is a
+    RuntimeError, and the flag takes bools only ("no" was stored and read as True)."""
+    t = fnn.Tensor(np.ones(3), requires_grad=True)
+    y = t * 2.0
+    with pytest.raises(RuntimeError, match="only be changed on a leaf"):
+        y.requires_grad = False
+    y.requires_grad = True  # no change: allowed
+    fnn.sum(y * t).backward()
+    np.testing.assert_array_equal(t.grad, [4.0, 4.0, 4.0])
+    with pytest.raises(TypeError, match="requires_grad must be True or False"):
+        t.requires_grad = "no"
+    with pytest.raises(TypeError, match="only floating-point"):
+        fnn.Tensor(np.arange(3)).requires_grad = True
+    t.requires_grad = np.bool_(False)
+    assert t.requires_grad is False

@@ -160,7 +160,7 @@ class Tensor:
 
     __array_ufunc__ = None
     __array_priority__ = 1000
-    __slots__ = ("_backward", "_parents", "data", "grad", "op", "requires_grad")
+    __slots__ = ("_backward", "_parents", "_requires_grad", "data", "grad", "op")
 
     def __init__(self, data, requires_grad: bool = False):
         if isinstance(data, Tensor):
@@ -171,10 +171,41 @@ class Tensor:
             raise TypeError(f"only floating-point Tensors can require gradients, got {data.dtype}")
         self.data = data
         self.grad = None
-        self.requires_grad = bool(requires_grad)
+        self._requires_grad = bool(requires_grad)
         self._parents: tuple[Tensor, ...] = ()
         self._backward: Callable | None = None
         self.op = ""
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether gradients flow to this Tensor. Settable on a leaf (freezing a parameter);
+        a result of the graph keeps the flag its inputs gave it, as in PyTorch.
+
+        Raises
+        ------
+        TypeError
+            A value that is not a bool, or True for a Tensor that is not floating point.
+        RuntimeError
+            Changing it on a result (it would silently cut or add a gradient path): use
+            ``detach()`` for a value without gradient.
+        """
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        if not isinstance(value, bool | np.bool_):
+            raise TypeError(f"requires_grad must be True or False, got {value!r}")
+        value = bool(value)
+        if value != self._requires_grad and self._parents:
+            raise RuntimeError(
+                f"requires_grad can only be changed on a leaf Tensor; this one is the result "
+                f"of {self.op or 'an operation'} (use .detach() for a value without gradient)"
+            )
+        if value and not _is_float(self.data):
+            raise TypeError(
+                f"only floating-point Tensors can require gradients, got {self.data.dtype}"
+            )
+        self._requires_grad = value
 
     # ---------------------------------------------------------------- views
     @property
@@ -212,7 +243,7 @@ class Tensor:
     def __array__(self, dtype=None, copy=None):
         # NumPy converting a Tensor in a graph (np.asarray(t), ndarray + (t1, t2), a list of
         # Tensors) would cut it from the gradient without a word: refused, as PyTorch does.
-        if self.requires_grad and is_grad_enabled():
+        if self._requires_grad and is_grad_enabled():
             raise RuntimeError(
                 "a Tensor that requires grad was turned into a NumPy array, which would cut it "
                 "from the gradient: build Tensors from Tensors with fastnn.stack([...]) (a "
@@ -236,7 +267,7 @@ class Tensor:
         return (self[i] for i in range(self.shape[0]))
 
     def __repr__(self) -> str:
-        extra = ", requires_grad=True" if self.requires_grad else ""
+        extra = ", requires_grad=True" if self._requires_grad else ""
         extra += f", op={self.op}" if self.op else ""
         body = np.array2string(self.numpy(), separator=", ", prefix="Tensor(")
         return f"Tensor({body}, dtype={self.dtype}{extra})"
@@ -295,7 +326,7 @@ class Tensor:
             If ``self`` has more than one element and no ``gradient`` is given, or does not
             require a gradient.
         """
-        if not self.requires_grad:
+        if not self._requires_grad:
             raise RuntimeError(
                 "backward() on a Tensor that does not require a gradient: none of its inputs "
                 "had requires_grad=True (or it was computed under no_grad())"
@@ -341,7 +372,7 @@ class Tensor:
     # so a function means the same with and without grad mode, and no array that a recorded
     # op saved for its backward is ever changed under it.
     def _in_place(self, other, symbol: str, op: Callable, out_of_place: Callable):
-        if not (self.requires_grad and not self._parents):
+        if not (self._requires_grad and not self._parents):
             return out_of_place(self, other)
         if is_grad_enabled():
             raise RuntimeError(
@@ -465,8 +496,8 @@ def _record(data, parents: Sequence[Tensor], backward: Callable, op: str) -> Ten
     ``backward(g)`` returns one gradient (or None) per parent, aligned with ``parents``.
     """
     out = Tensor(data)
-    if is_grad_enabled() and any(p.requires_grad for p in parents):
-        out.requires_grad = True
+    if is_grad_enabled() and any(p._requires_grad for p in parents):
+        out._requires_grad = True
         out._parents = tuple(parents)
         out._backward = backward
         out.op = op
@@ -498,7 +529,7 @@ def _topological_order(root: Tensor) -> list[Tensor]:
         if i < len(node._parents):
             stack.append((node, i + 1))
             parent = node._parents[i]
-            if parent.requires_grad and id(parent) not in visited:
+            if parent._requires_grad and id(parent) not in visited:
                 visited.add(id(parent))
                 stack.append((parent, 0))
         else:
@@ -519,7 +550,7 @@ def _backward_pass(root: Tensor, seed) -> list[tuple[Tensor, object]]:
         if g is None:
             continue
         for parent, pg in zip(node._parents, node._backward(g), strict=True):
-            if pg is None or not parent.requires_grad:
+            if pg is None or not parent._requires_grad:
                 continue
             # A gradient has its Tensor's dtype, as in PyTorch: float32 weights under a loss
             # that NumPy's promotion made float64 (a float64 target) get float32 gradients,
@@ -568,7 +599,7 @@ def sub(a, b) -> Tensor:
     a, b = _pair(a, b)
 
     def backward(g):
-        return _unbroadcast(g, a.shape), (_unbroadcast(-g, b.shape) if b.requires_grad else None)
+        return _unbroadcast(g, a.shape), (_unbroadcast(-g, b.shape) if b._requires_grad else None)
 
     return _record(a.data - b.data, (a, b), backward, "sub")
 
@@ -584,8 +615,8 @@ def mul(a, b) -> Tensor:
 
     def backward(g):
         return (
-            _unbroadcast(g * b.data, a.shape) if a.requires_grad else None,
-            _unbroadcast(g * a.data, b.shape) if b.requires_grad else None,
+            _unbroadcast(g * b.data, a.shape) if a._requires_grad else None,
+            _unbroadcast(g * a.data, b.shape) if b._requires_grad else None,
         )
 
     return _record(a.data * b.data, (a, b), backward, "mul")
@@ -598,8 +629,8 @@ def div(a, b) -> Tensor:
 
     def backward(g):
         return (
-            _unbroadcast(g / b.data, a.shape) if a.requires_grad else None,
-            _unbroadcast(-g * out / b.data, b.shape) if b.requires_grad else None,
+            _unbroadcast(g / b.data, a.shape) if a._requires_grad else None,
+            _unbroadcast(-g * out / b.data, b.shape) if b._requires_grad else None,
         )
 
     return _record(out, (a, b), backward, "div")
@@ -640,10 +671,10 @@ def _tensor_power(a, b) -> Tensor:
     def backward(g):
         da = db = None
         with np.errstate(divide="ignore", invalid="ignore"):
-            if a.requires_grad:  # p·a^(p−1), 0 where p = 0 (a^0 is constant, also at a = 0)
+            if a._requires_grad:  # p·a^(p−1), 0 where p = 0 (a^0 is constant, also at a = 0)
                 da = np.where(b.data == 0, 0, b.data * a.data ** (b.data - 1))
                 da = _unbroadcast(g * da, a.shape)
-            if b.requires_grad:
+            if b._requires_grad:
                 log_a = np.where(a.data == 0, 0, np.log(a.data))
                 db = _unbroadcast(g * out * log_a, b.shape)
         return da, db
@@ -903,8 +934,8 @@ def matmul(a, b) -> Tensor:
 
     def backward(g):
         g2 = g.reshape(out2.shape)
-        da = ops.gemm(g2, y, trans_b=True).reshape(a.shape) if a.requires_grad else None
-        db = ops.gemm(x, g2, trans_a=True).reshape(b.shape) if b.requires_grad else None
+        da = ops.gemm(g2, y, trans_b=True).reshape(a.shape) if a._requires_grad else None
+        db = ops.gemm(x, g2, trans_a=True).reshape(b.shape) if b._requires_grad else None
         return da, db
 
     return _record(out2.reshape(out_shape), (a, b), backward, "matmul")
@@ -939,7 +970,7 @@ def dense(x, weight, bias=None, activation=None) -> Tensor:
     def backward(g):
         dy = ops.relu_backward(g, out) if activation == "relu" else g
         dx, dw, db = ops.dense_backward(
-            dy, x.data, w.data, need_dx=x.requires_grad, need_dbias=b is not None
+            dy, x.data, w.data, need_dx=x._requires_grad, need_dbias=b is not None
         )
         return (dx, dw) if b is None else (dx, dw, db)
 
@@ -1110,7 +1141,7 @@ def gradient(f: Callable, *args) -> tuple:
                     f"gradient: f must return a single-element Tensor, got shape {out.shape}"
                 )
             grads = {}
-            if out.requires_grad:
+            if out._requires_grad:
                 grads = {  # writable arrays: sum's gradient is a read-only broadcast view
                     id(leaf): g if getattr(g.flags, "writeable", True) else g.copy()
                     for leaf, g in _backward_pass(out, np.ones_like(out.data))
