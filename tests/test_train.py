@@ -242,6 +242,21 @@ def test_dense_step_is_used_only_where_it_applies():
     assert not supports(fnn.Dense(3, 4), sce)
 
 
+def _trains_through_autodiff(models, x, y, *, lr, rng):
+    """Two copies of a model the fused step does not support: fit with fused=True (its
+    default) and with fused=False give the same weights, bit for bit."""
+    assert not fnn.train.DenseStep.supports(models[0], fnn.losses.softmax_cross_entropy)
+    for model, fused in zip(models, (True, False), strict=True):
+        opt = fnn.optim.SGD(model.parameters(), lr=lr)
+        fnn.fit(
+            model, (x, y), optimizer=opt, epochs=2, batch_size=8, rng=rng, verbose=0, fused=fused
+        )
+    for (name, a), (_, b) in zip(
+        models[0].named_parameters(), models[1].named_parameters(), strict=True
+    ):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+
+
 @pytest.mark.parametrize("tie", ["weight", "bias"])
 def test_a_parameter_tied_between_layers_gets_the_sum_of_their_gradients(rng, tie):
     """A weight (or bias) shared by two Dense layers: fit's default path must train it as the
@@ -255,14 +270,7 @@ def test_a_parameter_tied_between_layers_gets_the_sum_of_their_gradients(rng, ti
         second = fnn.Dense(6, 6, rng=1, dtype=np.float64)
         setattr(second, tie, getattr(first, tie))
         models.append(fnn.Sequential(first, second))
-    assert not fnn.train.DenseStep.supports(models[0], fnn.losses.softmax_cross_entropy)
-    for model, fused in zip(models, (True, False), strict=True):
-        opt = fnn.optim.SGD(model.parameters(), lr=0.1)
-        fnn.fit(model, (x, y), optimizer=opt, epochs=2, batch_size=8, rng=3, verbose=0, fused=fused)
-    for (name, a), (_, b) in zip(
-        models[0].named_parameters(), models[1].named_parameters(), strict=True
-    ):
-        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+    _trains_through_autodiff(models, x, y, lr=0.1, rng=3)
 
 
 def test_a_sequential_subclass_with_its_own_forward_is_trained_through_it(rng):
@@ -280,14 +288,7 @@ def test_a_sequential_subclass_with_its_own_forward_is_trained_through_it(rng):
         Scaled(fnn.Dense(6, 5, fnn.relu, rng=0, dtype=f64), fnn.Dense(5, 3, rng=1, dtype=f64))
         for _ in range(2)
     ]
-    assert not fnn.train.DenseStep.supports(models[0], fnn.losses.softmax_cross_entropy)
-    for model, fused in zip(models, (True, False), strict=True):
-        opt = fnn.optim.SGD(model.parameters(), lr=0.5)
-        fnn.fit(model, (x, y), optimizer=opt, epochs=2, batch_size=8, rng=1, verbose=0, fused=fused)
-    for (name, a), (_, b) in zip(
-        models[0].named_parameters(), models[1].named_parameters(), strict=True
-    ):
-        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+    _trains_through_autodiff(models, x, y, lr=0.5, rng=1)
 
 
 def test_a_step_wrapped_on_the_optimizer_is_called_by_fit(rng):
