@@ -504,3 +504,32 @@ def test_one_row_or_column_gives_the_tiles_bits(rng, dtype, trans_a, trans_b, n,
         np.testing.assert_array_equal(
             y, ops.dense_forward(x[[0, 0]], w, bias, activation="relu")[:1]
         )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_row_or_column_on_views_aliases_and_thread_counts(rng, dtype):
+    """HANDOUT C12, C15 and C25 on the matrix-vector path: strided and reversed operands, an
+    out that is a row of B itself, and the same bits on one thread and on two."""
+    k, n = 300, 1030
+    big = rng.standard_normal((2 * k, 2 * n)).astype(dtype)
+    b = big[::2, ::-2]  # strided rows, reversed columns: the tiles' path
+    a = rng.standard_normal((1, 2 * k)).astype(dtype)[:, ::2]
+    check(a, b)
+    b_rows = np.ascontiguousarray(b)  # unit column stride: the matrix-vector path
+    check(a, b_rows)
+    check(b_rows.T, a.T)  # one column: op(A) a transposed view, b a strided column
+    alias = b_rows.copy()
+    c0 = np.array(alias[:1], np.float64)
+    expected = ref.gemm(a, b_rows, c=c0, beta=0.5)
+    got = ops.gemm(a, alias, beta=0.5, out=alias[:1])  # out is B's first row: read, then written
+    ref.assert_within(got, expected, bound(a, b_rows, dtype, beta=0.5, c=c0), what="gemm")
+    results, before = [], fastnn.get_num_threads()
+    for threads in (1, 2):
+        fastnn.set_num_threads(threads)
+        try:
+            results.append(ops.gemm(a, b_rows))
+            results.append(ops.gemm(b_rows.T.copy(), a.T.copy()))
+        finally:
+            fastnn.set_num_threads(before)
+    np.testing.assert_array_equal(results[0], results[2])
+    np.testing.assert_array_equal(results[1], results[3])

@@ -450,7 +450,7 @@ def test_an_optimizer_built_before_model_double_follows_it(rng):
         model.float()
 
 
-def test_a_hyperparameter_beyond_float32s_range_is_named():
+def test_a_hyperparameter_beyond_float32s_range_is_named():  # HANDOUT C17's kind
     """lr = 1e39 is finite as a Python float but inf as a float32: the float32 updates refuse
     it by name and leave the parameters as they were (they were all set to -inf); float64
     parameters take it."""

@@ -210,7 +210,7 @@ def test_set_num_threads_needs_an_int_up_to_1024(n, error):
 
 
 @pytest.mark.parametrize("n", [1025, 100_000])
-def test_the_binding_refuses_more_threads_than_1024(n):
+def test_the_binding_refuses_more_threads_than_1024(n):  # HANDOUT C26's kind
     # fastnn._cpu.set_num_threads(100000) was taken, and the next large gemm segfaulted in
     # libgomp; the binding now checks the bound that fastnn.set_num_threads documents.
     before = fastnn.get_num_threads()
